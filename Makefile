@@ -1,0 +1,58 @@
+# Set-up on a fresh machine is two commands: `make demo` and `make test`.
+# Both create .venv and install the package with what they need when missing or when
+# pyproject.toml changed (tracked by stamp files).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: help test lint pytest demo bench bench-quick fixtures clean
+
+help:
+	@echo "make demo   - build a small model and show a few lookups"
+	@echo "make test   - lint (ruff, mypy, import-linter) then the test suite"
+	@echo "make bench  - benchmarks against PyTorch embedding_bag and NumPy (installs torch)"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.stamp-dev: pyproject.toml | $(PY)
+	$(PIP) install -e '.[dev]'
+	@touch $@
+
+$(VENV)/.stamp-base: pyproject.toml | $(PY)
+	$(PIP) install -e .
+	@touch $@
+
+$(VENV)/.stamp-bench: pyproject.toml | $(PY)
+	$(PIP) install -e '.[bench]'
+	@touch $@
+
+lint: $(VENV)/.stamp-dev
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+pytest: $(VENV)/.stamp-dev
+	$(PY) -m pytest -q
+
+test: lint pytest
+
+demo: $(VENV)/.stamp-base
+	$(PY) -m embserve.demo
+
+bench: $(VENV)/.stamp-bench
+	$(PY) benchmarks/run.py
+
+bench-quick: $(VENV)/.stamp-bench
+	$(PY) benchmarks/run.py --quick
+
+# Re-creates tests/data/*.json from real TensorFlow 2.21 (in its own venv, never a dependency).
+fixtures:
+	test -x .venvs/tf/bin/python || ($(PYTHON) -m venv .venvs/tf && .venvs/tf/bin/pip install -q tensorflow-cpu==2.21.0)
+	.venvs/tf/bin/python tools/make_fixtures.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

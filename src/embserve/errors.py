@@ -1,0 +1,116 @@
+"""Every exception embserve raises, in one hierarchy users can catch.
+
+Where TensorFlow raises a Python built-in (``ValueError``, ``TypeError``, ``AttributeError``,
+``KeyError``), embserve raises a class that derives from the same built-in, so code written
+against ``tf.tpu.experimental.embedding`` that catches built-ins keeps working. Where TensorFlow
+raises ``tf.errors.InvalidArgumentError`` from a kernel (bad ids, bad indices, bad dtypes), embserve
+raises an :class:`InputError`, which is a ``ValueError``.
+
+::
+
+    EmbserveError
+    ├── ConfigError(ValueError)              bad TableConfig / FeatureConfig / optimizer arguments
+    │   └── FeatureConfigTypeError(AttributeError)
+    │                                        a feature_config leaf that is not a FeatureConfig
+    ├── InputError(ValueError)               structure mismatch, wrong dtype or rank, bad weights
+    │   └── IdOutOfRangeError(IndexError)    feature, table, row, position, id, valid range
+    └── CheckpointError
+        ├── CheckpointNotFoundError(FileNotFoundError)
+        ├── CorruptCheckpointError           bad magic, crc mismatch, truncation: file + offset
+        └── CheckpointMismatchError          missing table or slot, shape / dtype differs
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "CheckpointNotFoundError",
+    "ConfigError",
+    "CorruptCheckpointError",
+    "EmbserveError",
+    "FeatureConfigTypeError",
+    "IdOutOfRangeError",
+    "InputError",
+]
+
+
+class EmbserveError(Exception):
+    """Base class of every error embserve raises on purpose."""
+
+
+class ConfigError(EmbserveError, ValueError):
+    """A configuration object (table, feature, optimizer) was given an invalid argument."""
+
+
+class FeatureConfigTypeError(ConfigError, AttributeError):
+    """A leaf of ``feature_config`` is not a ``FeatureConfig``.
+
+    TensorFlow fails here with ``AttributeError`` ("... has no attribute 'output_shape'"); this
+    class is both that and a :class:`ConfigError`, and names the offending path.
+    """
+
+
+class InputError(EmbserveError, ValueError):
+    """The features or weights given to a lookup are malformed.
+
+    Covers structure mismatches, unsupported dtypes or ranks, inconsistent sparse / ragged
+    components, weights that do not pair with their ids, and non-finite weights. The message
+    always names the feature path.
+    """
+
+
+class IdOutOfRangeError(InputError, IndexError):
+    """An id is outside ``[0, rows)`` of its table.
+
+    Attributes:
+        feature: the feature path (``"a/b"``; ``""`` for a lone feature).
+        table: the table name.
+        row: the example (bag) index of the offending id.
+        position: its position within the example (an index tuple for dense ids of rank > 1,
+            the sparse index for sparse input, the offset in the row for ragged input).
+        id: the offending id value.
+        num_rows: the table's row count; valid ids are ``0 <= id < num_rows``.
+    """
+
+    def __init__(
+        self,
+        feature: str,
+        table: str,
+        row: int,
+        position: object,
+        id: int,  # noqa: A002 - the natural name for the offending id
+        num_rows: int,
+    ) -> None:
+        self.feature = feature
+        self.table = table
+        self.row = row
+        self.position = position
+        self.id = id
+        self.num_rows = num_rows
+        super().__init__(
+            f"feature {feature!r} (table {table!r}): id {id} at row {row}, position {position} "
+            f"is out of range; valid ids are in [0, {num_rows})"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (
+            type(self),
+            (self.feature, self.table, self.row, self.position, self.id, self.num_rows),
+        )
+
+
+class CheckpointError(EmbserveError):
+    """Base class of every checkpoint reading or writing failure."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """No checkpoint exists at the given prefix or directory, or one of its files is missing."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint file is damaged: bad magic, checksum mismatch, truncation, bad offsets."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint does not match the object restoring it (missing key, shape or dtype)."""
