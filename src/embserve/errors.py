@@ -79,7 +79,7 @@ class IdOutOfRangeError(InputError, IndexError):
         table: str,
         row: int,
         position: object,
-        id: int,  # noqa: A002 - the natural name for the offending id
+        id: int,
         num_rows: int,
     ) -> None:
         self.feature = feature

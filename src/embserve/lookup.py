@@ -1,0 +1,489 @@
+"""``serving_embedding_lookup``: TensorFlow's CPU lookup semantics over compiled kernels.
+
+One call walks the features in ``tf.nest`` path order. For each feature it picks TensorFlow's
+path for the input kind and options (see SEMANTICS.md, §0 has the table), turns the input into
+flat validated arrays (:mod:`embserve.inputs`), checks every id that will be read against the
+table's row count (:mod:`embserve.kernels.check`), and only then runs a kernel. The outputs are
+packed back into the structure of ``inputs``.
+
+Structure is matched by joined string path, as TensorFlow does: ``inputs`` may be any subset of
+``feature_config`` and may use other container types, as long as the paths agree. Beyond
+TensorFlow, a Python list of ids sitting at a feature's own path is taken as that feature's dense
+ids (TensorFlow treats it as more structure and fails).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from embserve import nest
+from embserve.config import FeatureConfig, TableConfig
+from embserve.errors import FeatureConfigTypeError, IdOutOfRangeError, InputError
+from embserve.inputs import (
+    DENSE,
+    RAGGED,
+    SPARSE,
+    RaggedParts,
+    SparseParts,
+    kind_of,
+    to_dense_ids,
+    to_ragged,
+    to_sparse,
+    weight_values,
+)
+from embserve.kernels import _jit
+from embserve.kernels.check import first_bad_id
+from embserve.kernels.pooled import MEAN, SQRTN, SUM, pooled_parallel, pooled_serial
+from embserve.kernels.sequence import (
+    gather_parallel,
+    gather_serial,
+    scatter_add_parallel,
+    scatter_add_serial,
+    sequence_parallel,
+    sequence_serial,
+)
+
+__all__ = ["LookupPlan", "serving_embedding_lookup"]
+
+_log = logging.getLogger("embserve")
+
+_COMBINERS = {"sum": SUM, "mean": MEAN, "sqrtn": SQRTN}
+_NO_WEIGHTS = np.empty(0, dtype=np.float32)
+_TABLE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+# Below this many output floats a call runs on the calling thread: waking the pool costs more
+# than the work (a parallel region costs ~15-20 µs here; 32k floats gather in about that time).
+PARALLEL_MIN_FLOATS = 1 << 15
+
+_warned: set[tuple[str, str]] = set()
+
+
+def _warn_once(path: str, message: str) -> None:
+    """TensorFlow logs these on every call; once per feature is enough to be seen."""
+    if (path, message) not in _warned:
+        _warned.add((path, message))
+        _log.warning("feature %r: %s", path, message)
+
+
+def _parallel(n_floats: int) -> bool:
+    return _jit.PARALLEL and n_floats >= PARALLEL_MIN_FLOATS
+
+
+def _table_name(table_config: TableConfig) -> str:
+    return str(table_config.name) if table_config.name is not None else "<unnamed table>"
+
+
+def _prepare_table(table: Any, table_config: TableConfig) -> np.ndarray:
+    """The table as a 2-D C-contiguous float array (converted only if it is not one already)."""
+    arr = table if isinstance(table, np.ndarray) else np.asarray(table)
+    if arr.ndim != 2:
+        raise InputError(
+            f"table {_table_name(table_config)!r}: expected a 2-D [rows, dim] table, "
+            f"got shape {arr.shape}"
+        )
+    if arr.dtype not in _TABLE_DTYPES:
+        raise InputError(
+            f"table {_table_name(table_config)!r}: dtype {arr.dtype} is not served; "
+            "tables must be float32 (or float64)"
+        )
+    if not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr)
+    return arr
+
+
+class _Feature:
+    """What one feature's lookup needs, read from its FeatureConfig once per call."""
+
+    __slots__ = ("combiner", "config", "path", "table", "table_name")
+
+    def __init__(self, path: str, config: FeatureConfig, table: np.ndarray) -> None:
+        self.path = path
+        self.config = config
+        self.table = table
+        self.table_name = _table_name(config.table)
+        combiner = config.table.combiner
+        if combiner not in _COMBINERS:
+            raise InputError(f"feature {path!r}: combiner {combiner!r} is not supported on CPU")
+        self.combiner = _COMBINERS[combiner]
+
+    def check_ids(
+        self, ids: np.ndarray, allow_negative: bool, locate: Any, subset: np.ndarray | None = None
+    ) -> None:
+        """Raise IdOutOfRangeError for the first id outside the table (``locate(k)`` → row,
+        position of value ``k``; ``subset`` maps checked ids back to value positions)."""
+        bad = first_bad_id(ids, self.table.shape[0], allow_negative)
+        if bad >= 0:
+            k = int(subset[bad]) if subset is not None else bad
+            row, position = locate(k)
+            raise IdOutOfRangeError(
+                self.path, self.table_name, row, position, int(ids[bad]), self.table.shape[0]
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# Dense
+
+
+def _lookup_dense(f: _Feature, raw: Any) -> np.ndarray:
+    if f.config.max_sequence_length > 0:
+        raise InputError(
+            f"Feature {f.path} is a sequence feature but a dense tensor was passed. "
+            "Sequence features need sparse or ragged input."
+        )
+    ids = to_dense_ids(raw, f.path)
+    flat = ids.reshape(-1)
+    shape = ids.shape
+
+    def locate(k: int) -> tuple[int, Any]:
+        if len(shape) == 0:
+            return 0, 0
+        idx = np.unravel_index(k, shape)
+        rest = tuple(int(i) for i in idx[1:])
+        return int(idx[0]), (rest[0] if len(rest) == 1 else rest) if rest else 0
+
+    f.check_ids(flat, False, locate)
+    dim = f.table.shape[1]
+    out = np.empty((flat.shape[0], dim), dtype=f.table.dtype)
+    (gather_parallel if _parallel(out.size) else gather_serial)(
+        f.table, np.ascontiguousarray(flat), out
+    )
+    return out.reshape((*shape, dim))
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared CSR helpers
+
+
+def _splits_from_rows(rows: np.ndarray, nrows: int) -> np.ndarray:
+    """CSR splits for entries already grouped by (non-decreasing) row."""
+    splits = np.zeros(nrows + 1, dtype=np.int64)
+    if rows.shape[0]:
+        np.cumsum(np.bincount(rows, minlength=nrows), out=splits[1:])
+    return splits
+
+
+def _pool(
+    f: _Feature, ids: np.ndarray, weights: np.ndarray, splits: np.ndarray, nbags: int
+) -> np.ndarray:
+    out = np.empty((nbags, f.table.shape[1]), dtype=f.table.dtype)
+    kernel = pooled_parallel if _parallel(ids.shape[0] * f.table.shape[1]) else pooled_serial
+    kernel(f.table, ids, weights, splits, f.combiner, out)
+    return out
+
+
+def _sparse_locate(indices: np.ndarray) -> Any:
+    def locate(k: int) -> tuple[int, Any]:
+        idx = [int(i) for i in indices[k]]
+        rest = idx[1:]
+        return idx[0], (rest[0] if len(rest) == 1 else tuple(rest)) if rest else 0
+
+    return locate
+
+
+def _ragged_locate(splits: np.ndarray) -> Any:
+    def locate(k: int) -> tuple[int, int]:
+        row = int(np.searchsorted(splits, k, side="right")) - 1
+        return row, k - int(splits[row])
+
+    return locate
+
+
+# ---------------------------------------------------------------------------------------------
+# Sparse
+
+
+def _lookup_sparse(f: _Feature, raw: Any, weight: Any) -> np.ndarray:
+    sp = to_sparse(raw, f.path)
+    rank = len(sp.dense_shape)
+    cfg = f.config
+    seq_len = cfg.max_sequence_length
+    if seq_len > 0 and cfg.output_shape is None and rank == 2:
+        return _sparse_sequence(f, sp, seq_len)
+    if seq_len > 0:
+        _warn_once(
+            f.path,
+            f"max_sequence_length setting will be ignored because the rank of the input "
+            f"tensor is {rank} which is not 2"
+            + (" (or output_shape is set)" if cfg.output_shape is not None else ""),
+        )
+    if not cfg.validate_weights_and_indices and rank <= 2:
+        return _sparse_plain(f, sp, weight)
+    return _sparse_validated(f, sp, weight)
+
+
+def _sparse_sequence(f: _Feature, sp: SparseParts, seq_len: int) -> np.ndarray:
+    """Entry ``[b, j]`` lands at ``out[b, j]`` when ``b < dense_shape[0]`` and ``j < L``."""
+    batch = sp.dense_shape[0]
+    rows = sp.indices[:, 0]
+    cols = sp.indices[:, 1]
+    if rows.shape[0] and (rows.min() < 0 or cols.min() < 0):
+        k = int(np.flatnonzero((rows < 0) | (cols < 0))[0])
+        raise InputError(
+            f"feature {f.path!r}: sparse index {sp.indices[k].tolist()} (entry {k}) is negative"
+        )
+    keep = (rows < batch) & (cols < seq_len)
+    subset: np.ndarray | None = None
+    ids, rows_k, cols_k = sp.values, rows, cols
+    if not keep.all():
+        subset = np.flatnonzero(keep)
+        ids, rows_k, cols_k = ids[subset], rows[subset], cols[subset]
+    # Ids outside the [B, L] window are never read, so (as in TensorFlow) never checked.
+    f.check_ids(ids, False, _sparse_locate(sp.indices), subset)
+    if rows_k.shape[0] > 1 and np.any(rows_k[1:] < rows_k[:-1]):
+        order = np.argsort(rows_k, kind="stable")
+        ids, rows_k, cols_k = ids[order], rows_k[order], cols_k[order]
+    splits = _splits_from_rows(rows_k, batch)
+    out = np.zeros((batch, seq_len, f.table.shape[1]), dtype=f.table.dtype)
+    kernel = (
+        scatter_add_parallel if _parallel(ids.shape[0] * f.table.shape[1]) else scatter_add_serial
+    )
+    kernel(f.table, np.ascontiguousarray(ids), np.ascontiguousarray(cols_k), splits, out)
+    return out
+
+
+def _sparse_plain(f: _Feature, sp: SparseParts, weight: Any) -> np.ndarray:
+    """TensorFlow's ``embedding_lookup_sparse``: bags are runs of equal row index, nothing is
+    dropped, and the output has ``1 + max row`` rows (trailing empty rows vanish)."""
+    rows = sp.indices[:, 0]
+    n = rows.shape[0]
+    if n and rows.min() < 0:
+        k = int(np.flatnonzero(rows < 0)[0])
+        raise InputError(
+            f"feature {f.path!r}: sparse index {sp.indices[k].tolist()} (entry {k}) is negative"
+        )
+    if n > 1 and np.any(rows[1:] < rows[:-1]):
+        k = int(np.flatnonzero(rows[1:] < rows[:-1])[0]) + 1
+        raise InputError(
+            f"feature {f.path!r}: segment ids are not increasing: entry {k} has row "
+            f"{int(rows[k])} after row {int(rows[k - 1])}. With validate_weights_and_indices="
+            "False the sparse indices must be sorted by row."
+        )
+    f.check_ids(sp.values, False, _sparse_locate(sp.indices))
+    weights = _NO_WEIGHTS if weight is None else weight_values(weight, n, f.path, cast=True)
+    nrows = int(rows[-1]) + 1 if n else 0
+    return _pool(f, np.ascontiguousarray(sp.values), weights, _splits_from_rows(rows, nrows), nrows)
+
+
+def _sparse_validated(f: _Feature, sp: SparseParts, weight: Any) -> np.ndarray:
+    """TensorFlow's ``safe_embedding_lookup_sparse``: the last axis is the bag; negative ids are
+    dropped, and so are weights ``<= 0`` for mean / sqrtn; empty bags give zeros."""
+    shape = sp.dense_shape
+    lead_shape = shape[:-1]
+    lead = sp.indices[:, :-1]
+    n = lead.shape[0]
+    if n and lead.shape[1]:
+        bad = (lead < 0) | (lead >= np.asarray(lead_shape, dtype=np.int64))
+        if bad.any():
+            k = int(np.flatnonzero(bad.any(axis=1))[0])
+            j = int(np.flatnonzero(bad[k])[0])
+            raise InputError(
+                f"feature {f.path!r}: indices({k}, {j}) is invalid: {int(lead[k, j])} is "
+                f"outside [0, {lead_shape[j]}) of dense_shape {list(shape)}"
+            )
+    nbags = math.prod(lead_shape)
+    if lead.shape[1] == 0:
+        rows = np.zeros(n, dtype=np.int64)
+    elif lead.shape[1] == 1:
+        rows = lead[:, 0]
+    else:
+        rows = np.ravel_multi_index(tuple(lead.T), lead_shape).astype(np.int64, copy=False)
+    ids = sp.values
+    f.check_ids(ids, True, _sparse_locate(sp.indices))
+    weights = _NO_WEIGHTS if weight is None else weight_values(weight, n, f.path, cast=False)
+    keep = ids >= 0
+    if weight is not None and f.combiner != SUM:
+        keep &= weights > 0
+    if not keep.all():
+        ids, rows = ids[keep], rows[keep]
+        if weight is not None:
+            weights = weights[keep]
+    if rows.shape[0] > 1 and np.any(rows[1:] < rows[:-1]):
+        order = np.argsort(rows, kind="stable")
+        ids, rows = ids[order], rows[order]
+        if weight is not None:
+            weights = weights[order]
+    out = _pool(
+        f,
+        np.ascontiguousarray(ids),
+        np.ascontiguousarray(weights),
+        _splits_from_rows(rows, nbags),
+        nbags,
+    )
+    return out.reshape((*lead_shape, f.table.shape[1]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Ragged
+
+
+def _sequence(f: _Feature, rg: RaggedParts, seq_len: int) -> np.ndarray:
+    batch = rg.row_splits.shape[0] - 1
+    out = np.empty((batch, seq_len, f.table.shape[1]), dtype=f.table.dtype)
+    kernel = sequence_parallel if _parallel(out.size) else sequence_serial
+    kernel(f.table, np.ascontiguousarray(rg.values), rg.row_splits, out)
+    return out
+
+
+def _lookup_ragged(f: _Feature, raw: Any, weight: Any) -> np.ndarray:
+    rg = to_ragged(raw, f.path)
+    # TensorFlow looks every id up before packing, so an id beyond max_sequence_length still
+    # has to be valid.
+    f.check_ids(rg.values, False, _ragged_locate(rg.row_splits))
+    weights = _NO_WEIGHTS
+    if weight is not None:
+        w_splits = getattr(weight, "row_splits", None)
+        if w_splits is None or not np.array_equal(np.asarray(w_splits), rg.row_splits):
+            raise InputError(
+                f"feature {f.path!r}: ragged weights must have the same row_splits as the ids "
+                "(TensorFlow: 'Condition x == y did not hold')"
+            )
+        weights = weight_values(weight, rg.values.shape[0], f.path, cast=False)
+    batch = rg.row_splits.shape[0] - 1
+    cfg = f.config
+    dim = f.table.shape[1]
+    if cfg.output_shape is None:
+        if cfg.max_sequence_length > 0:
+            return _sequence(f, rg, cfg.max_sequence_length)
+        values = np.ascontiguousarray(rg.values)
+        return _pool(f, values, weights, rg.row_splits, batch)
+    out_shape = tuple(cfg.output_shape)
+    if any(d is None for d in out_shape):
+        raise InputError(
+            f"feature {f.path!r}: Cannot convert a partially known TensorShape "
+            f"{out_shape} to a Tensor (output_shape must be fully known)"
+        )
+    size = math.prod(out_shape)
+    if batch == 0:
+        raise InputError(
+            f"feature {f.path!r}: output_shape {out_shape} cannot be applied to an empty batch "
+            "(TensorFlow: 'Integer division by zero')"
+        )
+    if size == batch:
+        out = _pool(f, np.ascontiguousarray(rg.values), weights, rg.row_splits, batch)
+    elif size > batch and size % batch == 0:
+        # TensorFlow's sequence reading of output_shape: the combiner and weights are ignored.
+        out = _sequence(f, rg, size // batch)
+    else:
+        raise InputError(
+            "Output shape set in the FeatureConfig should be the factor of the input data "
+            f"batch size. But instead got output shape {out_shape}, input data batch size "
+            f"{batch} (feature {f.path!r})"
+        )
+    return out.reshape((*out_shape, dim))
+
+
+# ---------------------------------------------------------------------------------------------
+# The call
+
+
+def _check_weight(path: str, kind: str, raw: Any, weight: Any, cfg: FeatureConfig) -> None:
+    """TensorFlow's per-leaf weight rules, in its order."""
+    if weight is None:
+        return
+    if kind == DENSE:
+        raise InputError(f"Weight specified for {path}, but input is dense.")
+    if kind_of(weight) != kind:
+        raise InputError(
+            f"Weight for {path} is of type {type(weight)} but it does not match type of the "
+            f"input which is {type(raw)}."
+        )
+    if cfg.max_sequence_length > 0:
+        raise InputError(f"Weight specified for {path}, but this is a sequence feature.")
+
+
+class LookupPlan:
+    """A feature_config flattened once: paths in tf.nest order and their FeatureConfigs.
+
+    Building the plan validates the structure (every leaf a FeatureConfig); running it does one
+    lookup call. ``TPUEmbeddingForServing`` keeps one plan for its lifetime.
+    """
+
+    __slots__ = ("features", "paths", "stop_paths")
+
+    def __init__(self, feature_config: Any) -> None:
+        flat = nest.flatten_with_paths(feature_config)
+        for path, leaf in flat:
+            if not isinstance(leaf, FeatureConfig):
+                raise FeatureConfigTypeError(
+                    f"feature_config leaf at path {path!r} is a {type(leaf).__name__}, not a "
+                    f"FeatureConfig ({type(leaf).__name__!r} object has no attribute "
+                    "'output_shape')"
+                )
+        self.paths: list[str] = [p for p, _ in flat]
+        self.features: dict[str, FeatureConfig] = dict(flat)
+        self.stop_paths: frozenset[str] = frozenset(self.paths)
+
+    def run(self, inputs: Any, weights: Any, tables: Mapping[TableConfig, Any]) -> Any:
+        """Look up ``inputs`` (with ``weights``) in ``tables``; outputs in the inputs' structure."""
+        flat_inputs = nest.flatten_with_paths(inputs, self.stop_paths)
+        unknown = [p for p, _ in flat_inputs if p not in self.features]
+        if unknown:
+            raise InputError(
+                "Inputs are not a subset of feature_config. Inputs keys are "
+                f"{ {p for p, _ in flat_inputs} }, but feature_config keys are "
+                f"{list(self.features)}"
+            )
+        if weights is None:
+            flat_weights: list[Any] = [None] * len(flat_inputs)
+        else:
+            nest.assert_same_structure(inputs, weights, self.stop_paths)
+            flat_weights = [w for _, w in nest.flatten_with_paths(weights, self.stop_paths)]
+
+        prepared: dict[int, np.ndarray] = {}
+        outputs = []
+        for (path, raw), weight in zip(flat_inputs, flat_weights, strict=True):
+            cfg = self.features[path]
+            kind = kind_of(raw)
+            if kind is None:
+                raise InputError(
+                    f"Input {path} is type {type(raw)}. Tensor, SparseTensor or RaggedTensor "
+                    "expected."
+                )
+            _check_weight(path, kind, raw, weight, cfg)
+            table_config = cfg.table
+            table = tables[table_config]  # KeyError naming the TableConfig, as in TensorFlow
+            key = id(table)
+            arr = prepared.get(key)
+            if arr is None:
+                arr = prepared[key] = _prepare_table(table, table_config)
+            f = _Feature(path, cfg, arr)
+            if kind == DENSE:
+                outputs.append(_lookup_dense(f, raw))
+            elif kind == SPARSE:
+                outputs.append(_lookup_sparse(f, raw, weight))
+            else:
+                assert kind == RAGGED
+                outputs.append(_lookup_ragged(f, raw, weight))
+        return nest.pack_sequence_as(inputs, outputs, self.stop_paths)
+
+
+def serving_embedding_lookup(
+    inputs: Any, weights: Any | None, tables: Mapping[TableConfig, Any], feature_config: Any
+) -> Any:
+    """Look up ``inputs`` in ``tables`` exactly as TensorFlow's CPU serving path does.
+
+    Args:
+        inputs: a nested structure (matched to ``feature_config`` by path) of dense id arrays,
+            :class:`~embserve.SparseTensor` s or :class:`~embserve.RaggedTensor` s (real
+            TensorFlow tensors are accepted too).
+        weights: ``None``, or the same structure as ``inputs`` with ``None`` or float32 sparse /
+            ragged weights paired with the ids by position.
+        tables: ``TableConfig`` → ``[rows, dim]`` float array, keyed by identity.
+        feature_config: the nested structure of ``FeatureConfig`` s.
+
+    Returns:
+        The structure of ``inputs`` with one float array per feature (shapes as in TensorFlow;
+        see SEMANTICS.md §0).
+
+    Raises:
+        IdOutOfRangeError: an id outside its table, naming feature, table, row and position.
+        InputError: malformed inputs or weights (TensorFlow's ValueError or
+            InvalidArgumentError cases).
+        KeyError: a feature's TableConfig is not in ``tables``.
+    """
+    return LookupPlan(feature_config).run(inputs, weights, tables)

@@ -1,0 +1,46 @@
+"""Pooled kernels against a float64 loop, serial and parallel variants alike."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from embserve.kernels.pooled import MEAN, SQRTN, SUM, pooled_parallel, pooled_serial
+
+
+def _expected(table, ids, weights, splits, combiner):  # type: ignore[no-untyped-def]
+    out = np.zeros((len(splits) - 1, table.shape[1]))
+    for b in range(len(splits) - 1):
+        sl = slice(splits[b], splits[b + 1])
+        w = np.ones(sl.stop - sl.start) if weights is None else weights[sl].astype(np.float64)
+        acc = (table[ids[sl]].astype(np.float64) * w[:, None]).sum(axis=0)
+        denom = {SUM: 1.0, MEAN: w.sum(), SQRTN: np.sqrt((w * w).sum())}[combiner]
+        out[b] = acc / denom if denom != 0 else 0.0
+    return out
+
+
+@pytest.mark.parametrize("kernel", [pooled_serial, pooled_parallel])
+@pytest.mark.parametrize("combiner", [SUM, MEAN, SQRTN])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("id_dtype", [np.int32, np.int64])
+def test_pooled_matches_loop(kernel, combiner, weighted, id_dtype) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(combiner * 4 + weighted)
+    table = rng.standard_normal((50, 7)).astype(np.float32)
+    lengths = rng.integers(0, 6, size=40)
+    splits = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    ids = rng.integers(0, 50, size=splits[-1]).astype(id_dtype)
+    weights = rng.uniform(-1, 2, size=splits[-1]).astype(np.float32) if weighted else None
+    out = np.full((40, 7), np.nan, np.float32)
+    kernel(table, ids, weights if weighted else np.empty(0, np.float32), splits, combiner, out)
+    np.testing.assert_allclose(
+        out, _expected(table, ids, weights, splits, combiner), rtol=2e-5, atol=2e-5
+    )
+
+
+def test_zero_weight_sum_gives_zeros_not_nan() -> None:
+    table = np.ones((4, 3), np.float32)
+    out = np.empty((1, 3), np.float32)
+    pooled_serial(
+        table, np.array([1, 2]), np.array([1.0, -1.0], np.float32), np.array([0, 2]), MEAN, out
+    )
+    assert out.tolist() == [[0.0, 0.0, 0.0]]
