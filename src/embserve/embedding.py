@@ -95,7 +95,7 @@ class TPUEmbeddingForServing:
                 )
             names.add(table.name)
         self._table_configs: list[TableConfig] = tables
-        self._variables: dict[str, dict[str, np.ndarray]] = {}
+        self._variables: dict[Any, dict[str, np.ndarray]] = {}
         self._tables: dict[TableConfig, np.ndarray] = {}
         self._built = False
 
@@ -103,7 +103,7 @@ class TPUEmbeddingForServing:
         """Create the tables and their slot variables (once; later calls do nothing)."""
         if self._built:
             return
-        variables: dict[str, dict[str, np.ndarray]] = {}
+        variables: dict[Any, dict[str, np.ndarray]] = {}
         for table in self._table_configs:
             shape = (table.vocabulary_size, table.dim)
             params = _initial_value(table.initializer, shape, f"table {table.name!r}")
@@ -131,7 +131,7 @@ class TPUEmbeddingForServing:
         return dict(self._tables)
 
     @property
-    def variables(self) -> dict[str, dict[str, np.ndarray]]:
+    def variables(self) -> dict[Any, dict[str, np.ndarray]]:
         """``{table name: {"parameters": table, slot name: slot}}``, as TensorFlow 2.21 keys it
         (by name, although its docstring says by TableConfig)."""
         self.build()

@@ -357,14 +357,14 @@ def _lookup_ragged(f: _Feature, raw: Any, weight: Any) -> np.ndarray:
             f"feature {f.path!r}: Cannot convert a partially known TensorShape "
             f"{out_shape} to a Tensor (output_shape must be fully known)"
         )
-    size = math.prod(out_shape)
-    if batch == 0:
+    size = math.prod(int(d) for d in out_shape if d is not None)
+    if size == batch:
+        out = _pool(f, np.ascontiguousarray(rg.values), weights, rg.row_splits, batch)
+    elif batch == 0:
         raise InputError(
             f"feature {f.path!r}: output_shape {out_shape} cannot be applied to an empty batch "
             "(TensorFlow: 'Integer division by zero')"
         )
-    if size == batch:
-        out = _pool(f, np.ascontiguousarray(rg.values), weights, rg.row_splits, batch)
     elif size > batch and size % batch == 0:
         # TensorFlow's sequence reading of output_shape: the combiner and weights are ignored.
         out = _sequence(f, rg, size // batch)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 
 import embserve as es
@@ -31,7 +33,7 @@ def main() -> None:
             cfg = feature_config[name]
             kind = "sequence" if cfg.max_sequence_length else cfg.table.combiner
             print(f"  {name} {value.shape} ({kind}):")
-            print("    " + str(value).replace("\n", "\n    "))
+            print(textwrap.indent(str(value), "    "))
     try:
         model({"user_id": np.array([7, 1000])})
     except es.IdOutOfRangeError as e:

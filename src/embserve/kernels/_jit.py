@@ -61,4 +61,3 @@ def jit(fn: F) -> F:
 def jit_parallel(fn: F) -> F:
     """Compile a kernel whose ``prange`` loops run on the thread pool."""
     return numba.njit(parallel=True, **_OPTIONS)(fn)
-
