@@ -255,7 +255,7 @@ def kind_of(x: Any) -> str | None:
     return None
 
 
-def _ids_array(raw: Any, path: str, what: str) -> np.ndarray:
+def _ids_array(raw: Any, path: str, what: str, allow_int16: bool = False) -> np.ndarray:
     try:
         ids = np.asarray(raw)
     except (ValueError, TypeError) as e:
@@ -265,6 +265,8 @@ def _ids_array(raw: Any, path: str, what: str) -> np.ndarray:
         ) from None
     if ids.dtype.kind == "f" and ids.size == 0 and isinstance(raw, (list, tuple)):
         ids = ids.astype(np.int64)  # np.asarray([]) is float64; an empty list of ids is fine
+    if allow_int16 and ids.dtype == np.int16:
+        return ids.astype(np.int32)
     if ids.dtype not in _ID_DTYPES:
         raise InputError(
             f"{_where(path)}: {what} must be int32 or int64, got {ids.dtype} "
@@ -287,13 +289,17 @@ class SparseParts(NamedTuple):
     dense_shape: tuple[int, ...]
 
 
-def to_sparse(x: Any, path: str) -> SparseParts:
-    """A sparse leaf's parts, checked for consistency (ids dtype included)."""
+def to_sparse(x: Any, path: str, allow_int16: bool = False) -> SparseParts:
+    """A sparse leaf's parts, checked for consistency (ids dtype included).
+
+    ``allow_int16`` widens int16 ids to int32: TensorFlow's sparse sequence path gathers with
+    ``tf.gather``, which takes int16 indices, while every other path rejects them.
+    """
     dense_shape = np.asarray(x.dense_shape).astype(np.int64, copy=False).reshape(-1)
     indices = np.asarray(x.indices)
     if indices.size == 0:
         indices = indices.astype(np.int64).reshape(0, dense_shape.shape[0])
-    values = _ids_array(x.values, path, "sparse ids")
+    values = _ids_array(x.values, path, "sparse ids", allow_int16)
     _check_sparse_parts(indices, values, dense_shape, _where(path))
     return SparseParts(
         indices.astype(np.int64, copy=False), values, tuple(int(d) for d in dense_shape)

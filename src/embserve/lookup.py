@@ -198,12 +198,12 @@ def _ragged_locate(splits: np.ndarray) -> Any:
 
 
 def _lookup_sparse(f: _Feature, raw: Any, weight: Any) -> np.ndarray:
-    sp = to_sparse(raw, f.path)
-    rank = len(sp.dense_shape)
     cfg = f.config
     seq_len = cfg.max_sequence_length
+    rank = np.size(raw.dense_shape)
     if seq_len > 0 and cfg.output_shape is None and rank == 2:
-        return _sparse_sequence(f, sp, seq_len)
+        return _sparse_sequence(f, to_sparse(raw, f.path, allow_int16=True), seq_len)
+    sp = to_sparse(raw, f.path)
     if seq_len > 0:
         _warn_once(
             f.path,
@@ -269,39 +269,61 @@ def _sparse_plain(f: _Feature, sp: SparseParts, weight: Any) -> np.ndarray:
     return _pool(f, np.ascontiguousarray(sp.values), weights, _splits_from_rows(rows, nrows), nrows)
 
 
+def _validated_rows(f: _Feature, sp: SparseParts) -> tuple[np.ndarray, int]:
+    """Bag (row) of every entry on the validated path, and the number of bags.
+
+    TensorFlow reshapes any rank other than 2 to ``[prod(dense_shape[:-1]), dense_shape[-1]]``
+    through the row-major linear index, so a coordinate past its dimension spills into a
+    neighbouring row rather than failing ([0, 0, 4] in [2, 2, 3] lands in row 1) and only the
+    resulting row is checked. Rank 2 is used as is: the row index is checked, the column not.
+    """
+    shape = sp.dense_shape
+    nbags = math.prod(shape[:-1])
+    if len(shape) == 2:
+        rows = sp.indices[:, 0]
+    elif sp.indices.shape[0] == 0:
+        rows = np.zeros(0, dtype=np.int64)
+    elif shape[-1] == 0:
+        raise InputError(
+            f"feature {f.path!r}: sparse input has {sp.indices.shape[0]} entries but its "
+            f"dense_shape {list(shape)} holds none"
+        )
+    else:
+        strides = np.ones(len(shape), dtype=np.int64)
+        strides[:-1] = np.cumprod(np.asarray(shape[:0:-1], dtype=np.int64))[::-1]
+        linear = sp.indices @ strides
+        last = shape[-1]
+        # C++ division truncates toward zero, so small negative offsets stay in row 0.
+        rows = np.where(linear >= 0, linear // last, -((-linear) // last))
+    bad = (rows < 0) | (rows >= nbags)
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise InputError(
+            f"feature {f.path!r}: indices({k}, 0) is invalid: sparse index "
+            f"{sp.indices[k].tolist()} falls in row {int(rows[k])}, outside [0, {nbags}) for "
+            f"dense_shape {list(shape)}"
+        )
+    return rows, nbags
+
+
 def _sparse_validated(f: _Feature, sp: SparseParts, weight: Any) -> np.ndarray:
     """TensorFlow's ``safe_embedding_lookup_sparse``: the last axis is the bag; negative ids are
     dropped, and so are weights ``<= 0`` for mean / sqrtn; empty bags give zeros."""
-    shape = sp.dense_shape
-    lead_shape = shape[:-1]
-    lead = sp.indices[:, :-1]
-    n = lead.shape[0]
-    if n and lead.shape[1]:
-        bad = (lead < 0) | (lead >= np.asarray(lead_shape, dtype=np.int64))
-        if bad.any():
-            k = int(np.flatnonzero(bad.any(axis=1))[0])
-            j = int(np.flatnonzero(bad[k])[0])
-            raise InputError(
-                f"feature {f.path!r}: indices({k}, {j}) is invalid: {int(lead[k, j])} is "
-                f"outside [0, {lead_shape[j]}) of dense_shape {list(shape)}"
-            )
-    nbags = math.prod(lead_shape)
-    if lead.shape[1] == 0:
-        rows = np.zeros(n, dtype=np.int64)
-    elif lead.shape[1] == 1:
-        rows = lead[:, 0]
-    else:
-        rows = np.ravel_multi_index(tuple(lead.T), lead_shape).astype(np.int64, copy=False)
+    rows, nbags = _validated_rows(f, sp)
+    n = rows.shape[0]
     ids = sp.values
-    f.check_ids(ids, True, _sparse_locate(sp.indices))
     weights = _NO_WEIGHTS if weight is None else weight_values(weight, n, f.path, cast=False)
     keep = ids >= 0
     if weight is not None and f.combiner != SUM:
         keep &= weights > 0
+    subset: np.ndarray | None = None
     if not keep.all():
-        ids, rows = ids[keep], rows[keep]
+        subset = np.flatnonzero(keep)
+        ids, rows = ids[subset], rows[subset]
         if weight is not None:
-            weights = weights[keep]
+            weights = weights[subset]
+    # Pruned entries are never read, so (as in TensorFlow) their ids are not checked.
+    f.check_ids(ids, False, _sparse_locate(sp.indices), subset)
     if rows.shape[0] > 1 and np.any(rows[1:] < rows[:-1]):
         order = np.argsort(rows, kind="stable")
         ids, rows = ids[order], rows[order]
@@ -314,7 +336,7 @@ def _sparse_validated(f: _Feature, sp: SparseParts, weight: Any) -> np.ndarray:
         _splits_from_rows(rows, nbags),
         nbags,
     )
-    return out.reshape((*lead_shape, f.table.shape[1]))
+    return out.reshape((*sp.dense_shape[:-1], f.table.shape[1]))
 
 
 # ---------------------------------------------------------------------------------------------
