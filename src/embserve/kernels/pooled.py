@@ -21,7 +21,7 @@ import math
 import numpy as np
 from numba import prange
 
-from embserve.kernels._jit import jit, jit_parallel
+from embserve.kernels._jit import jit, jit_inline, jit_parallel
 
 __all__ = ["MEAN", "SQRTN", "SUM", "pooled_parallel", "pooled_serial"]
 
@@ -30,43 +30,44 @@ MEAN = 1
 SQRTN = 2
 
 
-@jit
+# Bodies are explicit loops over ``d``, inlined into both drivers: 26 x 1024 one-id bags from a
+# 1M x 64 table took 5.0 ms with slice expressions in a called helper, 2.2 ms like this.
+
+
+@jit_inline
 def _bag(table, ids, splits, combiner, out, b):  # type: ignore[no-untyped-def]
     dim = table.shape[1]
-    acc = out[b]
-    acc[:] = 0
     start = splits[b]
     end = splits[b + 1]
+    for d in range(dim):
+        out[b, d] = 0
     for k in range(start, end):
-        row = table[ids[k]]
+        r = ids[k]
         for d in range(dim):
-            acc[d] += row[d]
+            out[b, d] += table[r, d]
     n = end - start
     if n > 0 and combiner != SUM:
         denom = np.float32(n) if combiner == MEAN else np.float32(math.sqrt(n))
         for d in range(dim):
-            acc[d] = acc[d] / denom
+            out[b, d] = out[b, d] / denom
 
 
-@jit
+@jit_inline
 def _bag_weighted(table, ids, weights, splits, combiner, out, b):  # type: ignore[no-untyped-def]
     dim = table.shape[1]
-    acc = out[b]
-    acc[:] = 0
+    for d in range(dim):
+        out[b, d] = 0
     wsum = np.float32(0)
     for k in range(splits[b], splits[b + 1]):
-        row = table[ids[k]]
+        r = ids[k]
         w = weights[k]
         for d in range(dim):
-            acc[d] += row[d] * w
+            out[b, d] += table[r, d] * w
         wsum += w if combiner == MEAN else w * w
     if combiner != SUM:
         denom = wsum if combiner == MEAN else np.float32(math.sqrt(wsum))
-        if denom == 0:
-            acc[:] = 0
-        else:
-            for d in range(dim):
-                acc[d] = acc[d] / denom
+        for d in range(dim):
+            out[b, d] = out[b, d] / denom if denom != 0 else np.float32(0)
 
 
 @jit

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from numba import prange
 
-from embserve.kernels._jit import jit, jit_parallel
+from embserve.kernels._jit import jit, jit_inline, jit_parallel
 
 __all__ = [
     "gather_parallel",
@@ -20,9 +20,16 @@ __all__ = [
 ]
 
 
-@jit
+# Row copies are explicit loops over ``d``, inlined into both drivers: 26 x 1024 rows from a
+# 1M x 64 table took 5.4 ms with slice assignment in a called helper, 2.8 ms with loops in it,
+# 1.4 ms inlined (np.take: 2.6 ms).
+
+
+@jit_inline
 def _gather_one(table, ids, out, i):  # type: ignore[no-untyped-def]
-    out[i, :] = table[ids[i], :]
+    r = ids[i]
+    for d in range(table.shape[1]):
+        out[i, d] = table[r, d]
 
 
 @jit
@@ -39,14 +46,19 @@ def gather_parallel(table, ids, out):  # type: ignore[no-untyped-def]
         _gather_one(table, ids, out, i)
 
 
-@jit
+@jit_inline
 def _sequence_row(table, ids, splits, out, b):  # type: ignore[no-untyped-def]
     length = out.shape[1]
+    dim = table.shape[1]
     start = splits[b]
     n = min(splits[b + 1] - start, length)
     for j in range(n):
-        out[b, j, :] = table[ids[start + j], :]
-    out[b, n:, :] = 0
+        r = ids[start + j]
+        for d in range(dim):
+            out[b, j, d] = table[r, d]
+    for j in range(n, length):
+        for d in range(dim):
+            out[b, j, d] = 0
 
 
 @jit
@@ -63,14 +75,14 @@ def sequence_parallel(table, ids, splits, out):  # type: ignore[no-untyped-def]
         _sequence_row(table, ids, splits, out, b)
 
 
-@jit
+@jit_inline
 def _scatter_row(table, ids, cols, splits, out, b):  # type: ignore[no-untyped-def]
     dim = table.shape[1]
     for k in range(splits[b], splits[b + 1]):
-        row = table[ids[k]]
-        dst = out[b, cols[k]]
+        r = ids[k]
+        c = cols[k]
         for d in range(dim):
-            dst[d] += row[d]
+            out[b, c, d] += table[r, d]
 
 
 @jit
