@@ -1,0 +1,61 @@
+"""``benchmarks/run.py --quick`` runs end to end, so the benchmark script cannot rot.
+
+The script is a script, not a timed test (ARCHITECTURE.md, "Habits"); this only checks that its
+smoke run finishes, checks every contestant's outputs (the script fails on a mismatch) and prints
+the markdown table. ``make test`` installs only the ``dev`` extra: without torch the script leaves
+that contestant out, and the torch assertion below is skipped.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+WORKLOADS = ("a) 26 one-hot", "b) bags of 1–40 ids", "c) sequence", "d) batch 1")
+
+
+@pytest.fixture(scope="module")
+def quick_output() -> str:
+    """stdout of one ``run.py --quick`` (about 10 s warm, 25 s when numba compiles afresh)."""
+    proc = subprocess.run(
+        [sys.executable, str(RUN), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, f"run.py --quick failed:\n{proc.stderr[-5000:]}"
+    return proc.stdout
+
+
+def _rows(output: str, contestant: str) -> list[str]:
+    """The result-table rows (they start with the workload title, ``| a) …``) of one contestant."""
+    return [
+        line
+        for line in output.splitlines()
+        if line.startswith(tuple(f"| {w}" for w in WORKLOADS)) and f" | {contestant} |" in line
+    ]
+
+
+@pytest.mark.slow
+def test_quick_run_prints_the_markdown_table(quick_output: str) -> None:
+    assert "| workload | contestant | median µs | min µs | max µs |" in quick_output
+    assert "### Machine memory bandwidth" in quick_output
+    for contestant in ("numpy", "embserve"):
+        rows = _rows(quick_output, contestant)
+        for workload in WORKLOADS:
+            assert any(workload in row for row in rows), (contestant, workload)
+
+
+@pytest.mark.slow
+def test_quick_run_includes_torch_when_installed(quick_output: str) -> None:
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("torch is not installed (it comes with the 'bench' extra: make bench)")
+    rows = _rows(quick_output, "torch")
+    assert len(rows) == 6  # a-zipf, a-uniform, b-sum, b-wmean, c-seq, d-latency
+    assert all("| 1.00× |" in row for row in rows)
