@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: help test lint pytest demo bench bench-quick fixtures clean
+.PHONY: help test lint pytest demo bench bench-quick fixtures checkpoint-fixtures protos clean
 
 help:
 	@echo "make demo   - build a small model and show a few lookups"
@@ -53,6 +53,16 @@ bench-quick: $(VENV)/.stamp-bench
 fixtures:
 	test -x .venvs/tf/bin/python || ($(PYTHON) -m venv .venvs/tf && .venvs/tf/bin/pip install -q tensorflow-cpu==2.21.0)
 	.venvs/tf/bin/python tools/make_fixtures.py
+
+# Re-creates tests/data/checkpoints/ with real TensorFlow, and cross-checks embserve's writer.
+checkpoint-fixtures:
+	test -x .venvs/tf/bin/python || ($(PYTHON) -m venv .venvs/tf && .venvs/tf/bin/pip install -q tensorflow-cpu==2.21.0)
+	.venvs/tf/bin/pip install -q google-crc32c
+	.venvs/tf/bin/python tools/make_checkpoint_fixtures.py
+
+# Regenerates src/embserve/checkpoint/protos/*_pb2.py(i) with a pinned protoc (grpcio-tools).
+protos:
+	$(PYTHON) tools/gen_protos.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

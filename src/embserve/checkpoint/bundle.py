@@ -1,0 +1,1068 @@
+"""TensorBundle (TensorFlow checkpoint V2) reading and writing: ``P.index`` + ``P.data-*``.
+
+A checkpoint prefix ``P`` names an index (:mod:`embserve.checkpoint.sstable`) whose first entry
+(key ``""``) is a ``BundleHeader`` and whose other entries map tensor names to ``BundleEntry``
+records: dtype, shape, data shard, offset, size and a masked CRC-32C of the bytes. Data shards
+``P.data-SSSSS-of-NNNNN`` are plain concatenations of encoded tensors (CHECKPOINT_FORMAT.md
+§1, §3, §4, §5).
+
+:class:`BundleReader` validates every piece of metadata when it opens a checkpoint, before any
+tensor byte is touched: the index table (checksums, bounds, order), the header (shard count,
+byte order, version), each entry (a supported dtype, a fully known shape, ``size`` consistent
+with dtype and shape, ``offset + size`` inside an existing shard of the recorded size), and the
+geometry of sliced tensors. A corrupt size field can therefore never cause a large allocation or
+a read past a file. Tensor checksums are verified the first time a tensor is read (or all at once
+with :meth:`BundleReader.verify`). Numeric tensors are returned as zero-copy, read-only numpy
+views into a memory map of their shard (each shard mapped once, on first use), so several
+processes serving one checkpoint share a single copy in the page cache.
+
+:class:`BundleWriter` writes a bundle the way TensorFlow reads it (and, for single-shard
+unsliced checkpoints written in the same order, byte for byte as TensorFlow writes it). Every
+file goes to a sibling temporary name first and is ``os.replace``-d into place, data shards
+before the index, so a process that still memory-maps an older file of the same name keeps a
+valid mapping and a reader never sees a half-written bundle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import mmap
+import os
+import secrets
+import stat
+import struct
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import IO, Any, cast
+
+import numpy as np
+import numpy.typing as npt
+from google.protobuf.message import DecodeError
+
+from embserve.checkpoint import crc32c
+from embserve.checkpoint._wire import Malformed, corrupt, decode_varint, encode_varint
+from embserve.checkpoint.dtypes import (
+    SUPPORTED,
+    DataType,
+    DTypeInfo,
+    dtype_info,
+    float32_to_bfloat16,
+    from_numpy,
+    type_name,
+)
+from embserve.checkpoint.protos import tensor_bundle_pb2 as pb
+from embserve.checkpoint.slices import Extent, decode_slice_key, slice_key
+from embserve.checkpoint.sstable import build_table, read_table
+from embserve.checkpoint.state import latest_checkpoint
+from embserve.errors import CheckpointMismatchError, CheckpointNotFoundError
+
+__all__ = [
+    "HEADER_KEY",
+    "MAX_SHARDS",
+    "BundleReader",
+    "BundleWriter",
+    "TensorInfo",
+    "data_path",
+    "index_path",
+]
+
+HEADER_KEY = b""
+MAX_SHARDS = 99_999  # the file names carry the shard count in 5 digits
+_BUNDLE_VERSION = 1  # kTensorBundleVersion: what we produce and the consumer version we are
+_MAX_RANK = 254  # TensorFlow's TensorShape limit
+
+ProgressCallback = Callable[[int, int], None]
+
+
+def index_path(prefix: str | os.PathLike[str]) -> str:
+    """``P.index``."""
+    return os.fspath(prefix) + ".index"
+
+
+def data_path(prefix: str | os.PathLike[str], shard: int, num_shards: int) -> str:
+    """``P.data-SSSSS-of-NNNNN`` (both numbers zero-padded to 5 digits)."""
+    return f"{os.fspath(prefix)}.data-{shard:05d}-of-{num_shards:05d}"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What the index says about one tensor (or one stored slice of one).
+
+    Attributes:
+        key: the tensor's name in the checkpoint.
+        dtype: its element type.
+        shape: its full shape.
+        shard_id: data shard holding the bytes (meaningless for a sliced tensor).
+        offset: byte offset in that shard (meaningless for a sliced tensor).
+        size: byte length of the encoded tensor (meaningless for a sliced tensor).
+        crc32c: the stored *masked* CRC-32C of those bytes.
+        slices: for a tensor stored in pieces, the extents of each piece, one ``(start,
+            length)`` pair per dimension with ``length`` ``None`` for "the whole dimension";
+            empty for an ordinary tensor.
+    """
+
+    key: str
+    dtype: DataType
+    shape: tuple[int, ...]
+    shard_id: int
+    offset: int
+    size: int
+    crc32c: int
+    slices: tuple[tuple[Extent, ...], ...] = ()
+
+    @property
+    def dtype_name(self) -> str:
+        """TensorFlow's name for the dtype (``tf.DType.name``): ``"float32"``, ``"string"``..."""
+        return SUPPORTED[self.dtype].name
+
+    @property
+    def numpy_dtype(self) -> np.dtype[np.generic]:
+        """The numpy dtype :meth:`BundleReader.get_tensor` returns (``uint16`` for bfloat16)."""
+        return SUPPORTED[self.dtype].numpy
+
+    @property
+    def num_elements(self) -> int:
+        """Number of elements of the full tensor."""
+        return math.prod(self.shape)
+
+    @property
+    def is_sliced(self) -> bool:
+        """Whether the tensor is stored as several slices."""
+        return bool(self.slices)
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """One stored slice of a sliced tensor: where it goes and where its bytes are."""
+
+    region: tuple[slice, ...]
+    entry: TensorInfo
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+class BundleReader:
+    """Validated, read-only access to one checkpoint's tensors.
+
+    Args:
+        path: the checkpoint prefix ``P`` (``P.index`` must exist), or a directory, which is
+            resolved to its latest checkpoint through its ``checkpoint`` state file like
+            ``tf.train.load_checkpoint`` does.
+        verify: verify every tensor checksum now (same as calling :meth:`verify`).
+
+    Raises:
+        CheckpointNotFoundError: no checkpoint at ``path``, or a data shard is missing.
+        CorruptCheckpointError: the index, an entry or a shard size is not consistent (the
+            message names the file and the byte offset).
+
+    The reader is safe to share between threads. Arrays it returns stay valid after
+    :meth:`close` (their memory maps are released when the last array goes away).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, verify: bool = False) -> None:
+        self.prefix = _resolve_prefix(path)
+        self.index_path = index_path(self.prefix)
+        table = read_table(self.index_path)
+        if not table.entries or table.entries[0][0] != HEADER_KEY:
+            raise corrupt(self.index_path, 0, 'the first index entry is not the header (key "")')
+        self.num_shards = self._parse_header(table.entries[0][1], table.value_offsets[0])
+        self.data_paths = [
+            data_path(self.prefix, i, self.num_shards) for i in range(self.num_shards)
+        ]
+        self._shard_sizes = [self._stat_shard(p) for p in self.data_paths]
+        self._maps: list[mmap.mmap | bytes | None] = [None] * self.num_shards
+        self._lock = threading.Lock()
+        # (shard, offset, size, stored crc) of byte ranges whose checksum has been verified.
+        self._verified: set[tuple[int, int, int, int]] = set()
+
+        entries: dict[str, TensorInfo] = {}
+        slice_entries: dict[bytes, TensorInfo] = {}
+        for (key, value), at in zip(table.entries[1:], table.value_offsets[1:], strict=True):
+            if key[:1] == b"\x00":
+                try:
+                    name, _ = decode_slice_key(key)
+                except Malformed as exc:
+                    raise corrupt(
+                        self.index_path, at, f"bad slice key {key!r}: {exc.what}"
+                    ) from None
+                label = f"slice of {name.decode('utf-8', 'backslashreplace')!r}"
+                slice_entries[key] = self._parse_entry(label, value, at, sliced_ok=False)
+                continue
+            try:
+                name_str = key.decode("utf-8")
+            except UnicodeDecodeError:
+                raise corrupt(self.index_path, at, f"tensor name {key!r} is not UTF-8") from None
+            entries[name_str] = self._parse_entry(name_str, value, at, sliced_ok=True)
+        self._entries = entries
+        self._pieces: dict[str, list[_Piece]] = {
+            info.key: self._check_slices(info, slice_entries)
+            for info in entries.values()
+            if info.slices
+        }
+        self._slice_entries = slice_entries
+        if verify:
+            self.verify()
+
+    # -- metadata ------------------------------------------------------------------------------
+
+    def _parse_header(self, value: bytes, at: int) -> int:
+        header = pb.BundleHeader()
+        try:
+            header.ParseFromString(value)
+        except DecodeError as exc:
+            raise corrupt(
+                self.index_path, at, f"header is not a BundleHeaderProto ({exc})"
+            ) from None
+        if header.endianness != pb.BundleHeader.LITTLE:
+            raise corrupt(
+                self.index_path, at, "big-endian bundles are not supported (header endianness BIG)"
+            )
+        version = header.version
+        if version.min_consumer > _BUNDLE_VERSION:
+            raise corrupt(
+                self.index_path,
+                at,
+                f"bundle needs consumer version {version.min_consumer}, this reader is "
+                f"version {_BUNDLE_VERSION}",
+            )
+        if version.producer < 0:
+            raise corrupt(self.index_path, at, f"bad producer version {version.producer}")
+        if _BUNDLE_VERSION in version.bad_consumers:
+            raise corrupt(
+                self.index_path, at, f"bundle disallows consumer version {_BUNDLE_VERSION}"
+            )
+        if not 1 <= header.num_shards <= MAX_SHARDS:
+            raise corrupt(
+                self.index_path,
+                at,
+                f"header num_shards is {header.num_shards}, expected 1..{MAX_SHARDS}",
+            )
+        return int(header.num_shards)
+
+    def _stat_shard(self, path: str) -> int:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise CheckpointNotFoundError(
+                f"checkpoint data shard missing: {path!r} (the index {self.index_path!r} "
+                f"lists {self.num_shards} shard(s))"
+            ) from None
+        if not stat.S_ISREG(st.st_mode):
+            raise corrupt(path, None, "data shard is not a regular file")
+        return st.st_size
+
+    def _parse_entry(self, name: str, value: bytes, at: int, *, sliced_ok: bool) -> TensorInfo:
+        where = self.index_path
+        entry = pb.BundleEntry()
+        try:
+            entry.ParseFromString(value)
+        except DecodeError as exc:
+            raise corrupt(where, at, f"entry {name!r} is not a BundleEntryProto ({exc})") from None
+        info = dtype_info(entry.dtype)
+        if info is None:
+            raise corrupt(where, at, f"entry {name!r}: unsupported dtype {type_name(entry.dtype)}")
+        if entry.shape.unknown_rank:
+            raise corrupt(where, at, f"entry {name!r}: shape has unknown rank")
+        shape = tuple(int(d.size) for d in entry.shape.dim)
+        if len(shape) > _MAX_RANK or any(d < 0 for d in shape):
+            raise corrupt(where, at, f"entry {name!r}: invalid shape {list(shape)}")
+        slices = tuple(
+            tuple((int(e.start), int(e.length) if e.HasField("length") else None) for e in s.extent)
+            for s in entry.slices
+        )
+        result = TensorInfo(
+            name,
+            info.dtype,
+            shape,
+            int(entry.shard_id),
+            int(entry.offset),
+            int(entry.size),
+            int(entry.crc32c),
+            slices,
+        )
+        if slices:
+            if not sliced_ok:
+                raise corrupt(where, at, f"entry {name!r}: a slice entry lists slices itself")
+            return result  # location fields of a full entry are meaningless (§5.1)
+        self._check_location(result, info, at)
+        return result
+
+    def _check_location(self, t: TensorInfo, info: DTypeInfo, at: int) -> None:
+        where = self.index_path
+        if not 0 <= t.shard_id < self.num_shards:
+            raise corrupt(
+                where,
+                at,
+                f"entry {t.key!r}: shard_id {t.shard_id} outside 0..{self.num_shards - 1}",
+            )
+        if t.offset < 0 or t.size < 0:
+            raise corrupt(
+                where, at, f"entry {t.key!r}: negative offset {t.offset} or size {t.size}"
+            )
+        n = t.num_elements
+        if info.itemsize:
+            if t.size != n * info.itemsize:
+                raise corrupt(
+                    where,
+                    at,
+                    f"entry {t.key!r}: size {t.size} bytes, expected {n} x {info.itemsize} = "
+                    f"{n * info.itemsize} for {info.name} {list(t.shape)}",
+                )
+        elif t.size < (n + 4 if n else 0):
+            # Each string needs a varint length (>= 1 byte) plus the 4-byte length checksum.
+            raise corrupt(
+                where, at, f"entry {t.key!r}: size {t.size} too small for {n} string element(s)"
+            )
+        shard_size = self._shard_sizes[t.shard_id]
+        if t.offset + t.size > shard_size:
+            raise corrupt(
+                where,
+                at,
+                f"entry {t.key!r}: bytes [{t.offset}, {t.offset + t.size}) lie past the end of "
+                f"{self.data_paths[t.shard_id]!r} ({shard_size} bytes)",
+            )
+
+    def _check_slices(
+        self, full: TensorInfo, slice_entries: Mapping[bytes, TensorInfo]
+    ) -> list[_Piece]:
+        where = self.index_path
+        pieces: list[_Piece] = []
+        boxes: list[tuple[tuple[int, int], ...]] = []
+        for extents in full.slices:
+            if len(extents) != len(full.shape):
+                raise corrupt(
+                    where,
+                    None,
+                    f"tensor {full.key!r}: slice rank {len(extents)} != rank {len(full.shape)}",
+                )
+            box = []
+            for (start, length), dim in zip(extents, full.shape, strict=True):
+                if length is None:
+                    if start != 0:
+                        raise corrupt(
+                            where,
+                            None,
+                            f"tensor {full.key!r}: whole-dimension extent starts at {start}",
+                        )
+                    length = dim
+                if start < 0 or length < 0 or start + length > dim:
+                    raise corrupt(
+                        where,
+                        None,
+                        f"tensor {full.key!r}: slice extent ({start}, {length}) outside dimension "
+                        f"{dim}",
+                    )
+                box.append((start, start + length))
+            key = slice_key(full.key, extents)
+            entry = slice_entries.get(key)
+            if entry is None:
+                raise corrupt(
+                    where, None, f"tensor {full.key!r}: slice {list(extents)} has no entry"
+                )
+            lengths = tuple(b - a for a, b in box)
+            if entry.dtype != full.dtype or entry.shape != lengths:
+                raise corrupt(
+                    where,
+                    None,
+                    f"tensor {full.key!r}: slice {list(extents)} is {type_name(entry.dtype)} "
+                    f"{list(entry.shape)}, expected {type_name(full.dtype)} {list(lengths)}",
+                )
+            boxes.append(tuple(box))
+            pieces.append(_Piece(tuple(slice(a, b) for a, b in box), entry))
+        if boxes and _find_overlap(boxes) is not None:
+            raise corrupt(where, None, f"tensor {full.key!r}: slices overlap")
+        covered = sum(math.prod(hi - lo for lo, hi in box) for box in boxes)
+        if covered != full.num_elements:
+            raise corrupt(
+                where,
+                None,
+                f"tensor {full.key!r}: slices cover {covered} of {full.num_elements} elements",
+            )
+        return pieces
+
+    # -- mapping -------------------------------------------------------------------------------
+
+    def _buffer(self, shard: int) -> mmap.mmap | bytes:
+        """The shard's bytes, memory-mapped once (an empty shard cannot be mapped)."""
+        buf = self._maps[shard]
+        if buf is not None:
+            return buf
+        with self._lock:
+            buf = self._maps[shard]
+            if buf is None:
+                path = self.data_paths[shard]
+                try:
+                    with open(path, "rb") as f:
+                        size = os.fstat(f.fileno()).st_size
+                        if size != self._shard_sizes[shard]:
+                            raise corrupt(
+                                path,
+                                None,
+                                f"shard changed since the index was read: {size} bytes, expected "
+                                f"{self._shard_sizes[shard]}",
+                            )
+                        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+                except FileNotFoundError:
+                    raise CheckpointNotFoundError(
+                        f"checkpoint data shard missing: {path!r}"
+                    ) from None
+                self._maps[shard] = buf
+        return buf
+
+    def close(self) -> None:
+        """Drop the memory maps; arrays already returned stay valid until they are released."""
+        with self._lock:
+            for i, buf in enumerate(self._maps):
+                if isinstance(buf, mmap.mmap):
+                    # While numpy views still use the map, close() raises BufferError; the map
+                    # is then released together with the last view.
+                    with contextlib.suppress(BufferError):
+                        buf.close()
+                self._maps[i] = None
+
+    def __enter__(self) -> BundleReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- name-based view (tf.train.load_checkpoint) ----------------------------------------
+
+    def keys(self) -> list[str]:
+        """Tensor names in key order (slice entries and the header excluded), like
+        ``tf.train.list_variables``; includes ``_CHECKPOINTABLE_OBJECT_GRAPH`` when present."""
+        return list(self._entries)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def has_tensor(self, key: str) -> bool:
+        """Whether ``key`` names a tensor (``CheckpointReader.has_tensor``)."""
+        return key in self._entries
+
+    def info(self, key: str) -> TensorInfo:
+        """The index record of ``key``.
+
+        Raises:
+            CheckpointMismatchError: no such tensor.
+        """
+        try:
+            return self._entries[key]
+        except KeyError:
+            raise CheckpointMismatchError(
+                f"key {key!r} not found in checkpoint {self.prefix!r}"
+            ) from None
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Name -> full shape (``get_variable_to_shape_map``)."""
+        return {k: v.shape for k, v in self._entries.items()}
+
+    @property
+    def dtypes(self) -> dict[str, DataType]:
+        """Name -> element type (``get_variable_to_dtype_map``)."""
+        return {k: v.dtype for k, v in self._entries.items()}
+
+    # -- tensors -------------------------------------------------------------------------------
+
+    def get_tensor(self, key: str, *, copy: bool = False, verify: bool = True) -> npt.NDArray[Any]:
+        """The value of tensor ``key``.
+
+        Numeric tensors come back as read-only, zero-copy views into the shard's memory map,
+        unless ``copy`` is true (a private, writable array) or the tensor's offset is not a
+        multiple of its element alignment (TensorFlow does not align data; such a tensor is
+        copied once to an aligned, read-only array). bfloat16 tensors are ``uint16`` bit
+        patterns (see :mod:`embserve.checkpoint.dtypes`), strings are ``object`` arrays of
+        ``bytes``, and sliced tensors are assembled into one new array.
+
+        Args:
+            key: the tensor name.
+            copy: return a private writable copy instead of a view.
+            verify: check the tensor's CRC-32C the first time it is read (strings are always
+                checked, since decoding them reads every byte anyway).
+
+        Raises:
+            CheckpointMismatchError: no tensor named ``key``.
+            CorruptCheckpointError: a checksum does not match (naming shard file and offset).
+        """
+        info = self.info(key)
+        if info.slices:
+            return self._assemble(info, verify)
+        return self._read(info, copy=copy, verify=verify)
+
+    def _assemble(self, info: TensorInfo, verify: bool) -> npt.NDArray[Any]:
+        dtype = SUPPORTED[info.dtype].numpy
+        out: npt.NDArray[Any] = np.empty(info.shape, dtype=dtype)
+        for piece in self._pieces[info.key]:
+            out[piece.region] = self._read(piece.entry, copy=False, verify=verify)
+        return out
+
+    def _read(self, t: TensorInfo, *, copy: bool, verify: bool) -> npt.NDArray[Any]:
+        info = SUPPORTED[t.dtype]
+        if t.dtype == DataType.STRING:
+            return self._read_strings(t)
+        if verify:
+            self._verify_numeric(t)
+        n = t.num_elements
+        if n == 0:
+            arr: npt.NDArray[Any] = np.zeros(t.shape, dtype=info.numpy)
+        else:
+            buf = self._buffer(t.shard_id)
+            arr = np.frombuffer(buf, dtype=info.numpy, count=n, offset=t.offset).reshape(t.shape)
+            if copy or t.offset % info.numpy.alignment:
+                arr = arr.copy()
+        if not copy:
+            arr.flags.writeable = False
+        return arr
+
+    def _verify_numeric(self, t: TensorInfo, progress: Callable[[int], None] | None = None) -> None:
+        token = (t.shard_id, t.offset, t.size, t.crc32c)
+        if token in self._verified:
+            if progress is not None:
+                progress(t.size)
+            return
+        buf = self._buffer(t.shard_id)
+        crc = crc32c.value_of_buffer(buf, t.offset, t.offset + t.size, progress=progress)
+        if crc32c.mask(crc) != t.crc32c:
+            raise corrupt(
+                self.data_paths[t.shard_id],
+                t.offset,
+                f"tensor {t.key!r}: checksum mismatch over bytes [{t.offset}, {t.offset + t.size}) "
+                f"(stored {t.crc32c:#010x}, computed {crc32c.mask(crc):#010x})",
+            )
+        if t.dtype == DataType.BOOL and t.size:
+            raw = np.frombuffer(buf, dtype=np.uint8, count=t.size, offset=t.offset)
+            if int(raw.max()) > 1:
+                raise corrupt(
+                    self.data_paths[t.shard_id], t.offset, f"tensor {t.key!r}: bool byte above 1"
+                )
+        self._verified.add(token)
+
+    def _read_strings(self, t: TensorInfo) -> npt.NDArray[Any]:
+        path = self.data_paths[t.shard_id]
+        raw = bytes(self._buffer(t.shard_id)[t.offset : t.offset + t.size]) if t.size else b""
+        try:
+            values = decode_strings(raw, t.num_elements, t.crc32c)
+        except Malformed as exc:
+            raise corrupt(path, t.offset + exc.offset, f"tensor {t.key!r}: {exc.what}") from None
+        out: npt.NDArray[Any] = np.empty(len(values), dtype=object)
+        out[:] = values
+        self._verified.add((t.shard_id, t.offset, t.size, t.crc32c))
+        return out.reshape(t.shape)
+
+    def verify(self, progress: ProgressCallback | None = None) -> None:
+        """Verify the checksum of every stored tensor and slice now.
+
+        Args:
+            progress: called as ``progress(bytes_done, bytes_total)`` after every chunk of at
+                most 4 MiB, so a caller can show a progress bar over a large checkpoint.
+
+        Raises:
+            CorruptCheckpointError: the first mismatch, naming the shard file and offset.
+        """
+        stored = [t for t in self._entries.values() if not t.slices]
+        stored += list(self._slice_entries.values())
+        stored.sort(key=lambda t: (t.shard_id, t.offset))
+        total = sum(t.size for t in stored)
+        done = 0
+
+        def advance(n: int) -> None:
+            nonlocal done
+            done += n
+            if progress is not None:
+                progress(done, total)
+
+        if progress is not None:
+            progress(0, total)
+        for t in stored:
+            if t.dtype == DataType.STRING:
+                self._read_strings(t)
+                advance(t.size)
+            else:
+                self._verify_numeric(t, advance)
+
+
+def _find_overlap(boxes: Sequence[Sequence[tuple[int, int]]]) -> tuple[int, int] | None:
+    """Indices of two half-open boxes that share an element, or ``None``.
+
+    Empty boxes overlap nothing. Boxes are swept in order of their first-axis start and compared
+    only while first-axis ranges can still intersect, so the usual partition layouts (disjoint
+    row ranges) cost ``O(k log k)`` rather than ``O(k^2)`` for ``k`` slices.
+    """
+    order = sorted(
+        (i for i, box in enumerate(boxes) if all(lo < hi for lo, hi in box)),
+        key=lambda i: boxes[i][0] if boxes[i] else (0, 0),
+    )
+    for pos, i in enumerate(order):
+        a = boxes[i]
+        for j in order[pos + 1 :]:
+            b = boxes[j]
+            if a and b[0][0] >= a[0][1]:
+                break  # every later box starts at or after a's first-axis end
+            if all(lo1 < hi2 and lo2 < hi1 for (lo1, hi1), (lo2, hi2) in zip(a, b, strict=True)):
+                return (min(i, j), max(i, j))
+    return None
+
+
+def decode_strings(raw: bytes, n: int, stored_crc: int) -> list[bytes]:
+    """Decode and check a DT_STRING tensor's bytes (CHECKPOINT_FORMAT.md §4.3).
+
+    Raises:
+        Malformed: the lengths, their checksum, the total size or the final checksum are wrong
+            (offsets relative to ``raw``).
+    """
+    if n == 0 and not raw:
+        if stored_crc != crc32c.mask(0):
+            raise Malformed(
+                0, f"checksum mismatch (stored {stored_crc:#010x}, expected {crc32c.mask(0):#010x})"
+            )
+        return []
+    end = len(raw)
+    pos = 0
+    lengths = []
+    for _ in range(n):
+        length, pos = decode_varint(raw, pos, end)
+        lengths.append(length)
+    if pos + 4 > end:
+        raise Malformed(pos, "string tensor ends inside its length checksum")
+    length_crc = crc32c.value(_lengths_for_crc(lengths))
+    stored_lcrc = struct.unpack_from("<I", raw, pos)[0]
+    if crc32c.mask(length_crc) != stored_lcrc:
+        raise Malformed(
+            pos,
+            f"string lengths checksum mismatch (stored {stored_lcrc:#010x}, computed "
+            f"{crc32c.mask(length_crc):#010x})",
+        )
+    pos += 4
+    if sum(lengths) != end - pos:
+        raise Malformed(pos, f"string lengths add up to {sum(lengths)} bytes, {end - pos} stored")
+    crc = crc32c.extend(length_crc, raw[pos - 4 : pos])
+    values = []
+    for length in lengths:
+        values.append(raw[pos : pos + length])
+        pos += length
+    crc = crc32c.extend(crc, raw[end - sum(lengths) : end])
+    if crc32c.mask(crc) != stored_crc:
+        raise Malformed(
+            0, f"checksum mismatch (stored {stored_crc:#010x}, computed {crc32c.mask(crc):#010x})"
+        )
+    return values
+
+
+def _lengths_for_crc(lengths: Sequence[int]) -> bytes:
+    """The byte string TensorFlow's string-length checksum covers: u32 LE, or u64 LE if larger."""
+    if all(length <= 0xFFFFFFFF for length in lengths):
+        return struct.pack(f"<{len(lengths)}I", *lengths)
+    return b"".join(
+        struct.pack("<I", length) if length <= 0xFFFFFFFF else struct.pack("<Q", length)
+        for length in lengths
+    )
+
+
+def encode_strings(values: Sequence[bytes]) -> tuple[bytes, int]:
+    """Encode a DT_STRING tensor's elements; returns ``(bytes, masked crc32c)``."""
+    lengths = [len(v) for v in values]
+    length_crc = crc32c.value(_lengths_for_crc(lengths))
+    stored = struct.pack("<I", crc32c.mask(length_crc))
+    body = b"".join(values)
+    crc = crc32c.extend(crc32c.extend(length_crc, stored), body)
+    return b"".join(encode_varint(x) for x in lengths) + stored + body, crc32c.mask(crc)
+
+
+def _resolve_prefix(path: str | os.PathLike[str]) -> str:
+    """The checkpoint prefix ``path`` names (a directory resolves through its state file)."""
+    prefix = os.fspath(path)
+    if os.path.isdir(prefix):  # a directory always means "its latest checkpoint", as in TF
+        latest = latest_checkpoint(prefix)
+        if latest is None:
+            raise CheckpointNotFoundError(f"no checkpoint found in directory {prefix!r}")
+        return latest
+    if not os.path.exists(index_path(prefix)):
+        raise CheckpointNotFoundError(
+            f"no checkpoint at prefix {prefix!r}: {index_path(prefix)!r} does not exist"
+        )
+    return prefix
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+class BundleWriter:
+    """Write a checkpoint bundle: ``P.index`` and ``P.data-0000K-of-0000N``.
+
+    Use as a context manager (the bundle is finished when the block exits normally and every
+    temporary file is removed when it raises), or call :meth:`finish` / :meth:`abort`::
+
+        with BundleWriter("/ckpts/ckpt-1") as w:
+            w.add("embedding/table_a/.ATTRIBUTES/VARIABLE_VALUE", table_a)
+            w.add("save_counter/.ATTRIBUTES/VARIABLE_VALUE", np.int64(1))
+
+    Tensor bytes are streamed to the data file as they are added, in that order (TensorFlow
+    writes in object-graph order with the object graph last; readers rely on offsets only).
+
+    Args:
+        prefix: the checkpoint prefix ``P``; missing parent directories are created.
+        num_shards: number of data files; tensors pick one with ``add(..., shard=k)``.
+        overwrite: replace an existing checkpoint with this prefix. Never done silently: without
+            it an existing ``P.index`` raises ``FileExistsError``. Replacing goes through
+            rename, so readers that have the old files memory-mapped keep valid mappings.
+        alignment: start every tensor at a multiple of this many bytes (padding with zeros).
+            1 (the default) is what TensorFlow does and gives byte-identical files; a larger
+            value (e.g. 64) makes every numeric tensor eligible for zero-copy views.
+    """
+
+    def __init__(
+        self,
+        prefix: str | os.PathLike[str],
+        *,
+        num_shards: int = 1,
+        overwrite: bool = False,
+        alignment: int = 1,
+    ) -> None:
+        if not 1 <= num_shards <= MAX_SHARDS:
+            raise ValueError(f"num_shards must be in 1..{MAX_SHARDS}, got {num_shards}")
+        if alignment < 1:
+            raise ValueError(f"alignment must be >= 1, got {alignment}")
+        self.prefix = os.fspath(prefix)
+        self.num_shards = num_shards
+        self.alignment = alignment
+        if os.path.exists(index_path(self.prefix)) and not overwrite:
+            raise FileExistsError(
+                f"a checkpoint already exists at {self.prefix!r} "
+                "(pass overwrite=True to replace it)"
+            )
+        parent = os.path.dirname(self.prefix)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        self._tag = f".tempstate{secrets.randbits(64)}"
+        self._files: list[IO[bytes] | None] = [None] * num_shards
+        self._sizes = [0] * num_shards
+        self._entries: dict[bytes, pb.BundleEntry] = {}
+        self._closed = False
+
+    def _file(self, shard: int) -> IO[bytes]:
+        f = self._files[shard]
+        if f is None:
+            f = open(data_path(self.prefix, shard, self.num_shards) + self._tag, "wb")  # noqa: SIM115
+            self._files[shard] = f
+        return f
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError("this BundleWriter is finished or aborted")
+
+    def _check_key(self, key: str) -> bytes:
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"tensor names must be non-empty strings, got {key!r}")
+        raw = key.encode("utf-8")
+        if raw[:1] == b"\x00":
+            raise ValueError(f"tensor names may not start with NUL (reserved for slices): {key!r}")
+        if raw in self._entries:
+            raise ValueError(f"tensor {key!r} was already added")
+        return raw
+
+    def add(
+        self,
+        key: str,
+        value: npt.ArrayLike,
+        *,
+        dtype: DataType | None = None,
+        shard: int = 0,
+    ) -> TensorInfo:
+        """Append one tensor.
+
+        Args:
+            key: its checkpoint name.
+            value: a numpy array or anything ``np.asarray`` accepts; ``bytes`` / ``str`` (and
+                arrays of them) are string tensors, ``str`` encoded as UTF-8.
+            dtype: the stored type; default from the array's dtype. ``DataType.BFLOAT16``
+                takes either ``uint16`` bit patterns or float values (rounded like TF's cast).
+                Other explicit types accept values of the same kind (a float64 array is cast
+                to float32 for ``DataType.FLOAT``); a cross-kind cast raises ``TypeError``.
+            shard: the data file (``0 <= shard < num_shards``).
+
+        Returns:
+            The :class:`TensorInfo` recorded for it.
+        """
+        self._check_open()
+        raw_key = self._check_key(key)
+        entry = self._write(key, value, dtype, shard)
+        self._entries[raw_key] = entry
+        return _info_of(key, entry)
+
+    def add_sliced(
+        self,
+        key: str,
+        shape: Sequence[int],
+        slices: Iterable[tuple[Sequence[Extent], npt.ArrayLike]],
+        *,
+        dtype: DataType | None = None,
+        shard: int | Sequence[int] = 0,
+    ) -> TensorInfo:
+        """Store one tensor of full ``shape`` as several slices (CHECKPOINT_FORMAT.md §5.4).
+
+        TensorFlow restores such a tensor into one ordinary variable; this exists to mirror a
+        partitioned layout. A single slice covering the whole tensor is stored as an ordinary
+        entry, as TensorFlow does.
+
+        Args:
+            key: the tensor name.
+            shape: the full shape.
+            slices: ``(extents, value)`` pairs; ``extents`` has one ``(start, length)`` per
+                dimension, ``length`` ``None`` meaning the whole dimension; ``value`` has the
+                extents' lengths as its shape.
+            dtype: as in :meth:`add` (default: from the first slice).
+            shard: one shard for all slices, or one per slice.
+
+        Raises:
+            ValueError: slices outside the shape, overlapping, or not covering every element.
+        """
+        self._check_open()
+        raw_key = self._check_key(key)
+        full_shape = tuple(int(d) for d in shape)
+        if any(d < 0 for d in full_shape):
+            raise ValueError(f"invalid shape {list(full_shape)}")
+        items = [
+            (tuple((int(s), None if n is None else int(n)) for s, n in ext), v) for ext, v in slices
+        ]
+        if not items:
+            raise ValueError(f"tensor {key!r}: add_sliced needs at least one slice")
+        shards = [shard] * len(items) if isinstance(shard, int) else list(shard)
+        if len(shards) != len(items):
+            raise ValueError("give one shard per slice")
+        boxes = []
+        for extents, _ in items:
+            if len(extents) != len(full_shape):
+                raise ValueError(f"slice {extents} does not have rank {len(full_shape)}")
+            box = []
+            for (start, length), dim in zip(extents, full_shape, strict=True):
+                stop = dim if length is None else start + length
+                if length is None and start != 0:
+                    raise ValueError(f"a whole-dimension extent must start at 0: {extents}")
+                if start < 0 or stop < start or stop > dim:
+                    raise ValueError(f"slice {extents} lies outside shape {list(full_shape)}")
+                box.append((start, stop))
+            boxes.append(box)
+        volumes = [math.prod(b - a for a, b in box) for box in boxes]
+        clash = _find_overlap(boxes)
+        if clash is not None:
+            i, j = clash
+            raise ValueError(f"slices {items[i][0]} and {items[j][0]} overlap")
+        if sum(volumes) != math.prod(full_shape):
+            raise ValueError(f"slices cover {sum(volumes)} of {math.prod(full_shape)} elements")
+        if len(items) == 1 and [tuple(b) for b in boxes[0]] == [(0, d) for d in full_shape]:
+            return self.add(key, items[0][1], dtype=dtype, shard=shards[0])
+
+        written: list[tuple[bytes, pb.BundleEntry]] = []
+        for (extents, value), box, k in zip(items, boxes, shards, strict=True):
+            lengths = tuple(b - a for a, b in box)
+            entry = self._write(key, value, dtype, k, expect_shape=lengths)
+            if dtype is None:
+                dtype = DataType(entry.dtype)
+            elif entry.dtype != dtype:
+                raise ValueError("all slices must have one dtype")
+            written.append((slice_key(key, extents), entry))
+        assert dtype is not None
+        full = pb.BundleEntry(dtype=cast("pb.DataType", int(dtype)))
+        full.shape.SetInParent()
+        for d in full_shape:
+            full.shape.dim.add(size=d)
+        for extents, _ in items:
+            proto = full.slices.add()
+            for start, length in extents:
+                ext = proto.extent.add()
+                if length is not None:
+                    ext.start = start
+                    ext.length = length
+        for skey, entry in written:
+            self._entries[skey] = entry
+        self._entries[raw_key] = full
+        return _info_of(key, full)
+
+    def _write(
+        self,
+        key: str,
+        value: npt.ArrayLike,
+        dtype: DataType | None,
+        shard: int,
+        expect_shape: tuple[int, ...] | None = None,
+    ) -> pb.BundleEntry:
+        if not 0 <= shard < self.num_shards:
+            raise ValueError(f"shard {shard} outside 0..{self.num_shards - 1}")
+        arr, dt = _as_stored(value, dtype)
+        if expect_shape is not None and arr.shape != expect_shape:
+            raise ValueError(f"slice of {key!r} has shape {arr.shape}, expected {expect_shape}")
+        f = self._file(shard)
+        pad = -self._sizes[shard] % self.alignment
+        if pad:
+            f.write(bytes(pad))
+            self._sizes[shard] += pad
+        offset = self._sizes[shard]
+        if dt == DataType.STRING:
+            data, masked = encode_strings(list(arr.reshape(-1)))
+            f.write(data)
+            size = len(data)
+        else:
+            contiguous = np.ascontiguousarray(arr)
+            view = contiguous.reshape(-1).view(np.uint8).data
+            masked = crc32c.mask(crc32c.value_of_buffer(view))
+            f.write(view)
+            size = view.nbytes
+        self._sizes[shard] += size
+        entry = pb.BundleEntry(
+            dtype=cast("pb.DataType", int(dt)),
+            shard_id=shard,
+            offset=offset,
+            size=size,
+            crc32c=masked,
+        )
+        entry.shape.SetInParent()
+        for d in arr.shape:
+            entry.shape.dim.add(size=int(d))
+        return entry
+
+    def finish(self) -> None:
+        """Write the index; rename data files, then the index, into place."""
+        self._check_open()
+        try:
+            for shard in range(self.num_shards):
+                f = self._file(shard)  # shards without tensors still exist, empty
+                f.flush()
+                os.fsync(f.fileno())
+                f.close()
+            for shard in range(self.num_shards):
+                final = data_path(self.prefix, shard, self.num_shards)
+                os.replace(final + self._tag, final)
+            header = pb.BundleHeader(num_shards=self.num_shards)
+            header.version.producer = _BUNDLE_VERSION
+            items = [(HEADER_KEY, header.SerializeToString())]
+            items += [(k, self._entries[k].SerializeToString()) for k in sorted(self._entries)]
+            _atomic_write(index_path(self.prefix), build_table(items), self._tag)
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+
+    def abort(self) -> None:
+        """Remove every temporary file; nothing of this bundle is left behind."""
+        for shard, f in enumerate(self._files):
+            if f is not None and not f.closed:
+                f.close()
+            tmp = data_path(self.prefix, shard, self.num_shards) + self._tag
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        self._closed = True
+
+    def __enter__(self) -> BundleWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._closed:
+            return
+        if exc_type is None:
+            self.finish()
+        else:
+            self.abort()
+
+
+def _info_of(key: str, entry: pb.BundleEntry) -> TensorInfo:
+    return TensorInfo(
+        key,
+        DataType(entry.dtype),
+        tuple(int(d.size) for d in entry.shape.dim),
+        int(entry.shard_id),
+        int(entry.offset),
+        int(entry.size),
+        int(entry.crc32c),
+        tuple(
+            tuple((int(e.start), int(e.length) if e.HasField("length") else None) for e in s.extent)
+            for s in entry.slices
+        ),
+    )
+
+
+def _as_stored(value: npt.ArrayLike, dtype: DataType | None) -> tuple[npt.NDArray[Any], DataType]:
+    """Convert ``value`` to the little-endian array the data file stores, and its type."""
+    if dtype is not None and DataType(dtype) not in SUPPORTED:
+        raise TypeError(f"cannot write {type_name(dtype)} tensors")
+    if isinstance(value, (bytes, str)):
+        value = np.array(value, dtype=object)
+    arr = np.asarray(value)
+    dt = DataType(dtype) if dtype is not None else from_numpy(arr.dtype)
+    if dt == DataType.STRING:
+        if arr.dtype.kind not in "OSU":
+            raise TypeError(f"string tensors need bytes or str elements, got {arr.dtype}")
+        out = np.empty(arr.shape, dtype=object)
+        flat = out.reshape(-1)
+        for i, item in enumerate(arr.reshape(-1)):
+            if isinstance(item, str):
+                flat[i] = item.encode("utf-8")
+            elif isinstance(item, (bytes, bytearray, np.bytes_)):
+                flat[i] = bytes(item)
+            else:
+                raise TypeError(f"string tensor element {item!r} is neither bytes nor str")
+        return out, dt
+    if dt == DataType.BFLOAT16:
+        if arr.dtype == np.uint16:
+            return arr.astype("<u2", copy=False), dt
+        if arr.dtype.kind not in "fiu":
+            raise TypeError(f"cannot store {arr.dtype} as bfloat16")
+        return float32_to_bfloat16(arr.astype(np.float32)).reshape(arr.shape), dt
+    target = SUPPORTED[dt].numpy
+    if arr.dtype.kind in "OSU":
+        raise TypeError(f"cannot store {arr.dtype} values as {SUPPORTED[dt].name}")
+    if arr.dtype != target and not np.can_cast(arr.dtype, target, casting="same_kind"):
+        raise TypeError(f"cannot store {arr.dtype} values as {SUPPORTED[dt].name} (different kind)")
+    return arr.astype(target, copy=False), dt
+
+
+def _atomic_write(path: str, data: bytes, tag: str) -> None:
+    """Write ``path`` via a sibling temporary file, fsync, then ``os.replace``."""
+    tmp = path + tag
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(os.path.dirname(path) or ".")
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make renames durable where the platform allows (best effort)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

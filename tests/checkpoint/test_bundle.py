@@ -1,0 +1,330 @@
+"""BundleWriter -> BundleReader round trips over dtypes, shapes, shards and slices; the writer's
+file discipline (temp files, atomic renames, no silent overwrite); reader API details."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from embserve.checkpoint import (
+    BundleReader,
+    BundleWriter,
+    DataType,
+    bfloat16_to_float32,
+    float32_to_bfloat16,
+)
+from embserve.checkpoint.bundle import _find_overlap, data_path, decode_strings, encode_strings
+from embserve.checkpoint.dtypes import SUPPORTED, from_numpy
+from embserve.checkpoint.sstable import read_table
+from embserve.errors import CheckpointMismatchError, CheckpointNotFoundError
+
+NUMERIC = [info for info in SUPPORTED.values() if info.dtype != DataType.STRING]
+SHAPES = hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5)
+
+
+def _same(a: npt.NDArray[Any], b: npt.NDArray[Any]) -> bool:
+    if a.dtype == object or b.dtype == object:
+        return a.shape == b.shape and a.tolist() == b.tolist()
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+@st.composite
+def tensors(draw: st.DrawFn) -> tuple[DataType, npt.NDArray[Any]]:
+    info = draw(st.sampled_from([*NUMERIC, SUPPORTED[DataType.STRING]]))
+    shape = draw(SHAPES)
+    if info.dtype == DataType.STRING:
+        flat = draw(
+            st.lists(
+                st.binary(max_size=12), min_size=int(np.prod(shape)), max_size=int(np.prod(shape))
+            )
+        )
+        arr = np.empty(len(flat), dtype=object)
+        arr[:] = flat
+        return info.dtype, arr.reshape(shape)
+    if info.dtype == DataType.BOOL:
+        return info.dtype, draw(hnp.arrays(np.bool_, shape))
+    # Any bit pattern is a valid value (NaN payloads included): draw raw bytes.
+    raw = draw(
+        st.binary(
+            min_size=int(np.prod(shape)) * info.itemsize,
+            max_size=int(np.prod(shape)) * info.itemsize,
+        )
+    )
+    return info.dtype, np.frombuffer(raw, dtype=info.numpy).reshape(shape).copy()
+
+
+@settings(
+    deadline=None, max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(tensors(), min_size=1, max_size=8),
+    st.integers(1, 3),
+    st.sampled_from([1, 8, 64]),
+    st.randoms(use_true_random=False),
+)
+def test_round_trip(
+    tmp_path: Path,
+    items: list[tuple[DataType, npt.NDArray[Any]]],
+    num_shards: int,
+    alignment: int,
+    rnd: Any,
+) -> None:
+    prefix = Path(tempfile.mkdtemp(dir=tmp_path)) / "ckpt"
+    written = {}
+    with BundleWriter(prefix, num_shards=num_shards, alignment=alignment) as w:
+        for i, (dtype, arr) in enumerate(items):
+            key = f"t{i}/.ATTRIBUTES/VARIABLE_VALUE"
+            info = w.add(key, arr, dtype=dtype, shard=rnd.randrange(num_shards))
+            assert info.dtype == dtype
+            assert info.shape == arr.shape
+            if alignment > 1:
+                assert info.offset % alignment == 0
+            written[key] = (dtype, arr)
+    with BundleReader(prefix, verify=True) as r:
+        assert r.keys() == sorted(written)
+        for key, (dtype, arr) in written.items():
+            assert r.dtypes[key] == dtype
+            assert r.shapes[key] == arr.shape
+            assert _same(r.get_tensor(key), arr)
+            assert _same(r.get_tensor(key, copy=True), arr)
+            if alignment == 64 and dtype != DataType.STRING and arr.size:
+                assert not r.get_tensor(key).flags.owndata  # aligned -> zero-copy
+
+
+@settings(
+    deadline=None, max_examples=30, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.integers(1, 7),
+    st.integers(1, 5),
+    st.lists(st.integers(1, 6), min_size=1, max_size=3),
+    st.booleans(),
+    st.randoms(use_true_random=False),
+)
+def test_sliced_round_trip(
+    tmp_path: Path, rows: int, cols: int, cuts: list[int], whole: bool, rnd: Any
+) -> None:
+    full = np.arange(rows * cols, dtype=np.float32).reshape(rows, cols) * 0.5
+    bounds = sorted({0, rows, *(c for c in cuts if c < rows)})
+    slices = []
+    for lo, hi in itertools.pairwise(bounds):
+        second = (0, None) if whole else (0, cols)
+        slices.append((((lo, hi - lo), second), full[lo:hi]))
+    prefix = Path(tempfile.mkdtemp(dir=tmp_path)) / "ckpt"
+    with BundleWriter(prefix, num_shards=2) as w:
+        info = w.add_sliced("w", full.shape, slices, shard=[rnd.randrange(2) for _ in slices])
+        w.add("z", np.int64(3))
+    with BundleReader(prefix, verify=True) as r:
+        assert r.keys() == ["w", "z"]
+        assert r.info("w").is_sliced == (len(slices) > 1) == info.is_sliced
+        np.testing.assert_array_equal(r.get_tensor("w"), full)
+
+
+def test_sliced_validation(tmp_path: Path) -> None:
+    a = np.zeros((2, 2), np.float32)
+    with BundleWriter(tmp_path / "c") as w:
+        with pytest.raises(ValueError, match="overlap"):
+            w.add_sliced("x", (3, 2), [(((0, 2), (0, 2)), a), (((1, 2), (0, 2)), a)])
+        with pytest.raises(ValueError, match="cover 4 of 6"):
+            w.add_sliced("x", (3, 2), [(((0, 2), (0, 2)), a)])
+        with pytest.raises(ValueError, match="outside shape"):
+            w.add_sliced("x", (3, 2), [(((2, 2), (0, 2)), a)])
+        with pytest.raises(ValueError, match="expected"):
+            w.add_sliced("x", (4, 2), [(((0, 2), (0, 2)), a), (((2, 2), (0, 2)), a[:1])])
+        with pytest.raises(ValueError, match="at least one slice"):
+            w.add_sliced("x", (0,), [])
+        w.add("ok", a)
+
+
+def test_bfloat16(tmp_path: Path) -> None:
+    values = np.array([1e30, 3.3, -0.1, np.nan, 0.0, -np.inf, 1.0 + 2**-8], np.float32)
+    bits = float32_to_bfloat16(values)
+    # What TensorFlow stored for these values (tests/data/checkpoints/dtypes, key bf16).
+    assert bits[:5].tolist() == [0x714A, 0x4053, 0xBDCD, 0x7FC0, 0x0000]
+    assert bits[6] == 0x3F80  # a tie rounds to even
+    with BundleWriter(tmp_path / "b") as w:
+        w.add("from_float", values, dtype=DataType.BFLOAT16)
+        w.add("from_bits", bits, dtype=DataType.BFLOAT16)
+    with BundleReader(tmp_path / "b") as r:
+        for key in ("from_float", "from_bits"):
+            got = r.get_tensor(key)
+            assert got.dtype == np.uint16
+            assert r.info(key).dtype_name == "bfloat16"
+            np.testing.assert_array_equal(got, bits)
+        widened = bfloat16_to_float32(r.get_tensor("from_bits"))
+        assert widened.dtype == np.float32
+        np.testing.assert_array_equal(widened.view(np.uint32), bits.astype(np.uint32) << 16)
+        assert widened[1] == 3.296875
+        assert widened[5] == -np.inf
+
+
+def test_strings_encoding_matches_spec() -> None:
+    data, masked = encode_strings([b"scalar-string"])
+    assert data == bytes.fromhex("0d611b5709") + b"scalar-string"
+    assert masked == 0xBCF97BD0
+    assert decode_strings(data, 1, masked) == [b"scalar-string"]
+    assert encode_strings([])[0] == (0xA282EAD8).to_bytes(4, "little")
+
+
+def test_writer_conversions(tmp_path: Path) -> None:
+    with BundleWriter(tmp_path / "c") as w:
+        assert w.add("a", [1, 2, 3]).dtype == DataType.INT64
+        assert w.add("b", 1.5).dtype == DataType.DOUBLE
+        assert w.add("c", [1.0, 2.0], dtype=DataType.FLOAT).dtype == DataType.FLOAT
+        assert w.add("d", "héllo").dtype == DataType.STRING
+        assert w.add("e", np.array(["x", "yz"])).dtype == DataType.STRING
+        assert w.add("f", np.array([1, 2], ">i4")).dtype == DataType.INT32  # byte-swapped input
+        with pytest.raises(TypeError, match="different kind"):
+            w.add("g", [1.5], dtype=DataType.INT32)
+        with pytest.raises(TypeError, match="cannot write DT_VARIANT"):
+            w.add("g", [1], dtype=DataType.VARIANT)
+        with pytest.raises(TypeError, match="no TensorFlow checkpoint equivalent"):
+            w.add("g", np.array(["2020-01-01"], dtype="datetime64[D]"))
+        with pytest.raises(ValueError, match="already added"):
+            w.add("a", [1])
+        with pytest.raises(ValueError, match="NUL"):
+            w.add("\x00x", [1])
+        with pytest.raises(ValueError, match="shard 1 outside"):
+            w.add("h", [1], shard=1)
+    with BundleReader(tmp_path / "c") as r:
+        assert r.get_tensor("d")[()] == "héllo".encode()
+        assert r.get_tensor("e").tolist() == [b"x", b"yz"]
+        np.testing.assert_array_equal(r.get_tensor("f"), [1, 2])
+        assert r.get_tensor("f").dtype == np.dtype("<i4")
+
+
+def test_from_numpy() -> None:
+    assert from_numpy(np.float32) == DataType.FLOAT
+    assert from_numpy(">f8") == DataType.DOUBLE
+    assert from_numpy(np.uint16) == DataType.UINT16
+    assert from_numpy(object) == DataType.STRING
+
+
+def test_no_silent_overwrite_and_live_maps_survive(tmp_path: Path) -> None:
+    prefix = tmp_path / "ckpt-1"
+    with BundleWriter(prefix) as w:
+        w.add("t", np.arange(1000, dtype=np.float32))
+    with pytest.raises(FileExistsError):
+        BundleWriter(prefix)
+    reader = BundleReader(prefix)
+    view = reader.get_tensor("t")
+    reader.close()  # the view keeps its mapping alive
+    with BundleWriter(prefix, overwrite=True) as w:
+        w.add("t", np.full(1000, 7.0, dtype=np.float32))
+    # The old mapping still shows the old file (it was replaced by rename, not truncated).
+    np.testing.assert_array_equal(view, np.arange(1000, dtype=np.float32))
+    with BundleReader(prefix) as r:
+        np.testing.assert_array_equal(r.get_tensor("t"), 7.0)
+    assert sorted(os.listdir(tmp_path)) == ["ckpt-1.data-00000-of-00001", "ckpt-1.index"]
+
+
+def test_abort_leaves_nothing(tmp_path: Path) -> None:
+    def fail_midway() -> None:
+        with BundleWriter(tmp_path / "x" / "ckpt") as w:
+            w.add("t", np.zeros(10))
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        fail_midway()
+    assert os.listdir(tmp_path / "x") == []
+    w2 = BundleWriter(tmp_path / "y", num_shards=2)
+    w2.add("t", np.zeros(3), shard=1)
+    w2.abort()
+    assert os.listdir(tmp_path) == ["x"]
+    with pytest.raises(ValueError, match="finished or aborted"):
+        w2.add("u", np.zeros(3))
+
+
+def test_empty_shards_exist(tmp_path: Path) -> None:
+    with BundleWriter(tmp_path / "c", num_shards=3) as w:
+        w.add("t", np.zeros(2), shard=1)
+    for shard in range(3):
+        assert os.path.exists(data_path(tmp_path / "c", shard, 3))
+    with BundleReader(tmp_path / "c") as r:
+        assert r.num_shards == 3
+        assert r.info("t").shard_id == 1
+
+
+def test_reader_api(tmp_path: Path) -> None:
+    with BundleWriter(tmp_path / "c") as w:
+        w.add("b", np.zeros((2, 3), np.float32))
+        w.add("a", np.int64(1))
+    calls: list[tuple[int, int]] = []
+    with BundleReader(tmp_path / "c") as r:
+        assert list(r) == r.keys() == ["a", "b"]
+        assert len(r) == 2
+        assert "a" in r
+        assert r.has_tensor("b")
+        assert not r.has_tensor("c")
+        assert r.shapes == {"a": (), "b": (2, 3)}
+        assert r.dtypes == {"a": DataType.INT64, "b": DataType.FLOAT}
+        assert r.info("b").num_elements == 6
+        assert r.info("b").numpy_dtype == np.float32
+        with pytest.raises(CheckpointMismatchError, match="'c' not found"):
+            r.get_tensor("c")
+        r.verify(progress=lambda done, total: calls.append((done, total)))
+    assert calls[0] == (0, 32)
+    assert calls[-1] == (32, 32)
+
+
+def test_not_found(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointNotFoundError, match="no checkpoint at prefix"):
+        BundleReader(tmp_path / "missing")
+    with pytest.raises(CheckpointNotFoundError, match="no checkpoint found in directory"):
+        BundleReader(tmp_path)
+    with BundleWriter(tmp_path / "c", num_shards=2) as w:
+        w.add("t", np.zeros(2))
+    os.unlink(data_path(tmp_path / "c", 1, 2))
+    with pytest.raises(CheckpointNotFoundError, match=r"c\.data-00001-of-00002"):
+        BundleReader(tmp_path / "c")
+    assert issubclass(CheckpointNotFoundError, FileNotFoundError)
+
+
+def test_header_bytes_match_tensorflow(tmp_path: Path) -> None:
+    with BundleWriter(tmp_path / "c") as w:
+        w.add("x", np.float32(1))
+    table = read_table(str(tmp_path / "c") + ".index")
+    assert table.entries[0] == (b"", bytes.fromhex("08011a020801"))
+
+
+def test_many_slices_are_fast(tmp_path: Path) -> None:
+    full = np.arange(6000, dtype=np.int32).reshape(3000, 2)
+    slices = [(((r, 1), (0, None)), full[r : r + 1]) for r in range(3000)]
+    with BundleWriter(tmp_path / "c") as w:
+        w.add_sliced("many", full.shape, slices)
+    with BundleReader(tmp_path / "c") as r:
+        assert len(r.info("many").slices) == 3000
+        np.testing.assert_array_equal(r.get_tensor("many"), full)
+
+
+@settings(deadline=None, max_examples=200)
+@given(
+    st.lists(
+        st.lists(st.tuples(st.integers(0, 6), st.integers(0, 6)), min_size=2, max_size=2),
+        max_size=8,
+    )
+)
+def test_overlap_sweep_matches_brute_force(raw: list[list[tuple[int, int]]]) -> None:
+    boxes = [[(min(a, b), max(a, b)) for a, b in box] for box in raw]
+
+    def overlap(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> bool:
+        return all(
+            lo1 < hi2 and lo2 < hi1 and lo1 < hi1 and lo2 < hi2
+            for (lo1, hi1), (lo2, hi2) in zip(a, b, strict=True)
+        )
+
+    brute = any(overlap(boxes[i], boxes[j]) for i in range(len(boxes)) for j in range(i))
+    found = _find_overlap(boxes)
+    assert (found is not None) == brute
+    if found is not None:
+        assert overlap(boxes[found[0]], boxes[found[1]])
