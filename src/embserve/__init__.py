@@ -5,6 +5,7 @@ arguments, defaults, results (to float tolerance) and errors. The first block be
 TensorFlow's index page; the second holds what embserve adds.
 """
 
+from embserve import train  # es.train mirrors tf.train
 from embserve.config import FeatureConfig, QuantizationConfig, RowIdInitializer, TableConfig
 from embserve.embedding import TPUEmbeddingForServing
 from embserve.errors import (
@@ -37,6 +38,8 @@ __all__ = [
     "TPUEmbeddingForServing",
     "TableConfig",
     "serving_embedding_lookup",
+    # tf.train's checkpoint calls, as the module es.train
+    "train",
     # embserve's own: input containers and errors
     "CheckpointError",
     "CheckpointMismatchError",

@@ -124,6 +124,20 @@ class TPUEmbeddingForServing:
         self._tables = {t: variables[t.name]["parameters"] for t in self._table_configs}
         self._built = True
 
+    def _table_slot_names(self, table: TableConfig) -> list[str]:
+        """Slot names the table carries: its optimizer's, in TensorFlow's order."""
+        return [] if table.optimizer is None else list(table.optimizer._slot_names())
+
+    def _set_variables(self, variables: dict[Any, dict[str, np.ndarray]]) -> None:
+        """Install restored tables and slots (``{table name: {"parameters": ..., slot: ...}}``).
+
+        Used by checkpoint restore: no initializer runs, so restoring a memory-mapped 40 GB
+        table never allocates it. The caller has checked names, shapes and dtypes.
+        """
+        self._variables = variables
+        self._tables = {t: variables[t.name]["parameters"] for t in self._table_configs}
+        self._built = True
+
     @property
     def embedding_tables(self) -> dict[TableConfig, np.ndarray]:
         """The tables, keyed by their ``TableConfig`` object (identity), in table order."""

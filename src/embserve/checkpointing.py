@@ -1,0 +1,296 @@
+"""The bridge between embeddings and checkpoint files: tables and slots ↔ object-graph keys.
+
+This is the one module that knows both :class:`~embserve.embedding.TPUEmbeddingForServing` and
+the checkpoint format (:mod:`embserve.checkpoint`). It reproduces what TensorFlow 2.21 does for
+``tf.train.Checkpoint(embedding=TPUEmbeddingForServing(...))`` (CHECKPOINT_FORMAT.md §6.4):
+
+* the embedding object hangs off the root under the attribute name the user chose
+  (``embedding`` above); each table is its child named after ``TableConfig.name``, each optimizer
+  slot the child ``"<table>/<slot>"`` (keys escape the ``/`` as ``.S``);
+* restore matches objects through the object graph, so a checkpoint that also holds a Keras model
+  and its optimizer restores just its embedding part;
+* a table or slot missing from the checkpoint, or stored with another shape or dtype, raises
+  :class:`~embserve.errors.CheckpointMismatchError` naming the table and key (TensorFlow would
+  leave the initial values in place and only complain on ``assert_existing_objects_matched``:
+  serving random tables silently is worse than refusing);
+* slots are restored when the serving object has an optimizer and never read when it has none.
+
+Restored tables are read-only memory-mapped views of the data files: restoring a 40 GB table
+opens files and checks metadata; it does not read or copy the table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from embserve import nest
+from embserve.checkpoint import (
+    OBJECT_GRAPH_KEY,
+    BundleReader,
+    BundleWriter,
+    DataType,
+    ObjectGraph,
+    ObjectGraphBuilder,
+)
+from embserve.embedding import TPUEmbeddingForServing
+from embserve.errors import CheckpointMismatchError
+
+__all__ = [
+    "SAVE_COUNTER",
+    "VERIFY_ON_RESTORE_MAX_BYTES",
+    "FoundTable",
+    "RestoreResult",
+    "find_embedding_tables",
+    "restore_embedding",
+    "write_checkpoint",
+]
+
+#: The root's save counter edge, as ``tf.train.Checkpoint`` names it.
+SAVE_COUNTER = "save_counter"
+
+#: Tables up to this size have their checksum verified when restored. Larger ones are mapped
+#: without reading them (verifying 4 GB costs ~1-2 s of reading); pass ``verify=True`` (or run
+#: ``embserve inspect --verify``) to check every byte.
+VERIFY_ON_RESTORE_MAX_BYTES = 64 << 20
+
+# Children TensorFlow's TPUEmbedding objects carry besides their tables: their signature.
+_EMBEDDING_MARKERS = ("_table_config", "_variables", "_output_shapes")
+
+Progress = Callable[[int, int], None]
+
+
+class FoundTable(NamedTuple):
+    """A table (with its slots) found in a checkpoint's object graph.
+
+    Attributes:
+        object_path: edge names from the root to the embedding object, e.g. ``("embedding",)``.
+        table: the table name.
+        key: the bundle key of the table.
+        shape: its shape ``(vocabulary_size, dim)``.
+        dtype: TensorFlow's dtype name (``"float32"``).
+        slots: slot name → bundle key.
+    """
+
+    object_path: tuple[str, ...]
+    table: str
+    key: str
+    shape: tuple[int, ...]
+    dtype: str
+    slots: dict[str, str]
+
+
+def _load_graph(reader: BundleReader) -> ObjectGraph:
+    graph = ObjectGraph.from_reader(reader)
+    if graph is None:
+        raise CheckpointMismatchError(
+            f"checkpoint {reader.prefix!r} has no object graph ({OBJECT_GRAPH_KEY}): it is a "
+            "TF1 name-based checkpoint, which embserve does not restore into objects; read "
+            "its tensors with embserve.train.load_checkpoint"
+        )
+    return graph
+
+
+def find_embedding_tables(
+    reader: BundleReader, graph: ObjectGraph | None = None
+) -> list[FoundTable]:
+    """Every TPUEmbedding table in a checkpoint, found by the object graph's shape.
+
+    An embedding object is a node with TensorFlow's bookkeeping children (``_table_config``,
+    ``_variables``, ``_output_shapes``); its tables are the children holding a value whose name
+    has no ``/``, and ``"<table>/<slot>"`` children are that table's slots.
+    """
+    graph = graph or _load_graph(reader)
+    found: list[FoundTable] = []
+    for node in range(len(graph.proto.nodes)):
+        children = graph.children(node)
+        if not any(m in children for m in _EMBEDDING_MARKERS):
+            continue
+        path = graph.path_of(node)
+        if path is None:
+            continue
+        for name, child in children.items():
+            if "/" in name or name.startswith("_"):
+                continue
+            attrs = graph.attributes(child)
+            if "VARIABLE_VALUE" not in attrs:
+                continue
+            key = attrs["VARIABLE_VALUE"].checkpoint_key
+            if not reader.has_tensor(key):
+                continue
+            info = reader.info(key)
+            slots = {}
+            for other, other_child in children.items():
+                if other.startswith(name + "/"):
+                    slot_attrs = graph.attributes(other_child)
+                    if "VARIABLE_VALUE" in slot_attrs:
+                        slots[other[len(name) + 1 :]] = slot_attrs["VARIABLE_VALUE"].checkpoint_key
+            found.append(FoundTable(tuple(path), name, key, info.shape, info.dtype_name, slots))
+    return found
+
+
+class RestoreResult(NamedTuple):
+    """What one embedding restore read: the bundle keys it used."""
+
+    keys: frozenset[str]
+
+
+def _variable_key(graph: ObjectGraph, path: Sequence[str], what: str, prefix: str) -> str:
+    node = graph.find(path)
+    attrs = graph.attributes(node) if node is not None else {}
+    if "VARIABLE_VALUE" not in attrs:
+        raise CheckpointMismatchError(
+            f"checkpoint {prefix!r} has no {what} at object path {'/'.join(path)!r} "
+            f"(expected key {'/'.join(path)}/.ATTRIBUTES/VARIABLE_VALUE, with '/' in names "
+            "escaped as '.S')"
+        )
+    return attrs["VARIABLE_VALUE"].checkpoint_key
+
+
+def restore_embedding(
+    reader: BundleReader,
+    object_path: Sequence[str],
+    embedding: TPUEmbeddingForServing,
+    *,
+    graph: ObjectGraph | None = None,
+    copy: bool = False,
+    verify: bool = False,
+    progress: Progress | None = None,
+) -> RestoreResult:
+    """Restore ``embedding``'s tables (and slots, when it has an optimizer) from ``reader``.
+
+    Every key, dtype and shape is checked before anything is installed, so a mismatch leaves
+    ``embedding`` as it was.
+
+    Args:
+        reader: the open checkpoint.
+        object_path: edge names from the root to the embedding object (``["embedding"]``).
+        embedding: the serving object; built or not (restoring does not run initializers).
+        graph: the checkpoint's object graph, when the caller has already parsed it.
+        copy: load tables into private writable memory instead of mapping the files.
+        verify: check every table's checksum (by default only tables up to
+            :data:`VERIFY_ON_RESTORE_MAX_BYTES` are checked).
+        progress: ``progress(done_bytes, total_bytes)`` while tables are verified or copied.
+
+    Raises:
+        CheckpointMismatchError: the embedding object, a table or a slot is missing, or a stored
+            shape / dtype differs from the TableConfig.
+        CorruptCheckpointError: a checksum does not match.
+    """
+    graph = graph or _load_graph(reader)
+    path = list(object_path)
+    if graph.find(path) is None:
+        raise CheckpointMismatchError(
+            f"checkpoint {reader.prefix!r} has no object {'/'.join(path)!r}; objects at its "
+            f"root: {sorted(graph.children(0))}"
+        )
+    plan: list[tuple[Any, str, str]] = []  # (table name, slot or "parameters", key)
+    for table in embedding._table_configs:
+        name = str(table.name)
+        shape = (table.vocabulary_size, table.dim)
+        entries = [("parameters", [*path, name], f"table {name!r}")]
+        entries += [
+            (slot, [*path, f"{name}/{slot}"], f"slot {slot!r} of table {name!r}")
+            for slot in embedding._table_slot_names(table)
+        ]
+        for slot, node_path, what in entries:
+            key = _variable_key(graph, node_path, what, reader.prefix)
+            if not reader.has_tensor(key):
+                raise CheckpointMismatchError(
+                    f"checkpoint {reader.prefix!r}: the object graph names key {key!r} for "
+                    f"{what}, but the bundle has no such tensor"
+                )
+            info = reader.info(key)
+            if info.dtype != DataType.FLOAT or info.shape != shape:
+                raise CheckpointMismatchError(
+                    f"checkpoint {reader.prefix!r}: {what} is stored under {key!r} as "
+                    f"{info.dtype_name} {list(info.shape)}, but the TableConfig wants float32 "
+                    f"{list(shape)} (vocabulary_size={table.vocabulary_size}, dim={table.dim})"
+                )
+            plan.append((table.name, slot, key))
+
+    total = sum(reader.info(key).num_elements * 4 for _, _, key in plan)
+    done = 0
+    variables: dict[Any, dict[str, np.ndarray]] = {}
+    for table_name, slot, key in plan:
+        nbytes = reader.info(key).num_elements * 4
+        check = verify or nbytes <= VERIFY_ON_RESTORE_MAX_BYTES
+        value = reader.get_tensor(key, copy=copy, verify=check)
+        variables.setdefault(table_name, {})[slot] = value
+        done += nbytes
+        if progress is not None:
+            progress(done, total)
+    embedding._set_variables(variables)
+    return RestoreResult(frozenset(key for _, _, key in plan))
+
+
+def _add_embedding(
+    b: ObjectGraphBuilder, node: int, emb: TPUEmbeddingForServing
+) -> list[tuple[int, np.ndarray]]:
+    """Fill one embedding object's subgraph as TensorFlow 2.21 lays it out (§6.4)."""
+    if nest.is_nested(emb._feature_config):
+        b.add_child(node, "_feature_config")
+    b.add_child(node, "_output_shapes")
+    b.add_child(node, "_table_config")
+    variables = emb.variables
+    values: list[tuple[int, np.ndarray]] = []
+    table_nodes: dict[Any, dict[str, int]] = {}
+    for table in emb._table_configs:
+        tname = str(table.name)
+        nodes = {"parameters": b.add_child(node, tname)}
+        b.add_attribute(nodes["parameters"], full_name=tname)
+        values.append((nodes["parameters"], variables[table.name]["parameters"]))
+        for slot in emb._table_slot_names(table):
+            nodes[slot] = b.add_child(node, f"{tname}/{slot}")
+            b.add_attribute(nodes[slot], full_name=f"{tname}/{slot}")
+            values.append((nodes[slot], variables[table.name][slot]))
+        table_nodes[table.name] = nodes
+    var_node = b.add_child(node, "_variables")
+    for table in emb._table_configs:
+        per_table = b.add_child(var_node, str(table.name))
+        nodes = table_nodes[table.name]
+        for slot in emb._table_slot_names(table):
+            b.add_child(per_table, slot, nodes[slot])
+        b.add_child(per_table, "parameters", nodes["parameters"])
+    return values
+
+
+def write_checkpoint(
+    prefix: str,
+    objects: Mapping[str, TPUEmbeddingForServing],
+    save_counter: int,
+    *,
+    progress: Progress | None = None,
+) -> str:
+    """Write ``objects`` (attribute name → serving object) as a TensorFlow checkpoint.
+
+    The bundle is what ``tf.train.Checkpoint(**objects).write(prefix)`` would write: the same
+    object graph, keys, dtypes and the ``save_counter``. Files go to temporary names and are
+    renamed into place, so a reader never sees a partial checkpoint and arrays mapped from an
+    older checkpoint of the same prefix stay valid.
+
+    Returns:
+        ``prefix``.
+    """
+    b = ObjectGraphBuilder()
+    values: list[tuple[int, np.ndarray]] = []
+    # Root edges first, as TensorFlow numbers nodes breadth-first (embedding 1, save_counter 2).
+    nodes = {name: b.add_child(b.ROOT, name) for name in objects}
+    counter = b.add_child(b.ROOT, SAVE_COUNTER)
+    b.add_attribute(counter, full_name=SAVE_COUNTER)
+    for name, obj in objects.items():
+        values += _add_embedding(b, nodes[name], obj)
+    _, keys = b.build()
+    total = sum(int(v.nbytes) for _, v in values)
+    done = 0
+    with BundleWriter(prefix, overwrite=True) as w:
+        w.add(keys[(counter, "VARIABLE_VALUE")], np.int64(save_counter))
+        for node, value in values:
+            w.add(keys[(node, "VARIABLE_VALUE")], np.asarray(value, dtype=np.float32))
+            done += int(value.nbytes)
+            if progress is not None:
+                progress(done, total)
+        w.add(OBJECT_GRAPH_KEY, b.serialize())
+    return prefix
