@@ -227,30 +227,37 @@ def fc(
     return Leaf(d)
 
 
-def struct(obj: Any) -> Json:
-    """Encode a nested Python structure (dict / list / tuple / namedtuple / None / Leaf).
-
-    Containers are tagged because JSON has only arrays and objects; dict items keep their
-    definition order (TensorFlow sorts keys itself) and may have non-string keys.
-    """
-    if isinstance(obj, Leaf):
-        return obj.data
+def _nested(obj: Any, leaf: Callable[[Any], Json]) -> Json:
+    """Encode dict / list / tuple / namedtuple / None containers, tagged because JSON has only
+    arrays and objects, turning every other value with ``leaf``. Dict items keep their order
+    (TensorFlow sorts keys itself) and may have non-string keys."""
     if obj is None:
         return {"type": "none"}
     if isinstance(obj, dict):
-        return {"type": "dict", "items": [[k, struct(v)] for k, v in obj.items()]}
+        return {"type": "dict", "items": [[k, _nested(v, leaf)] for k, v in obj.items()]}
     if isinstance(obj, tuple) and hasattr(type(obj), "_fields"):
         return {
             "type": "namedtuple",
             "name": type(obj).__name__,
             "fields": list(cast(Any, obj)._fields),
-            "items": [struct(v) for v in obj],
+            "items": [_nested(v, leaf) for v in obj],
         }
     if isinstance(obj, tuple):
-        return {"type": "tuple", "items": [struct(v) for v in obj]}
+        return {"type": "tuple", "items": [_nested(v, leaf) for v in obj]}
     if isinstance(obj, list):
-        return {"type": "list", "items": [struct(v) for v in obj]}
+        return {"type": "list", "items": [_nested(v, leaf) for v in obj]}
+    return leaf(obj)
+
+
+def _leaf_data(obj: Any) -> Json:
+    if isinstance(obj, Leaf):
+        return obj.data
     raise TypeError(f"cannot encode {obj!r}")
+
+
+def struct(obj: Any) -> Json:
+    """Encode a nested case structure whose leaves are :class:`Leaf` objects."""
+    return _nested(obj, _leaf_data)
 
 
 def rowid_table(
@@ -447,22 +454,7 @@ def tf_input_leaf(d: Json) -> Any:
 
 def encode_output(out: Any) -> Json:
     """Encode TensorFlow's nested output (container types as TF returned them)."""
-    if out is None:
-        return {"type": "none"}
-    if isinstance(out, dict):
-        return {"type": "dict", "items": [[k, encode_output(v)] for k, v in out.items()]}
-    if isinstance(out, tuple) and hasattr(type(out), "_fields"):
-        return {
-            "type": "namedtuple",
-            "name": type(out).__name__,
-            "fields": list(cast(Any, out)._fields),
-            "items": [encode_output(v) for v in out],
-        }
-    if isinstance(out, tuple):
-        return {"type": "tuple", "items": [encode_output(v) for v in out]}
-    if isinstance(out, list):
-        return {"type": "list", "items": [encode_output(v) for v in out]}
-    return enc_array(np.asarray(out))
+    return _nested(out, lambda x: enc_array(np.asarray(x)))
 
 
 # --------------------------------------------------------------------------------------------
