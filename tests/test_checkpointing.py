@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 import embserve as es
-from embserve.checkpoint import BundleReader
+from embserve.checkpoint import BundleReader, ObjectGraph
 from embserve.checkpointing import find_embedding_tables
 from tests.checkpoint._data import FIXTURES, expected, record_array
 
@@ -219,3 +220,50 @@ def test_checkpoint_arguments() -> None:
     ck = es.train.Checkpoint(embedding=emb)
     assert ck.embedding is emb
     ck.restore(None).assert_existing_objects_matched()
+
+
+NT = collections.namedtuple("NT", ["x", "y"])
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        # feature_config structure -> children of each node under embedding/_feature_config,
+        # breadth-first, as TensorFlow 2.21 wrote them (recorded with tools/check_tf_restores.py
+        # and a direct run: lists and dicts are wrapped, tuples only when they hold a wrapped
+        # container, namedtuples list wrapped children by field name and then by index).
+        (lambda a, b: {"z": {"q": a, "p": [b]}, "a": b}, [["z"], ["p"], []]),
+        (lambda a, b: [a, [b, (a,)]], [["1"], []]),
+        (lambda a, b: (a, {"k": b}), [["1"], []]),
+        (lambda a, b: NT([a], [b]), [["x", "y", "0", "1"], [], []]),
+        (lambda a, b: {"b": [a], "a": {"c": b}, "c": a}, [["b", "a"], [], []]),
+        (lambda a, b: [(a,), ({"k": b},), []], [["1", "2"], ["0"], [], []]),
+        (lambda a, b: {"d": (a, b)}, [[]]),
+        (lambda a, b: (a, b), None),
+        (lambda a, b: a, None),
+    ],
+)
+def test_feature_config_containers_are_written_as_tensorflow_tracks_them(
+    tmp_path: Path, make: Any, expected: list[list[str]] | None
+) -> None:
+    t0, t1 = es.TableConfig(5, 2, name="t0"), es.TableConfig(4, 3, name="t1")
+    a, b = es.FeatureConfig(t0), es.FeatureConfig(t1)
+    fc = make(a, b)
+    emb = es.TPUEmbeddingForServing(fc, None)
+    prefix = es.train.Checkpoint(embedding=emb).write(tmp_path / "c")
+    graph = ObjectGraph.from_reader(BundleReader(prefix))
+    assert graph is not None
+    node = graph.find(["embedding", "_feature_config"])
+    if expected is None:
+        assert node is None
+        return
+    assert node is not None
+    seen, order = {node}, [node]
+    for n in order:
+        for child in graph.children(n).values():
+            if child not in seen:
+                seen.add(child)
+                order.append(child)
+    assert [list(graph.children(n)) for n in order] == expected
+    # Node ids are breadth-first over the whole graph, so parents come before children.
+    assert all(c > n for n in order for c in graph.children(n).values())

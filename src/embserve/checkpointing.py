@@ -26,7 +26,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from embserve import nest
 from embserve.checkpoint import (
     OBJECT_GRAPH_KEY,
     BundleReader,
@@ -98,15 +97,16 @@ def find_embedding_tables(
 ) -> list[FoundTable]:
     """Every TPUEmbedding table in a checkpoint, found by the object graph's shape.
 
-    An embedding object is a node with TensorFlow's bookkeeping children (``_table_config``,
-    ``_variables``, ``_output_shapes``); its tables are the children holding a value whose name
-    has no ``/``, and ``"<table>/<slot>"`` children are that table's slots.
+    An embedding object is a node with all of TensorFlow's bookkeeping children
+    (``_table_config``, ``_variables``, ``_output_shapes``); its tables are the children
+    holding a value whose name has no ``/``, and ``"<table>/<slot>"`` children are that
+    table's slots.
     """
     graph = graph or _load_graph(reader)
     found: list[FoundTable] = []
     for node in range(len(graph.proto.nodes)):
         children = graph.children(node)
-        if not any(m in children for m in _EMBEDDING_MARKERS):
+        if not all(m in children for m in _EMBEDDING_MARKERS):
             continue
         path = graph.path_of(node)
         if path is None:
@@ -226,35 +226,77 @@ def restore_embedding(
     return RestoreResult(frozenset(key for _, _, key in plan))
 
 
-def _add_embedding(
-    b: ObjectGraphBuilder, node: int, emb: TPUEmbeddingForServing
-) -> list[tuple[int, np.ndarray]]:
-    """Fill one embedding object's subgraph as TensorFlow 2.21 lays it out (§6.4)."""
-    if nest.is_nested(emb._feature_config):
-        b.add_child(node, "_feature_config")
-    b.add_child(node, "_output_shapes")
-    b.add_child(node, "_table_config")
+class _Node:
+    """One object of the graph being written; ids are given breadth-first, as TensorFlow does."""
+
+    __slots__ = ("children", "full_name", "id", "value")
+
+    def __init__(self, full_name: str | None = None, value: np.ndarray | None = None) -> None:
+        self.children: list[tuple[str, _Node]] = []
+        self.full_name = full_name
+        self.value = value
+        self.id = -1
+
+
+def _container_node(obj: Any) -> _Node | None:
+    """The node TensorFlow's tracking wrappers give a feature_config container, or ``None``.
+
+    Lists and dicts are always wrapped (their children are the wrapped containers inside, by
+    index or key, in order); a tuple only when something inside it is wrapped, and a namedtuple
+    then lists each wrapped child twice, under its field name and under its index (all fields
+    first). ``FeatureConfig`` leaves are not trackable and get no node. Observed with TF 2.21.
+    """
+    if isinstance(obj, Mapping):
+        node = _Node()
+        for key, value in obj.items():
+            child = _container_node(value)
+            if child is not None:
+                node.children.append((str(key), child))
+        return node
+    if isinstance(obj, list):
+        node = _Node()
+        for i, value in enumerate(obj):
+            child = _container_node(value)
+            if child is not None:
+                node.children.append((str(i), child))
+        return node
+    if isinstance(obj, tuple):
+        tracked = [(i, c) for i, v in enumerate(obj) if (c := _container_node(v)) is not None]
+        if not tracked:
+            return None
+        node = _Node()
+        fields = getattr(type(obj), "_fields", None)
+        if fields is not None:
+            node.children += [(fields[i], c) for i, c in tracked]
+        node.children += [(str(i), c) for i, c in tracked]
+        return node
+    return None
+
+
+def _embedding_node(emb: TPUEmbeddingForServing) -> _Node:
+    """One embedding object's subgraph as TensorFlow 2.21 lays it out (§6.4)."""
+    node = _Node()
+    config = _container_node(emb._feature_config)
+    if config is not None:
+        node.children.append(("_feature_config", config))
+    node.children += [("_output_shapes", _Node()), ("_table_config", _Node())]
     variables = emb.variables
-    values: list[tuple[int, np.ndarray]] = []
-    table_nodes: dict[Any, dict[str, int]] = {}
+    per_table: list[tuple[str, _Node]] = []
     for table in emb._table_configs:
-        tname = str(table.name)
-        nodes = {"parameters": b.add_child(node, tname)}
-        b.add_attribute(nodes["parameters"], full_name=tname)
-        values.append((nodes["parameters"], variables[table.name]["parameters"]))
+        name = str(table.name)
+        params = _Node(name, variables[table.name]["parameters"])
+        node.children.append((name, params))
+        wrapper = _Node()
         for slot in emb._table_slot_names(table):
-            nodes[slot] = b.add_child(node, f"{tname}/{slot}")
-            b.add_attribute(nodes[slot], full_name=f"{tname}/{slot}")
-            values.append((nodes[slot], variables[table.name][slot]))
-        table_nodes[table.name] = nodes
-    var_node = b.add_child(node, "_variables")
-    for table in emb._table_configs:
-        per_table = b.add_child(var_node, str(table.name))
-        nodes = table_nodes[table.name]
-        for slot in emb._table_slot_names(table):
-            b.add_child(per_table, slot, nodes[slot])
-        b.add_child(per_table, "parameters", nodes["parameters"])
-    return values
+            slot_node = _Node(f"{name}/{slot}", variables[table.name][slot])
+            node.children.append((f"{name}/{slot}", slot_node))
+            wrapper.children.append((slot, slot_node))
+        wrapper.children.append(("parameters", params))
+        per_table.append((name, wrapper))
+    var_node = _Node()
+    var_node.children = per_table
+    node.children.append(("_variables", var_node))
+    return node
 
 
 def write_checkpoint(
@@ -267,29 +309,45 @@ def write_checkpoint(
     """Write ``objects`` (attribute name → serving object) as a TensorFlow checkpoint.
 
     The bundle is what ``tf.train.Checkpoint(**objects).write(prefix)`` would write: the same
-    object graph, keys, dtypes and the ``save_counter``. Files go to temporary names and are
-    renamed into place, so a reader never sees a partial checkpoint and arrays mapped from an
-    older checkpoint of the same prefix stay valid.
+    object graph (node for node, numbered breadth-first), keys, dtypes, data order and the
+    ``save_counter``, so the files are byte-identical to TensorFlow's. Files go to temporary
+    names and are renamed into place, so a reader never sees a partial checkpoint and arrays
+    mapped from an older checkpoint of the same prefix stay valid.
 
     Returns:
         ``prefix``.
     """
+    root = _Node()
+    root.children = [(name, _embedding_node(obj)) for name, obj in objects.items()]
+    counter_value = np.asarray(save_counter, dtype=np.int64)
+    counter = _Node(SAVE_COUNTER, counter_value)
+    root.children.append((SAVE_COUNTER, counter))
+
+    order = [root]
+    root.id = 0
+    for node in order:  # breadth-first; `order` grows while it is walked
+        for _, child in node.children:
+            if child.id < 0:
+                child.id = len(order)
+                order.append(child)
     b = ObjectGraphBuilder()
-    values: list[tuple[int, np.ndarray]] = []
-    # Root edges first, as TensorFlow numbers nodes breadth-first (embedding 1, save_counter 2).
-    nodes = {name: b.add_child(b.ROOT, name) for name in objects}
-    counter = b.add_child(b.ROOT, SAVE_COUNTER)
-    b.add_attribute(counter, full_name=SAVE_COUNTER)
-    for name, obj in objects.items():
-        values += _add_embedding(b, nodes[name], obj)
+    for _ in order[1:]:
+        b.add_node()
+    for node in order:
+        for name, child in node.children:
+            b.add_child(node.id, name, child.id)
+        if node.full_name is not None:
+            b.add_attribute(node.id, full_name=node.full_name)
     _, keys = b.build()
-    total = sum(int(v.nbytes) for _, v in values)
+    tables = [n for n in order if n.value is not None and n is not counter]
+    total = sum(int(n.value.nbytes) for n in tables if n.value is not None)
     done = 0
     with BundleWriter(prefix, overwrite=True) as w:
-        w.add(keys[(counter, "VARIABLE_VALUE")], np.int64(save_counter))
-        for node, value in values:
-            w.add(keys[(node, "VARIABLE_VALUE")], np.asarray(value, dtype=np.float32))
-            done += int(value.nbytes)
+        w.add(keys[(counter.id, "VARIABLE_VALUE")], counter_value)
+        for node in tables:
+            assert node.value is not None
+            w.add(keys[(node.id, "VARIABLE_VALUE")], np.asarray(node.value, dtype=np.float32))
+            done += int(node.value.nbytes)
             if progress is not None:
                 progress(done, total)
         w.add(OBJECT_GRAPH_KEY, b.serialize())
