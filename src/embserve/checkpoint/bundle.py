@@ -87,6 +87,10 @@ def data_path(prefix: str | os.PathLike[str], shard: int, num_shards: int) -> st
     return f"{os.fspath(prefix)}.data-{shard:05d}-of-{num_shards:05d}"
 
 
+# Reads for copy=True go straight into the destination array in pieces of this size.
+_COPY_CHUNK = 64 << 20
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """What the index says about one tensor (or one stored slice of one).
@@ -517,9 +521,11 @@ class BundleReader:
         info = SUPPORTED[t.dtype]
         if t.dtype == DataType.STRING:
             return self._read_strings(t)
+        n = t.num_elements
+        if copy and n:
+            return self._read_copy(t, verify=verify)
         if verify:
             self._verify_numeric(t)
-        n = t.num_elements
         if n == 0:
             arr: npt.NDArray[Any] = np.zeros(t.shape, dtype=info.numpy)
         else:
@@ -529,6 +535,50 @@ class BundleReader:
                 arr = arr.copy()
         if not copy:
             arr.flags.writeable = False
+        return arr
+
+    def _read_copy(self, t: TensorInfo, *, verify: bool) -> npt.NDArray[Any]:
+        """A private copy read straight from the file into its array.
+
+        Copying out of the memory map would hold both the mapped pages and the copy (a 4 GB
+        table peaked at 7.8 GB of RSS that way); reading into the destination peaks at one
+        copy. The checksum, when asked for, is computed over the bytes actually kept.
+        """
+        info = SUPPORTED[t.dtype]
+        arr: npt.NDArray[Any] = np.empty(t.shape, dtype=info.numpy)
+        view = arr.reshape(-1).view(np.uint8).data
+        path = self.data_paths[t.shard_id]
+        try:
+            with open(path, "rb", buffering=0) as f:
+                size = os.fstat(f.fileno()).st_size
+                if size != self._shard_sizes[t.shard_id]:
+                    raise corrupt(
+                        path,
+                        None,
+                        f"shard changed since the index was read: {size} bytes, expected "
+                        f"{self._shard_sizes[t.shard_id]}",
+                    )
+                f.seek(t.offset)
+                done = 0
+                while done < t.size:
+                    got = f.readinto(view[done : done + _COPY_CHUNK])
+                    if not got:
+                        raise corrupt(path, t.offset + done, f"tensor {t.key!r}: file ends early")
+                    done += got
+        except FileNotFoundError:
+            raise CheckpointNotFoundError(f"checkpoint data shard missing: {path!r}") from None
+        if verify:
+            crc = crc32c.value_of_buffer(view)
+            if crc32c.mask(crc) != t.crc32c:
+                raise corrupt(
+                    path,
+                    t.offset,
+                    f"tensor {t.key!r}: checksum mismatch over bytes [{t.offset}, "
+                    f"{t.offset + t.size}) (stored {t.crc32c:#010x}, computed "
+                    f"{crc32c.mask(crc):#010x})",
+                )
+            if t.dtype == DataType.BOOL and t.size and int(arr.view(np.uint8).max()) > 1:
+                raise corrupt(path, t.offset, f"tensor {t.key!r}: bool byte above 1")
         return arr
 
     def _verify_numeric(self, t: TensorInfo, progress: Callable[[int], None] | None = None) -> None:

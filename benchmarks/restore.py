@@ -1,0 +1,674 @@
+"""Benchmark restoring a large embedding table: embserve (memory-mapped and copied) vs TensorFlow.
+
+What it does: writes one checkpoint holding a 16,000,000 × 64 float32 table (4.1 GB; ``--rows``
+scales it) with ``embserve.train.Checkpoint.save`` in a temporary directory under /tmp, then
+restores it, each time in a fresh process, with
+
+- ``embserve``: ``es.train.Checkpoint(embedding=emb).restore(prefix)`` (the default: the table
+  becomes a read-only memory-mapped view; a table this large is not checksummed on restore),
+- ``embserve copy=True``: the table is read into private memory,
+- ``embserve verify=True``: mapped, but every byte's CRC-32C is checked first,
+- ``TF before build``: TensorFlow 2.21's ``tf.train.Checkpoint(embedding=emb).restore(prefix)``
+  into an unbuilt ``tf.tpu.experimental.embedding.TPUEmbeddingForServing``, then ``build()``
+  (restore-on-create: the table is created from the checkpoint value),
+- ``TF after build``: ``build()`` first (untimed; it fills the table with its initializer),
+  then ``restore``,
+
+and reports per contestant the restore time, the resident memory the restore added (VmRSS
+after − before), the peak resident memory during the restore (VmHWM, reset just before it via
+``/proc/self/clear_refs``), and the time of the first lookup of 1,024 random ids in the
+restored table, then of a second one with other ids. Every lookup result is checked against the
+values written before anything is reported.
+
+Why this way: each measurement is a fresh process, so nothing (page tables, allocator arenas,
+compiled kernels) carries over; contestants are interleaved, rotating who goes first, so every
+one sees the same shared, noisy machine; the median of the repetitions is reported with the
+range. The checkpoint is written from a memory-mapped source filled chunk by chunk, so the
+writer never holds the table in anonymous memory.
+
+Page cache: this container cannot drop the page cache (``/proc/sys/vm/drop_caches`` is not
+writable), so the main table is **warm-cache**: the data file is read once before the first
+repetition. With ``--cold`` every repetition is also run after evicting the checkpoint's files
+from the page cache with ``posix_fadvise(POSIX_FADV_DONTNEED)`` (per file, no privileges
+needed); on this VM the "disk" may itself be cached by the host, so cold numbers are an upper
+bound on real disk speed.
+
+Usage::
+
+    .venv/bin/python benchmarks/restore.py --tf-python .venvs/tf/bin/python
+    .venv/bin/python benchmarks/restore.py --tf-python .venvs/tf/bin/python --cold --write
+    .venv/bin/python benchmarks/restore.py --rows 1000000 --reps 1    # a quick look
+
+``--write`` inserts the markdown section (with the command and machine facts) at the top of
+``benchmarks/RESULTS.md``, below its marker line, keeping older sections. The temporary
+directory is removed at the end, also on errors and Ctrl-C.
+
+The same file is the worker: ``restore.py --worker KIND ...`` runs one measurement and prints
+one JSON line; the TensorFlow worker runs under ``--tf-python`` and imports only the standard
+library, numpy and TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROWS = 16_000_000
+DIM = 64
+N_IDS = 1024
+SEED = 20_251_126
+TABLE_NAME = "table"
+RESULTS_PATH = Path(__file__).with_name("RESULTS.md")
+RESULTS_MARKER = "<!-- newest results first; run.py --write inserts below this line -->"
+REPO = Path(__file__).resolve().parents[1]
+GIB = 1 << 30
+FILL_CHUNK_ROWS = 1 << 20  # 256 MiB of float32 × 64 per chunk while writing the source
+
+
+@dataclass(frozen=True)
+class Contestant:
+    """One way of restoring the table."""
+
+    key: str
+    label: str
+    tf: bool
+    # Private memory this contestant needs beyond the page cache, in tables (measured with the
+    # 4.1 GB table: TF before build +1 table; TF after build holds the built table and peaks
+    # at +1 more during the restore; embserve copy=True +1, mapped file pages aside).
+    tables_of_memory: float
+
+
+CONTESTANTS = (
+    Contestant("embserve", "embserve (mmap)", tf=False, tables_of_memory=0.0),
+    Contestant("embserve-copy", "embserve copy=True", tf=False, tables_of_memory=1.0),
+    Contestant("embserve-verify", "embserve verify=True", tf=False, tables_of_memory=0.0),
+    Contestant("tf-before-build", "TF restore, then build", tf=True, tables_of_memory=1.0),
+    Contestant("tf-after-build", "TF build, then restore", tf=True, tables_of_memory=2.0),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers shared by the parent and the workers (standard library and numpy only)
+
+
+def _proc_status() -> dict[str, int]:
+    """``/proc/self/status`` memory fields in KiB (VmRSS, VmHWM, RssAnon, RssFile)."""
+    out: dict[str, int] = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            if name in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+                out[name] = int(rest.split()[0])
+    return out
+
+
+def _reset_peak() -> bool:
+    """Reset VmHWM to the current RSS (Linux ≥ 4.0: write ``5`` to ``/proc/self/clear_refs``),
+    so the next peak reading covers only what follows. False when the kernel refuses."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def _ids(rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """The two lookups' ids: 1,024 uniform random rows each, the same in every process."""
+    rng = np.random.default_rng(SEED)
+    return rng.integers(0, rows, N_IDS, dtype=np.int64), rng.integers(
+        0, rows, N_IDS, dtype=np.int64
+    )
+
+
+def _digest(values: Any) -> str:
+    """sha256 of a float32 result's bytes (results must be bit-identical: a lookup of dense ids
+    is a gather, no arithmetic)."""
+    arr = np.ascontiguousarray(np.asarray(values, dtype=np.float32))
+    return hashlib.sha256(arr.tobytes()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers (one measurement per process)
+
+
+def _worker_embserve(prefix: str, rows: int, dim: int, mode: str) -> dict[str, Any]:
+    """Restore with embserve, measure, look up twice."""
+    import embserve as es  # imported before the baseline: its import is not the restore's cost
+
+    table = es.TableConfig(vocabulary_size=rows, dim=dim, name=TABLE_NAME)
+    emb = es.TPUEmbeddingForServing(es.FeatureConfig(table), optimizer=None)
+    # Load the lookup kernels now (numba's on-disk cache) on a tiny object, so the "first
+    # lookup" below measures reaching the restored rows, not loading machine code.
+    small = es.TPUEmbeddingForServing(
+        es.FeatureConfig(es.TableConfig(vocabulary_size=4, dim=dim)), optimizer=None
+    )
+    t = time.perf_counter()
+    small(np.zeros(N_IDS, dtype=np.int64))
+    kernel_load_s = time.perf_counter() - t
+    ids1, ids2 = _ids(rows)
+
+    before = _proc_status()
+    peak_reset = _reset_peak()
+    t0 = time.perf_counter()
+    status = es.train.Checkpoint(embedding=emb).restore(
+        prefix, copy=mode == "copy", verify=mode == "verify"
+    )
+    restore_s = time.perf_counter() - t0
+    after = _proc_status()
+    status.assert_consumed()
+    return _lookups(
+        lambda ids: emb(ids),
+        ids1,
+        ids2,
+        before,
+        after,
+        peak_reset,
+        restore_s=restore_s,
+        extra={"kernel_load_s": kernel_load_s, "versions": {"embserve": es.__version__}},
+    )
+
+
+def _worker_tf(prefix: str, rows: int, dim: int, mode: str) -> dict[str, Any]:
+    """Restore with TensorFlow 2.21 into TPUEmbeddingForServing, measure, look up twice."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    emb_api = tf.tpu.experimental.embedding
+    table = emb_api.TableConfig(vocabulary_size=rows, dim=dim, name=TABLE_NAME)
+    emb = emb_api.TPUEmbeddingForServing(emb_api.FeatureConfig(table), optimizer=None)
+    ids1, ids2 = _ids(rows)
+    tf.nn.embedding_lookup(tf.zeros([4, dim]), tf.zeros([N_IDS], tf.int64))  # load the op once
+    extra: dict[str, Any] = {"versions": {"tensorflow": tf.__version__}}
+    if mode == "after-build":
+        t = time.perf_counter()
+        emb.build()
+        extra["build_s"] = time.perf_counter() - t
+    before = _proc_status()
+    peak_reset = _reset_peak()
+    t0 = time.perf_counter()
+    status = tf.train.Checkpoint(embedding=emb).restore(prefix)
+    if mode == "before-build":
+        t1 = time.perf_counter()
+        emb.build()  # restore-on-create: the variables are created from the checkpoint values
+        extra["restore_call_s"] = t1 - t0
+        extra["build_s"] = time.perf_counter() - t1
+    restore_s = time.perf_counter() - t0
+    after = _proc_status()
+    status.assert_consumed()
+    return _lookups(
+        lambda ids: emb(tf.constant(ids)).numpy(),
+        ids1,
+        ids2,
+        before,
+        after,
+        peak_reset,
+        restore_s=restore_s,
+        extra=extra,
+    )
+
+
+def _lookups(
+    lookup: Callable[[np.ndarray], Any],
+    ids1: np.ndarray,
+    ids2: np.ndarray,
+    before: dict[str, int],
+    after: dict[str, int],
+    peak_reset: bool,
+    *,
+    restore_s: float,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Time two lookups after a restore; assemble the worker's report."""
+    t = time.perf_counter()
+    out1 = lookup(ids1)
+    first_s = time.perf_counter() - t
+    t = time.perf_counter()
+    out2 = lookup(ids2)
+    second_s = time.perf_counter() - t
+    end = _proc_status()
+    return {
+        "restore_s": restore_s,
+        "rss_before_kib": before["VmRSS"],
+        "rss_after_kib": after["VmRSS"],
+        "anon_added_kib": after["RssAnon"] - before["RssAnon"],
+        "file_added_kib": after["RssFile"] - before["RssFile"],
+        "peak_kib": after["VmHWM"],
+        "peak_is_restore_only": peak_reset,
+        "first_lookup_s": first_s,
+        "second_lookup_s": second_s,
+        "rss_after_lookups_kib": end["VmRSS"],
+        "digests": [_digest(out1), _digest(out2)],
+        **extra,
+    }
+
+
+def _worker_main(args: argparse.Namespace) -> int:
+    """``--worker KIND``: one measurement; the report is the last line on stdout."""
+    kind = args.worker
+    if kind.startswith("embserve"):
+        mode = {"embserve": "mmap", "embserve-copy": "copy", "embserve-verify": "verify"}[kind]
+        report = _worker_embserve(args.prefix, args.rows, args.dim, mode)
+    else:
+        report = _worker_tf(args.prefix, args.rows, args.dim, kind.removeprefix("tf-"))
+    print(json.dumps(report), flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The parent: write the checkpoint, run the workers, report
+
+
+def _log(message: str) -> None:
+    print(f"[restore.py {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _meminfo_kib(field_name: str) -> int:
+    with open("/proc/meminfo") as f:
+        return int(next(line for line in f if line.startswith(field_name + ":")).split()[1])
+
+
+def _plan_size(
+    rows: int | None, dim: int, workdir_parent: str, contestants: Sequence[Contestant]
+) -> tuple[int, list[str], list[Contestant]]:
+    """Choose the row count from free memory and disk; drop contestants that would not fit.
+
+    Disk: the source (a memory-mapped scratch file) and the checkpoint exist together for a
+    moment: 2 tables + 1 GiB. Memory: the page cache should hold the checkpoint (warm numbers),
+    plus the hungriest contestant's anonymous memory, plus 2 GiB for interpreters and TF.
+    """
+    notes: list[str] = []
+    available = _meminfo_kib("MemAvailable") * 1024
+    free_disk = shutil.disk_usage(workdir_parent).free
+    row_bytes = dim * 4
+
+    def fits(n: int, c: Contestant) -> bool:
+        table = n * row_bytes
+        return table * (1 + c.tables_of_memory) + 2 * GIB <= available
+
+    explicit = rows is not None
+    n = rows if rows is not None else ROWS
+    if not explicit:
+        while n > 250_000 and (2 * n * row_bytes + GIB > free_disk or not fits(n, CONTESTANTS[0])):
+            n //= 2
+        if n != ROWS:
+            notes.append(
+                f"table reduced to {n:,} rows: {available / GIB:.1f} GiB memory available, "
+                f"{free_disk / GIB:.1f} GiB free disk"
+            )
+    if 2 * n * row_bytes + GIB > free_disk:
+        raise SystemExit(
+            f"restore.py: {n:,} × {dim} needs {2 * n * row_bytes / GIB:.1f} GiB of free disk in "
+            f"{workdir_parent}, only {free_disk / GIB:.1f} GiB free: use --rows"
+        )
+    chosen = []
+    for c in contestants:
+        if fits(n, c):
+            chosen.append(c)
+        else:
+            notes.append(
+                f"{c.label} left out: needs about "
+                f"{(1 + c.tables_of_memory) * n * row_bytes / GIB:.1f} GiB + 2 GiB, "
+                f"{available / GIB:.1f} GiB available"
+            )
+    return n, notes, chosen
+
+
+def _write_checkpoint(
+    workdir: Path, rows: int, dim: int
+) -> tuple[str, list[str], dict[str, float]]:
+    """Write the benchmark checkpoint with ``embserve.train.Checkpoint.save``.
+
+    The table's values (seeded standard normals) are generated chunk by chunk into a
+    memory-mapped scratch file, which the table initializer hands to the writer as is: no copy
+    of the table is ever held in anonymous memory. Returns the prefix, the digests of the two
+    expected lookups and timings.
+    """
+    import embserve as es
+
+    source_path = workdir / "source.f32"
+    source = np.memmap(source_path, dtype=np.float32, mode="w+", shape=(rows, dim))
+    t = time.perf_counter()
+    seeds = np.random.SeedSequence(SEED).spawn((rows + FILL_CHUNK_ROWS - 1) // FILL_CHUNK_ROWS)
+    for i, seed in enumerate(seeds):
+        lo = i * FILL_CHUNK_ROWS
+        hi = min(rows, lo + FILL_CHUNK_ROWS)
+        source[lo:hi] = np.random.default_rng(seed).standard_normal((hi - lo, dim), np.float32)
+    source.flush()
+    fill_s = time.perf_counter() - t
+    ids1, ids2 = _ids(rows)
+    digests = [_digest(source[ids1]), _digest(source[ids2])]
+
+    held = [source]  # the initializer's reference, dropped after the save
+    del source
+
+    def initializer(shape: Sequence[int], dtype: Any = np.float32) -> np.ndarray:
+        assert tuple(shape) == (rows, dim)
+        return held[0]
+
+    table = es.TableConfig(vocabulary_size=rows, dim=dim, name=TABLE_NAME, initializer=initializer)
+    emb = es.TPUEmbeddingForServing(es.FeatureConfig(table), optimizer=None)
+    t = time.perf_counter()
+    prefix = es.train.Checkpoint(embedding=emb).save(workdir / "ckpt")
+    save_s = time.perf_counter() - t
+    del emb, table
+    held.clear()  # unmaps the scratch file (the writer and the object held the only views)
+    os.unlink(source_path)
+    return prefix, digests, {"fill_s": fill_s, "save_s": save_s}
+
+
+def _checkpoint_files(prefix: str) -> list[str]:
+    directory, base = os.path.split(prefix)
+    return [os.path.join(directory, f) for f in os.listdir(directory) if f.startswith(base + ".")]
+
+
+def _warm(prefix: str) -> float:
+    """Read the checkpoint's files once (into the page cache); returns GB/s of that read."""
+    total = 0
+    t = time.perf_counter()
+    for path in _checkpoint_files(prefix):
+        with open(path, "rb", buffering=0) as f:
+            while chunk := f.read(16 << 20):
+                total += len(chunk)
+    return total / (time.perf_counter() - t) / 1e9
+
+
+def _evict(prefix: str) -> None:
+    """Drop the checkpoint's pages from the page cache (clean pages of these files only)."""
+    for path in _checkpoint_files(prefix):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+@dataclass
+class Runs:
+    """Every repetition of one contestant under one cache condition."""
+
+    contestant: Contestant
+    cache: str
+    reports: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _run_worker(
+    contestant: Contestant, python: str, prefix: str, rows: int, dim: int
+) -> dict[str, Any]:
+    """One fresh process, one measurement."""
+    cmd = [
+        python,
+        os.fspath(Path(__file__).resolve()),
+        "--worker",
+        contestant.key,
+        "--prefix",
+        prefix,
+        "--rows",
+        str(rows),
+        "--dim",
+        str(dim),
+    ]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"{contestant.label} worker failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+        )
+    report: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return report
+
+
+def _fmt_s(seconds: Sequence[float]) -> str:
+    """Median (min–max) with units chosen for the size."""
+    med, lo, hi = statistics.median(seconds), min(seconds), max(seconds)
+
+    def one(v: float) -> str:
+        if v < 1e-3:
+            return f"{v * 1e6:.0f} µs"
+        if v < 1:
+            return f"{v * 1e3:.1f} ms"
+        return f"{v:.2f} s"
+
+    if len(seconds) == 1:
+        return one(med)
+    return f"{one(med)} ({one(lo)} – {one(hi)})"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _fmt_mib(kib: float) -> str:
+    mib = kib / 1024
+    if abs(mib) >= 1024:
+        return f"{mib / 1024:.2f} GiB"
+    return f"{mib:.0f} MiB"
+
+
+def _table(all_runs: Sequence[Runs]) -> str:
+    """The markdown results table: medians over repetitions (range for times)."""
+    lines = [
+        "| contestant | cache | restore time | RSS added by restore (anon + file) | peak RSS "
+        "during restore (above before) | RSS before | first lookup, 1,024 ids | second lookup |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for runs in all_runs:
+        reps = runs.reports
+        if not reps:
+            continue
+
+        def med(key: str, reps: list[dict[str, Any]] = reps) -> float:
+            return statistics.median(r[key] for r in reps)
+
+        added = statistics.median(r["rss_after_kib"] - r["rss_before_kib"] for r in reps)
+        peak_added = statistics.median(r["peak_kib"] - r["rss_before_kib"] for r in reps)
+        lines.append(
+            f"| {runs.contestant.label} | {runs.cache} "
+            f"| {_fmt_s([r['restore_s'] for r in reps])} "
+            f"| {_fmt_mib(added)} ({_fmt_mib(med('anon_added_kib'))} + "
+            f"{_fmt_mib(med('file_added_kib'))}) "
+            f"| {_fmt_mib(med('peak_kib'))} (+{_fmt_mib(peak_added)}) "
+            f"| {_fmt_mib(med('rss_before_kib'))} "
+            f"| {_fmt_s([r['first_lookup_s'] for r in reps])} "
+            f"| {_fmt_s([r['second_lookup_s'] for r in reps])} |"
+        )
+    return "\n".join(lines)
+
+
+def _machine_facts(versions: dict[str, str]) -> str:
+    model = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    try:
+        commit = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "?"
+    fs = subprocess.run(
+        ["df", "-T", tempfile.gettempdir()], capture_output=True, text=True, check=False
+    ).stdout.splitlines()
+    fs_type = fs[-1].split()[1] if len(fs) > 1 else "?"
+    return "\n".join(
+        [
+            f"- nproc {os.cpu_count()} ({len(os.sched_getaffinity(0))} usable), CPU {model}, "
+            f"RAM {_meminfo_kib('MemTotal') / 2**20:.1f} GiB "
+            f"({_meminfo_kib('MemAvailable') / 2**20:.1f} GiB available at the end), "
+            f"temp dir on {fs_type}, kernel {platform.release()}",
+            "- " + ", ".join(f"{k} {v}" for k, v in versions.items()),
+            f"- embserve tree: git {commit}",
+        ]
+    )
+
+
+def _write_results(section: str) -> None:
+    """Insert ``section`` right below the marker of RESULTS.md, keeping every older section."""
+    old = RESULTS_PATH.read_text() if RESULTS_PATH.exists() else RESULTS_MARKER + "\n"
+    if RESULTS_MARKER not in old:
+        old = RESULTS_MARKER + "\n\n" + old
+    head, tail = old.split(RESULTS_MARKER, 1)
+    RESULTS_PATH.write_text(head + RESULTS_MARKER + "\n\n" + section + "\n" + tail.lstrip("\n"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark (or, with ``--worker``, one measurement)."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=None, help=f"table rows (default {ROWS:,})")
+    parser.add_argument("--dim", type=int, default=DIM, help=f"table width (default {DIM})")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions per contestant")
+    parser.add_argument("--tf-python", help="python of a venv with tensorflow 2.21 (adds TF)")
+    parser.add_argument("--cold", action="store_true", help="also run with the files evicted")
+    parser.add_argument("--write", action="store_true", help="insert results into RESULTS.md")
+    parser.add_argument("--tmp", default="/tmp", help="where the temporary directory goes")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--prefix", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        return _worker_main(args)
+
+    command = " ".join([".venv/bin/python", "benchmarks/restore.py", *sys.argv[1:]])
+    wanted = [c for c in CONTESTANTS if args.tf_python or not c.tf]
+    rows, notes, contestants = _plan_size(args.rows, args.dim, args.tmp, wanted)
+    if not args.tf_python:
+        notes.append("TensorFlow left out: no --tf-python given")
+    table_bytes = rows * args.dim * 4
+    workdir = Path(tempfile.mkdtemp(prefix="embserve-restore-bench-", dir=args.tmp))
+    load_before = os.getloadavg()[0]
+    try:
+        _log(
+            f"writing a {rows:,} × {args.dim} float32 table ({table_bytes / 1e9:.2f} GB) "
+            f"in {workdir}"
+        )
+        prefix, digests, setup = _write_checkpoint(workdir, rows, args.dim)
+        _log(f"written in {setup['fill_s']:.1f} s (values) + {setup['save_s']:.1f} s (save)")
+        warm_gbs = _warm(prefix)
+        caches = ["warm", "cold"] if args.cold else ["warm"]
+        all_runs = [Runs(c, cache) for cache in caches for c in contestants]
+        versions = {"python": platform.python_version(), "numpy": np.__version__}
+        for rep in range(args.reps):
+            for cache in caches:
+                group = [r for r in all_runs if r.cache == cache]
+                shift = rep % len(group)
+                for runs in group[shift:] + group[:shift]:  # rotate who goes first
+                    c = runs.contestant
+                    if cache == "cold":
+                        _evict(prefix)
+                    else:
+                        _warm(prefix)
+                    python = args.tf_python if c.tf else sys.executable
+                    _log(f"rep {rep + 1}/{args.reps} {cache}: {c.label}")
+                    report = _run_worker(c, python, prefix, rows, args.dim)
+                    if report["digests"] != digests:
+                        raise RuntimeError(f"{c.label}: lookup results differ from the table")
+                    versions.update(report.get("versions", {}))
+                    runs.reports.append(report)
+        for runs in all_runs:
+            if runs.contestant.key.startswith("tf") and runs.reports:
+                build = statistics.median(r["build_s"] for r in runs.reports)
+                what = "build() (restore-on-create reads the checkpoint inside it)"
+                if runs.contestant.key == "tf-after-build":
+                    what = "build() before the restore, not in the restore time"
+                    notes.append(f"{runs.contestant.label} ({runs.cache}): {what}: {build:.2f} s")
+                else:
+                    call = statistics.median(r["restore_call_s"] for r in runs.reports)
+                    notes.append(
+                        f"{runs.contestant.label} ({runs.cache}): restore() {call:.3f} s + {what} "
+                        f"{build:.2f} s"
+                    )
+        kernel = [
+            r["kernel_load_s"] for runs in all_runs for r in runs.reports if "kernel_load_s" in r
+        ]
+        date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        peak_note = (
+            "peak RSS = VmHWM reset (clear_refs) just before the restore, read just after it"
+            if all(r["peak_is_restore_only"] for runs in all_runs for r in runs.reports)
+            else "peak RSS = VmHWM of the whole process (this kernel refused to reset it)"
+        )
+        section = "\n".join(
+            [
+                f"## {date}: restoring a {rows:,} × {args.dim} float32 table "
+                f"({table_bytes / 1e9:.2f} GB)",
+                "",
+                f"Command: `{command}`",
+                "",
+                _machine_facts(versions),
+                "",
+                "### Restore time and memory",
+                "",
+                _table(all_runs),
+                "",
+                f"Median of {_count(args.reps, 'repetition')} (min – max), each in a fresh "
+                "process, contestants interleaved with a rotating order; every lookup result "
+                "checked bit-identical to the values written. **warm** = the checkpoint's "
+                "data file was read just before each run (the page cache cannot be dropped in "
+                "this container, so these are warm-cache numbers)"
+                + (
+                    "; **cold** = its pages evicted with posix_fadvise(DONTNEED) just before "
+                    "each run (the VM host may still cache the disk)."
+                    if args.cold
+                    else "."
+                ),
+                "- restore time: the `restore(...)` call (TensorFlow before build: `restore()` "
+                "+ `build()`, which is when the values are read); RSS added = VmRSS after − "
+                "before, split into anonymous (private) memory and mapped file pages (page "
+                "cache, shared between processes and reclaimable); "
+                + peak_note
+                + ", so it counts file pages mapped during the restore too (embserve "
+                "copy=True maps the data file and copies from it: about one table of private "
+                "memory plus one of mapped page cache at the peak); RSS before includes the "
+                "interpreter and the imported libraries.",
+                "- first lookup: `emb(ids)` with 1,024 uniform random ids right after the "
+                "restore (embserve: its kernels were loaded beforehand on a tiny table, "
+                f"{statistics.median(kernel) * 1e3:.0f} ms, so this is the cost of reaching "
+                "the rows); second lookup: 1,024 other ids."
+                if kernel
+                else "- first lookup: `emb(ids)` with 1,024 uniform random ids right after the "
+                "restore; second lookup: 1,024 other ids.",
+                "- embserve restores a table this large without reading it (tables over 64 MiB "
+                "are checksummed only with verify=True or `embserve inspect --verify`).",
+                f"- setup (not timed above): values generated in {setup['fill_s']:.1f} s, "
+                f"`embserve.train.Checkpoint.save` wrote them in {setup['save_s']:.1f} s "
+                f"({table_bytes / setup['save_s'] / 1e9:.2f} GB/s, with fsync); a warm "
+                f"sequential read of the data file ran at {warm_gbs:.1f} GB/s",
+                *[f"- {note}" for note in notes],
+                f"- 1-minute load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} "
+                "after (the cores are shared with other work)",
+                "",
+            ]
+        )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        _log(f"removed {workdir}")
+    print(section)
+    if args.write:
+        _write_results(section)
+        _log(f"wrote {RESULTS_PATH}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,540 @@
+"""The ``embserve`` command line: look inside checkpoints, and run the demo.
+
+::
+
+    embserve inspect PATH             every tensor (dtype, shape, size), the embedding tables
+                                      and their optimizer slots, totals
+    embserve inspect PATH --verify    ... and check every tensor checksum, with a progress bar
+    embserve inspect PATH --config    a skeleton serving config (TOML) for the tables found
+    embserve demo                     build the bundled demo model and show a lookup
+
+``PATH`` is a checkpoint prefix (``/ckpts/ckpt-3``, naming ``ckpt-3.index`` and its data
+shards) or a directory, which means its latest checkpoint (its ``checkpoint`` state file), as
+in ``tf.train.load_checkpoint``.
+
+This module is the top layer (ARCHITECTURE.md): it turns exceptions into one-line messages and
+draws progress bars. Nothing below it prints; the format layer reports progress through the
+``progress(done, total)`` callback of :meth:`embserve.checkpoint.BundleReader.verify`, which
+:class:`ProgressBar` implements.
+
+Exit codes: 0 success; 1 an error about the input (no checkpoint there, a corrupt file, a
+checksum mismatch, nothing to make a config from), reported as one line on stderr without a
+traceback; 2 a usage error (argparse's convention); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TextIO
+
+from embserve.checkpoint import OBJECT_GRAPH_KEY, BundleReader, TensorInfo, latest_checkpoint
+from embserve.checkpoint.dtypes import SUPPORTED
+from embserve.errors import CheckpointNotFoundError, EmbserveError
+
+if TYPE_CHECKING:
+    from embserve.checkpointing import FoundTable
+
+__all__ = ["ProgressBar", "format_bytes", "main", "serving_config_toml"]
+
+PROG = "embserve"
+
+# ---------------------------------------------------------------------------------------------
+# Formatting helpers
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes in binary units with three significant digits: ``617 B``, ``1.50 KiB``,
+    ``3.81 GiB`` (what ``ls -lh`` users read at a glance; exact counts go in the totals)."""
+    if n < 1024:
+        return f"{int(n)} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        n /= 1024
+        if n < 1024 or unit == "PiB":
+            break
+    if n >= 100:
+        return f"{n:.0f} {unit}"
+    if n >= 10:
+        return f"{n:.1f} {unit}"
+    return f"{n:.2f} {unit}"
+
+
+def _exact_bytes(n: int) -> str:
+    """``617 B``; ``3.81 GiB (4,096,000,000 bytes)`` once rounding hides the exact count."""
+    short = format_bytes(n)
+    return short if n < 1024 else f"{short} ({n:,} bytes)"
+
+
+def _shape(shape: Sequence[int]) -> str:
+    """A shape as TensorFlow prints lists: ``[7, 3]``, ``[]`` for a scalar."""
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _columns(rows: Sequence[Sequence[str]], right: Sequence[int] = (), indent: str = "  ") -> str:
+    """Rows of cells as aligned text columns (columns listed in ``right`` right-aligned)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [
+            cell.rjust(w) if i in right else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append((indent + "  ".join(cells)).rstrip())
+    return "\n".join(lines)
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 table``, ``2 tables``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _tensor_bytes(info: TensorInfo) -> int:
+    """Bytes of a tensor's value: ``size`` for one stored piece, elements × itemsize for a
+    sliced tensor (whose index entry has no size of its own) or for strings, their encoding."""
+    if not info.is_sliced:
+        return info.size
+    return info.num_elements * SUPPORTED[info.dtype].itemsize
+
+
+def _toml_string(s: str) -> str:
+    """``s`` as a TOML basic string (quotes, backslashes and control characters escaped)."""
+    out = ['"']
+    for ch in s:
+        code = ord(ch)
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\u{code:04X}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (messages naming files can hold newlines)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress
+
+
+class ProgressBar:
+    """A ``progress(done, total)`` callback that draws a plain-text progress bar.
+
+    On a terminal it redraws one line in place (``\\r``) at most every ``min_interval`` seconds:
+    label, a bar, percent, bytes done of total and throughput. When the stream is not a
+    terminal (a log file, a CI job, a pipe), ``\\r`` redraws would pile up into one enormous
+    line, so it prints a plain line at 25 %, 50 %, 75 % and 100 % instead.
+
+    No dependency (tqdm, rich) for this: the bar is thirty lines, and the core install stays
+    numpy + numba + protobuf + crc32c.
+
+    Args:
+        label: what is in progress (``"verify"``).
+        stream: where to draw (stderr, so stdout stays the report).
+        tty: force terminal / non-terminal drawing; default ``stream.isatty()``.
+        clock: seconds, monotonic (injectable for tests).
+        min_interval: least time between two terminal redraws.
+    """
+
+    def __init__(
+        self,
+        label: str,
+        stream: TextIO,
+        *,
+        tty: bool | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        min_interval: float = 0.1,
+    ) -> None:
+        self.label = label
+        self.stream = stream
+        if tty is None:
+            isatty = getattr(stream, "isatty", None)
+            tty = bool(isatty()) if callable(isatty) else False
+        self.tty = tty
+        self.clock = clock
+        self.min_interval = min_interval
+        self.start = clock()
+        self._last_draw = -math.inf
+        self._next_milestone = 25  # percent, for non-terminal output
+        self._drawn = False
+        self.done = 0
+        self.total = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        """Record progress (``done`` of ``total`` bytes); draw when due."""
+        self.done, self.total = done, total
+        percent = 100 if total <= 0 else min(100, done * 100 // total)
+        if self.tty:
+            now = self.clock()
+            if done >= total or now - self._last_draw >= self.min_interval:
+                self._last_draw = now
+                self._draw_tty(done, total, percent)
+        else:
+            if percent >= self._next_milestone:
+                self._next_milestone = (percent // 25 + 1) * 25
+                self.stream.write(f"{self.label}: {self._status(done, total, percent)}\n")
+                self.stream.flush()
+
+    def _rate(self, done: int) -> str:
+        elapsed = self.clock() - self.start
+        if elapsed <= 0 or done == 0:
+            return "-- B/s"
+        return f"{format_bytes(done / elapsed)}/s"
+
+    def _status(self, done: int, total: int, percent: int) -> str:
+        return f"{percent:3d}%  {format_bytes(done)} / {format_bytes(total)}  {self._rate(done)}"
+
+    def _draw_tty(self, done: int, total: int, percent: int) -> None:
+        status = self._status(done, total, percent)
+        columns = shutil.get_terminal_size((80, 24)).columns
+        width = max(10, min(40, columns - len(self.label) - len(status) - 6))
+        filled = width * percent // 100
+        bar = "#" * filled + "-" * (width - filled)
+        self.stream.write(f"\r{self.label} [{bar}] {status}\x1b[K")
+        self.stream.flush()
+        self._drawn = True
+
+    def close(self) -> None:
+        """End the bar's line (terminal) so the next message starts on a fresh one."""
+        if self.tty and self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._drawn = False
+
+
+# ---------------------------------------------------------------------------------------------
+# inspect
+
+
+class _NothingToDoError(EmbserveError):
+    """The input is valid but cannot give what was asked (e.g. a config without tables)."""
+
+
+def _open(path: str) -> BundleReader:
+    """Open ``path`` (prefix or directory), with a hint when a directory has checkpoints but
+    no state file naming one (``Checkpoint.write`` and ``Saver(write_state=False)`` leave
+    none): the user then has to pick a prefix, and the message lists them."""
+    if os.path.isdir(path) and latest_checkpoint(path) is None:
+        prefixes = sorted(
+            name[: -len(".index")] for name in os.listdir(path) if name.endswith(".index")
+        )
+        if prefixes:
+            shown = ", ".join(prefixes[:5]) + (", ..." if len(prefixes) > 5 else "")
+            raise CheckpointNotFoundError(
+                f"no checkpoint recorded in directory {path!r} (it has no usable 'checkpoint' "
+                f"state file), but it holds {len(prefixes)} checkpoint(s): {shown}; pass a "
+                f"prefix, e.g. {os.path.join(path, prefixes[-1])!r}"
+            )
+    return BundleReader(path)
+
+
+def _find_tables(reader: BundleReader) -> list[FoundTable]:
+    """The TPU embedding tables of a checkpoint, by object-graph signature.
+
+    Imported here, not at the top: :mod:`embserve.checkpointing` pulls in the lookup kernels
+    (numba), which ``embserve --help`` should not wait for.
+    """
+    from embserve.checkpointing import find_embedding_tables
+
+    if not reader.has_tensor(OBJECT_GRAPH_KEY):
+        return []  # a TF1 name-based checkpoint: no objects, so no TPUEmbedding objects
+    return list(find_embedding_tables(reader))
+
+
+def _report(reader: BundleReader, path: str, found: Sequence[FoundTable]) -> str:
+    """The human-readable listing: variables, embedding tables with slots, totals."""
+    infos = [reader.info(k) for k in reader]
+    lines = [f"checkpoint: {reader.prefix}"]
+    if os.path.isdir(path):
+        lines[0] += f"  (the latest in {path})"
+    shards = reader.num_shards
+    lines.append(f"index: {reader.index_path}; {_count(shards, 'data shard')}")
+    lines += ["", f"variables ({len(infos)}):"]
+    if infos:
+        rows = [["name", "dtype", "shape", "size"]]
+        for info in infos:
+            name = info.key
+            if info.is_sliced:
+                name += f"  ({len(info.slices)} slices)"
+            rows.append(
+                [name, info.dtype_name, _shape(info.shape), format_bytes(_tensor_bytes(info))]
+            )
+        lines.append(_columns(rows, right=(3,)))
+    else:
+        lines.append("  (none)")
+
+    lines.append("")
+    objects = sorted({t.object_path for t in found})
+    if found:
+        noun = "object" if len(objects) == 1 else "objects"
+        lines.append(f"embedding tables ({len(found)}, in {len(objects)} TPUEmbedding {noun}):")
+        rows = [["object", "table", "dtype", "shape", "size", "slots"]]
+        for t in found:
+            size = _tensor_bytes(reader.info(t.key))
+            slots = ", ".join(t.slots) if t.slots else "-"
+            rows.append(
+                [
+                    "/".join(t.object_path),
+                    t.table,
+                    t.dtype,
+                    _shape(t.shape),
+                    format_bytes(size),
+                    slots,
+                ]
+            )
+        lines.append(_columns(rows, right=(4,)))
+    else:
+        graph = reader.has_tensor(OBJECT_GRAPH_KEY)
+        why = "" if graph else " (no object graph: a TF1 name-based checkpoint)"
+        lines.append(f"embedding tables: none found{why}")
+
+    table_bytes = sum(_tensor_bytes(reader.info(t.key)) for t in found)
+    slot_keys = [k for t in found for k in t.slots.values()]
+    slot_bytes = sum(_tensor_bytes(reader.info(k)) for k in slot_keys)
+    value_bytes = sum(_tensor_bytes(i) for i in infos)
+    disk = os.path.getsize(reader.index_path) + sum(os.path.getsize(p) for p in reader.data_paths)
+    lines += [
+        "",
+        "totals:",
+        f"  {_count(len(infos), 'tensor')}, {_exact_bytes(value_bytes)} of values; "
+        f"{_exact_bytes(disk)} on disk with the index",
+        f"  {_count(len(found), 'embedding table')}, {format_bytes(table_bytes)}; "
+        f"{_count(len(slot_keys), 'optimizer slot')}, {format_bytes(slot_bytes)}",
+    ]
+    return "\n".join(lines)
+
+
+def serving_config_toml(found: Sequence[FoundTable], checkpoint: str) -> str:
+    """A skeleton serving config in TOML for the tables of one TPUEmbedding object.
+
+    One ``[[tables]]`` per table with the sizes the checkpoint fixes, and one ``[[features]]``
+    per table using it (a guess: the checkpoint stores no features, so the user edits them).
+    Comment lines explain each key, because this file is meant to be edited by hand. Only the
+    first embedding object is configured when a checkpoint holds several (the others are
+    listed in a comment): one serving config serves one object.
+
+    Args:
+        found: the tables found in the checkpoint, non-empty.
+        checkpoint: the path the server should load (prefix, or directory = its latest).
+    """
+    objects: list[tuple[str, ...]] = []
+    for t in found:
+        if t.object_path not in objects:
+            objects.append(t.object_path)
+    chosen = objects[0]
+    tables = [t for t in found if t.object_path == chosen and len(t.shape) == 2]
+    odd = [t for t in found if t.object_path == chosen and len(t.shape) != 2]
+    name = "/".join(chosen)
+    lines = [
+        "# embserve serving config, a skeleton made by `embserve inspect --config`.",
+        "# vocabulary_size and dim come from the checkpoint; everything marked 'set it' is not",
+        "# stored in checkpoints and must come from the model's TableConfig / FeatureConfig.",
+    ]
+    if len(objects) > 1:
+        others = ", ".join(_toml_string("/".join(o)) for o in objects[1:])
+        lines.append(
+            f"# The checkpoint holds other embedding objects too, not configured: {others}"
+        )
+    lines += [
+        "",
+        "[model]",
+        "# name: the model's name, as requests address it (/v1/models/<name>:predict).",
+        f"name = {_toml_string(chosen[-1])}",
+        "# checkpoint: a checkpoint prefix, or a directory (then its latest checkpoint is served).",
+        f"checkpoint = {_toml_string(checkpoint)}",
+        "# object: where the embedding sits in the checkpoint, the keyword the training job used",
+        "# in tf.train.Checkpoint(embedding=...); '/' joins the names of nested objects.",
+        f"object = {_toml_string(name)}",
+    ]
+    for t in odd:  # an embedding table is [vocabulary_size, dim]; anything else is not served
+        lines.append(
+            f"# Not configured, not a 2-D table: {_toml_string(t.table)} {_shape(t.shape)}"
+        )
+    for t in tables:
+        vocab, dim = t.shape
+        lines += [
+            "",
+            "# A table (TableConfig): its name in the checkpoint, its rows and its width.",
+            "[[tables]]",
+            f"name = {_toml_string(t.table)}",
+            f"vocabulary_size = {vocab}",
+            f"dim = {dim}",
+            'combiner = "mean"   # sum | mean | sqrtn; not stored in checkpoints: set it',
+        ]
+        if t.slots:
+            slots = ", ".join(t.slots)
+            lines.append(f"# The checkpoint also holds its optimizer slots ({slots}); not served.")
+    for t in tables:
+        lines += [
+            "",
+            "# A feature (FeatureConfig) looked up in a table; add one per input feature.",
+            "[[features]]",
+            f"path = {_toml_string(t.table)}"
+            "     # where this feature sits in the request / feature structure",
+            f"table = {_toml_string(t.table)}",
+            "max_sequence_length = 0   # 0: one combined vector per example; > 0: a sequence of "
+            "that many rows",
+            "# output_shape = [..]     # optional: the batch shape of the output",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _verify(reader: BundleReader, err: TextIO) -> str:
+    """Check every tensor checksum with a progress bar on ``err``; the summary line."""
+    bar = ProgressBar("verify", err)
+    started = time.monotonic()
+    try:
+        reader.verify(progress=bar)
+    finally:
+        bar.close()
+    elapsed = time.monotonic() - started
+    return f"verify: OK, every checksum matches ({format_bytes(bar.total)} in {elapsed:.2f} s)"
+
+
+def _inspect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``embserve inspect``: open (validating the metadata), report, optionally verify.
+
+    The listing is printed before verifying (it helps to see what a damaged checkpoint holds);
+    a config is printed only after, and alone on stdout, so that ``--config --verify >
+    serving.toml`` never leaves a config for a corrupt checkpoint.
+    """
+    path: str = args.path
+    reader = _open(path)
+    try:
+        found = _find_tables(reader)
+        if args.config:
+            if not found:
+                raise _NothingToDoError(
+                    f"no TPU embedding tables found in checkpoint {reader.prefix!r}; "
+                    "nothing to make a serving config from"
+                )
+            if args.verify:
+                err.write(_verify(reader, err) + "\n")
+            out.write(serving_config_toml(found, os.path.abspath(path)))
+        else:
+            out.write(_report(reader, path, found) + "\n")
+            out.flush()
+            if args.verify:
+                out.write("\n" + _verify(reader, err) + "\n")
+        out.flush()
+    finally:
+        reader.close()
+    return 0
+
+
+def _demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``embserve demo``: the bundled demo model and one request (``make demo``)."""
+    from embserve.demo.__main__ import main as demo_main
+
+    demo_main()
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+
+
+def _version() -> str:
+    """The installed distribution's version (internal modules never import the root package)."""
+    try:
+        return importlib.metadata.version("embserve")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``embserve`` command (subcommands ``inspect``, ``demo``)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="TensorFlow's TPUEmbedding serving API on the CPU, without TensorFlow.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    inspect = sub.add_parser(
+        "inspect",
+        help="list a checkpoint's variables and embedding tables",
+        description=(
+            "List every variable of a TensorFlow checkpoint (dtype, shape, size), the TPU "
+            "embedding tables and optimizer slots found by the object graph, and totals. Reads "
+            "the index and the object graph only, unless --verify."
+        ),
+    )
+    inspect.add_argument(
+        "path",
+        metavar="PATH",
+        help="a checkpoint prefix (ckpt-3 for ckpt-3.index) or a directory (its latest checkpoint)",
+    )
+    inspect.add_argument(
+        "--verify",
+        action="store_true",
+        help="also check every tensor's CRC-32C (reads all data; progress bar on stderr)",
+    )
+    inspect.add_argument(
+        "--config",
+        action="store_true",
+        help="print a skeleton serving config (TOML) for the tables found, instead of the listing",
+    )
+    inspect.set_defaults(run=_inspect)
+
+    demo = sub.add_parser("demo", help="build the bundled demo model and show a lookup")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``embserve`` command with ``argv`` (default ``sys.argv[1:]``); return the exit code.
+
+    Expected failures (missing or corrupt checkpoints, unreadable files) become one line on
+    stderr and exit code 1; usage errors exit 2. Anything else is a bug and keeps its
+    traceback.
+    """
+    parser = build_parser()
+    out, err = sys.stdout, sys.stderr
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help / --version (0) and usage errors (2)
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        code: int = args.run(args, out, err)
+        return code
+    except (EmbserveError, OSError) as exc:
+        if isinstance(exc, BrokenPipeError):
+            # `embserve inspect ... | head`: the reader left; not an error worth a message.
+            _silence_stdout()
+            return 1
+        err.write(f"{PROG}: error: {_one_line(exc)}\n")
+        err.flush()
+        return 1
+    except KeyboardInterrupt:
+        err.write(f"\n{PROG}: interrupted\n")
+        return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m embserve.cli`
+    sys.exit(main())

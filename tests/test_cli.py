@@ -1,0 +1,513 @@
+"""The ``embserve`` command line (:mod:`embserve.cli`), run in-process on TensorFlow-made fixtures.
+
+``main([...])`` is called directly and its output captured, so the tests see exactly what a user
+sees: the listing on stdout, progress and errors on stderr, and the exit code (0 ok, 1 bad
+input, 2 usage). Bad input must give one line on stderr and never a traceback. One test runs
+``python -m embserve`` as a subprocess to check the entry point itself.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+import embserve as es
+from embserve import train
+from embserve.checkpoint import BundleReader
+from embserve.cli import ProgressBar, format_bytes, main, serving_config_toml
+
+FIXTURES = Path(__file__).resolve().parent / "data" / "checkpoints"
+
+# The TPU fixtures' tables (tools/make_checkpoint_fixtures.py): name -> (vocabulary, dim).
+TPU_TABLES = {"t0": (7, 3), "t1": (11, 5)}
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str | os.PathLike[str]) -> tuple[int, str, str]:
+    """``main(argv)`` → (exit code, stdout, stderr)."""
+    code = main([os.fspath(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(err: str, *fragments: str) -> None:
+    """stderr is exactly one ``embserve: error: ...`` line containing every fragment."""
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("embserve: error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, err)
+
+
+def copy_fixture(name: str, tmp_path: Path) -> Path:
+    """A private copy of fixture directory ``name`` (tests that damage files use it)."""
+    target = tmp_path / name
+    shutil.copytree(FIXTURES / name, target)
+    return target
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    """Invert every bit of the byte at ``offset``."""
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+# ---------------------------------------------------------------------------------------------
+# The entry point
+
+
+def test_python_dash_m_help_runs_as_a_subprocess() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "embserve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: embserve")
+    assert "inspect" in proc.stdout
+
+
+def test_python_dash_m_reports_bad_input_in_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "embserve", "inspect", str(tmp_path / "nothing")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    assert_one_line_error(proc.stderr, "nothing.index")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "required: COMMAND"),
+        (["inspect"], "required: PATH"),
+        (["frobnicate"], "invalid choice"),
+        (["inspect", "x", "--no-such-flag"], "unrecognized arguments"),
+    ],
+)
+def test_usage_errors_exit_2(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert out == ""
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_help_and_version_exit_0(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "inspect", "--help")
+    assert code == 0
+    assert "--verify" in out
+    assert "--config" in out
+    code, out, _ = run(capsys, "--version")
+    assert code == 0
+    assert out.startswith("embserve ")
+
+
+# ---------------------------------------------------------------------------------------------
+# inspect: the listing
+
+
+def test_inspect_tpu_adagrad_lists_variables_tables_slots_and_totals(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = run(capsys, "inspect", FIXTURES / "tpu_adagrad")
+    assert code == 0, err
+    assert err == ""
+    assert "ckpt-1" in out.splitlines()[0]
+    # Every variable, with dtype, shape and size.
+    for line in (
+        "embedding/t0/.ATTRIBUTES/VARIABLE_VALUE                float32  [7, 3]    84 B",
+        "embedding/t1.Saccumulators/.ATTRIBUTES/VARIABLE_VALUE  float32  [11, 5]  220 B",
+        "save_counter/.ATTRIBUTES/VARIABLE_VALUE                int64    []         8 B",
+        "_CHECKPOINTABLE_OBJECT_GRAPH                           string   []       709 B",
+    ):
+        assert line in out
+    # The embedding tables with their slots.
+    assert "embedding tables (2, in 1 TPUEmbedding object):" in out
+    assert "embedding  t0     float32  [7, 3]    84 B  accumulators" in out
+    assert "embedding  t1     float32  [11, 5]  220 B  accumulators" in out
+    # Totals: 709 + 2 × 84 + 2 × 220 + 8 bytes of values.
+    assert "6 tensors, 1.29 KiB (1,325 bytes) of values" in out
+    assert "2 embedding tables, 304 B; 2 optimizer slots, 304 B" in out
+
+
+def test_inspect_prefix_and_directory_agree(capsys: pytest.CaptureFixture[str]) -> None:
+    _, by_dir, _ = run(capsys, "inspect", FIXTURES / "tpu_adam")
+    code, by_prefix, _ = run(capsys, "inspect", FIXTURES / "tpu_adam" / "ckpt-1")
+    assert code == 0
+    assert "(the latest in" in by_dir.splitlines()[0]
+    assert by_dir.splitlines()[1:] == by_prefix.splitlines()[1:]
+    assert "momenta, velocities" in by_prefix
+
+
+def test_inspect_keras_finds_only_the_embedding(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "inspect", FIXTURES / "keras")
+    assert code == 0
+    assert "optimizer/_variables/2/.ATTRIBUTES/VARIABLE_VALUE" in out
+    assert "embedding tables (1, in 1 TPUEmbedding object):" in out
+    assert "embedding  t0     float32  [5, 3]  60 B  accumulators" in out
+
+
+def test_inspect_sharded_checkpoint_shows_slices(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "inspect", FIXTURES / "sharded" / "ckpt")
+    assert code == 0
+    assert "3 data shards" in out
+    # Sliced tensors have no size in the index; it is elements × itemsize.
+    assert "v2/.ATTRIBUTES/VARIABLE_VALUE  (2 slices)  float32  [20, 3]  240 B" in out
+    assert "v3/.ATTRIBUTES/VARIABLE_VALUE  (3 slices)  int64    [40]     320 B" in out
+    assert "embedding tables: none found" in out
+
+
+def test_inspect_tf1_checkpoint_without_object_graph(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "inspect", FIXTURES / "partitioned" / "model.ckpt")
+    assert code == 0
+    assert "emb  (3 slices)  float32  [10, 4]  160 B" in out
+    assert "none found (no object graph: a TF1 name-based checkpoint)" in out
+
+
+def test_inspect_every_fixture(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every committed fixture lists all of its variables (names from TF's list_variables)."""
+    import json
+
+    for expected_json in sorted(FIXTURES.glob("*/expected.json")):
+        records = json.loads(expected_json.read_text())["checkpoints"]
+        for prefix, record in records.items():
+            code, out, err = run(capsys, "inspect", expected_json.parent / prefix)
+            assert code == 0, (prefix, err)
+            for name, _shape in record["list_variables"]:
+                assert f"  {name}  " in out, (expected_json.parent.name, name)
+
+
+def test_inspect_a_checkpoint_saved_by_embserve(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    a = es.TableConfig(vocabulary_size=9, dim=3, name="a")
+    b = es.TableConfig(vocabulary_size=4, dim=2, name="b")
+    emb = es.TPUEmbeddingForServing(
+        {"x": es.FeatureConfig(a), "y": es.FeatureConfig(b)}, optimizer=es.Adam(0.1)
+    )
+    train.Checkpoint(embedding=emb).save(tmp_path / "ckpt")
+    code, out, _ = run(capsys, "inspect", tmp_path)
+    assert code == 0
+    assert "embedding  a      float32  [9, 3]  108 B  momenta, velocities" in out
+    assert "2 embedding tables, 140 B; 4 optimizer slots, 280 B" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# inspect --verify
+
+
+def test_verify_ok(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "inspect", FIXTURES / "tpu_adagrad", "--verify")
+    assert code == 0, err
+    assert "verify: OK, every checksum matches" in out
+    # stderr is not a terminal under capsys: a few plain progress lines, ending at 100 %.
+    lines = err.splitlines()
+    assert 1 <= len(lines) <= 5
+    assert all(line.startswith("verify: ") for line in lines)
+    assert "\r" not in err
+    assert lines[-1].startswith("verify: 100%")
+    assert "1.29 KiB / 1.29 KiB" in lines[-1]
+
+
+@pytest.mark.parametrize("fixture", ["sharded/ckpt", "partitioned/model.ckpt", "dtypes", "keras"])
+def test_verify_ok_on_other_layouts(capsys: pytest.CaptureFixture[str], fixture: str) -> None:
+    code, out, err = run(capsys, "inspect", FIXTURES / fixture, "--verify")
+    assert code == 0, err
+    assert "verify: OK" in out
+
+
+def test_verify_reports_a_flipped_table_byte_naming_the_data_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    ckpt = copy_fixture("tpu_adagrad", tmp_path)
+    data = ckpt / "ckpt-1.data-00000-of-00001"
+    info = BundleReader(ckpt / "ckpt-1").info("embedding/t1/.ATTRIBUTES/VARIABLE_VALUE")
+    flip_byte(data, info.offset + 5)
+
+    # Without --verify only metadata and the object graph are read: the listing succeeds.
+    code, _, err = run(capsys, "inspect", ckpt)
+    assert code == 0, err
+
+    code, out, err = run(capsys, "inspect", ckpt, "--verify")
+    assert code == 1
+    assert "verify: OK" not in out
+    error_lines = [line for line in err.splitlines() if line.startswith("embserve: error:")]
+    assert len(error_lines) == 1, err
+    assert_one_line_error(
+        error_lines[0], str(data), "embedding/t1/.ATTRIBUTES/VARIABLE_VALUE", "checksum"
+    )
+
+
+def test_a_flipped_index_byte_is_reported_naming_the_index(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    ckpt = copy_fixture("tpu_none", tmp_path)
+    index = ckpt / "ckpt-1.index"
+    flip_byte(index, 40)  # inside the data block: its checksum no longer matches
+    code, out, err = run(capsys, "inspect", ckpt)
+    assert code == 1
+    assert out == ""
+    assert_one_line_error(err, str(index))
+
+
+def test_a_flipped_object_graph_byte_is_reported(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    ckpt = copy_fixture("tpu_none", tmp_path)
+    data = ckpt / "ckpt-1.data-00000-of-00001"
+    info = BundleReader(ckpt / "ckpt-1").info("_CHECKPOINTABLE_OBJECT_GRAPH")
+    flip_byte(data, info.offset + info.size - 3)  # string bytes are always checked when read
+    code, out, err = run(capsys, "inspect", ckpt)
+    assert code == 1
+    assert out == ""
+    assert_one_line_error(err, str(data))
+
+
+def test_a_truncated_data_file_is_reported(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    ckpt = copy_fixture("tpu_adam", tmp_path)
+    data = ckpt / "ckpt-1.data-00000-of-00001"
+    data.write_bytes(data.read_bytes()[:-10])
+    code, _, err = run(capsys, "inspect", ckpt)
+    assert code == 1
+    assert_one_line_error(err, "ckpt-1.data-00000-of-00001")
+
+
+def test_a_missing_data_file_is_reported(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    ckpt = copy_fixture("sharded", tmp_path)
+    (ckpt / "ckpt.data-00001-of-00003").unlink()
+    code, _, err = run(capsys, "inspect", ckpt / "ckpt")
+    assert code == 1
+    assert_one_line_error(err, "ckpt.data-00001-of-00003")
+
+
+# ---------------------------------------------------------------------------------------------
+# inspect: paths that hold no checkpoint
+
+
+def test_missing_path(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, err = run(capsys, "inspect", tmp_path / "no" / "such" / "ckpt-1")
+    assert code == 1
+    assert out == ""
+    assert_one_line_error(err, "ckpt-1.index", "does not exist")
+
+
+def test_empty_directory(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, err = run(capsys, "inspect", tmp_path)
+    assert code == 1
+    assert out == ""
+    assert_one_line_error(err, "no checkpoint found")
+
+
+def test_directory_without_state_file_names_the_prefixes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, _, err = run(capsys, "inspect", FIXTURES / "sharded")
+    assert code == 1
+    assert_one_line_error(err, "holds 1 checkpoint(s): ckpt", "pass a prefix")
+
+
+def test_state_file_naming_a_deleted_checkpoint(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    ckpt = copy_fixture("manager", tmp_path)
+    for f in ckpt.glob("ckpt-3.*"):
+        f.unlink()
+    code, _, err = run(capsys, "inspect", ckpt)
+    assert code == 1
+    assert_one_line_error(err, "ckpt-2")  # the survivor is offered as a prefix
+
+
+def test_a_garbage_index_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    (tmp_path / "x.index").write_bytes(b"not a checkpoint")
+    code, _, err = run(capsys, "inspect", tmp_path / "x")
+    assert code == 1
+    assert_one_line_error(err, "x.index")
+
+
+# ---------------------------------------------------------------------------------------------
+# inspect --config
+
+
+def test_config_is_toml_describing_the_tables(capsys: pytest.CaptureFixture[str]) -> None:
+    path = FIXTURES / "tpu_adagrad"
+    code, out, err = run(capsys, "inspect", path, "--config")
+    assert code == 0, err
+    assert err == ""
+    config = tomllib.loads(out)
+    assert config["model"] == {
+        "name": "embedding",
+        "checkpoint": os.path.abspath(path),
+        "object": "embedding",
+    }
+    tables = {t["name"]: t for t in config["tables"]}
+    assert {n: (t["vocabulary_size"], t["dim"]) for n, t in tables.items()} == TPU_TABLES
+    assert all(t["combiner"] == "mean" for t in tables.values())
+    features = config["features"]
+    assert [(f["path"], f["table"]) for f in features] == [("t0", "t0"), ("t1", "t1")]
+    assert all(f["max_sequence_length"] == 0 for f in features)
+    # Comment lines explain the keys, including what checkpoints do not store.
+    assert "# sum | mean | sqrtn; not stored in checkpoints: set it" in out
+    assert "# output_shape = [..]" in out
+
+
+def test_config_with_verify_keeps_stdout_pure_toml(capsys: pytest.CaptureFixture[str]) -> None:
+    path = FIXTURES / "keras" / "ckpt-1"
+    code, out, err = run(capsys, "inspect", path, "--config", "--verify")
+    assert code == 0, err
+    config = tomllib.loads(out)
+    assert config["model"]["checkpoint"] == os.path.abspath(path)
+    assert [(t["name"], t["vocabulary_size"], t["dim"]) for t in config["tables"]] == [("t0", 5, 3)]
+    assert "verify: OK" in err
+
+
+def test_config_with_verify_prints_no_config_for_a_corrupt_checkpoint(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    ckpt = copy_fixture("tpu_adam", tmp_path)
+    data = ckpt / "ckpt-1.data-00000-of-00001"
+    info = BundleReader(ckpt / "ckpt-1").info("embedding/t0.Svelocities/.ATTRIBUTES/VARIABLE_VALUE")
+    flip_byte(data, info.offset)
+    code, out, err = run(capsys, "inspect", ckpt, "--config", "--verify")
+    assert code == 1
+    assert out == ""  # `--config --verify > serving.toml` leaves no config behind
+    assert "t0.Svelocities" in err.splitlines()[-1]
+
+
+def test_config_without_tables_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "inspect", FIXTURES / "dtypes", "--config")
+    assert code == 1
+    assert out == ""
+    assert_one_line_error(err, "no TPU embedding tables found")
+
+
+def test_config_configures_the_first_of_several_embedding_objects(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    first = es.TPUEmbeddingForServing(
+        es.FeatureConfig(es.TableConfig(vocabulary_size=6, dim=2, name="u")), optimizer=None
+    )
+    second = es.TPUEmbeddingForServing(
+        es.FeatureConfig(es.TableConfig(vocabulary_size=3, dim=5, name="v")), optimizer=None
+    )
+    train.Checkpoint(left=first, right=second).write(tmp_path / "two")
+    code, out, _ = run(capsys, "inspect", tmp_path / "two", "--config")
+    assert code == 0
+    config = tomllib.loads(out)
+    assert config["model"]["name"] == "left"
+    assert [t["name"] for t in config["tables"]] == ["u"]
+    assert 'other embedding objects too, not configured: "right"' in out
+
+
+def test_config_escapes_odd_names() -> None:
+    """Table names and paths are free text: the TOML must still parse back to them."""
+    from embserve.checkpointing import FoundTable
+
+    odd = 'q"uote\\back\tslash\x01\x7f é /x'
+    found = [FoundTable(("emb", odd), odd, "k", (4, 2), "float32", {})]
+    config = tomllib.loads(serving_config_toml(found, "/tmp/" + odd))
+    assert config["model"] == {"name": odd, "checkpoint": "/tmp/" + odd, "object": "emb/" + odd}
+    assert config["tables"][0]["name"] == odd
+    assert config["features"][0]["table"] == odd
+
+
+def test_config_skips_what_is_not_a_2d_table() -> None:
+    from embserve.checkpointing import FoundTable
+
+    found = [
+        FoundTable(("emb",), "t", "k1", (4, 2), "float32", {}),
+        FoundTable(("emb",), "kernel", "k2", (2,), "float32", {}),
+    ]
+    text = serving_config_toml(found, "/ckpt")
+    assert [t["name"] for t in tomllib.loads(text)["tables"]] == ["t"]
+    assert '# Not configured, not a 2-D table: "kernel" [2]' in text
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces
+
+
+class FakeTerminal(io.StringIO):
+    """A stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_on_a_terminal_redraws_one_line() -> None:
+    now = [0.0]
+    stream = FakeTerminal()
+    bar = ProgressBar("verify", stream, clock=lambda: now[0], min_interval=0.1)
+    total = 4 << 30
+    for i in range(101):
+        now[0] = i * 0.02  # 50 calls per second: redrawn at most every 0.1 s
+        bar(total * i // 100, total)
+    bar.close()
+    text = stream.getvalue()
+    frames = text.split("\r")[1:]
+    assert 15 <= len(frames) <= 30  # throttled, but the last state is always drawn
+    assert text.endswith("\n")
+    last = frames[-1]
+    assert "100%" in last
+    assert "4.00 GiB / 4.00 GiB" in last
+    assert "/s" in last
+    assert "[" + "#" * 10 in last  # a full bar
+
+
+def test_progress_bar_elsewhere_prints_a_few_lines() -> None:
+    stream = io.StringIO()
+    bar = ProgressBar("verify", stream, clock=lambda: 1.0)
+    for i in range(1001):
+        bar(i, 1000)
+    bar.close()
+    lines = stream.getvalue().splitlines()
+    assert [line.split()[1] for line in lines] == ["25%", "50%", "75%", "100%"]
+
+
+def test_progress_bar_for_an_empty_checkpoint() -> None:
+    stream = io.StringIO()
+    ProgressBar("verify", stream)(0, 0)
+    assert "100%" in stream.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1024, "1.00 KiB"),
+        (1325, "1.29 KiB"),
+        (10 * 1024 * 1024, "10.0 MiB"),
+        (4_096_000_000, "3.81 GiB"),
+        (250 << 30, "250 GiB"),
+        (3 << 50, "3.00 PiB"),
+    ],
+)
+def test_format_bytes(n: int, text: str) -> None:
+    assert format_bytes(n) == text
+
+
+def test_demo_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "demo")
+    assert code == 0
+    assert "result:" in out
