@@ -1,7 +1,10 @@
-"""The ``embserve`` command line: look inside checkpoints, and run the demo.
+"""The ``embserve`` command line: serve a model, look inside checkpoints, run the demo.
 
 ::
 
+    embserve serve CONFIG [--host H] [--port P] [--workers N]
+                                      serve the model CONFIG describes over TensorFlow
+                                      Serving's REST API, reloading new checkpoints
     embserve inspect PATH             every tensor (dtype, shape, size), the embedding tables
                                       and their optimizer slots, totals
     embserve inspect PATH --verify    ... and check every tensor checksum, with a progress bar
@@ -37,6 +40,7 @@ from typing import TYPE_CHECKING, TextIO
 from embserve.checkpoint import OBJECT_GRAPH_KEY, BundleReader, TensorInfo, latest_checkpoint
 from embserve.checkpoint.dtypes import SUPPORTED
 from embserve.errors import CheckpointNotFoundError, EmbserveError
+from embserve.server.args import add_serve_arguments, run_from_args
 
 if TYPE_CHECKING:
     from embserve.checkpointing import FoundTable
@@ -459,13 +463,25 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``embserve`` command (subcommands ``inspect``, ``demo``)."""
+    """The argument parser of the ``embserve`` command (``serve``, ``inspect``, ``demo``)."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="TensorFlow's TPUEmbedding serving API on the CPU, without TensorFlow.",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve a model over TensorFlow Serving's REST API",
+        description=(
+            "Serve a TPU embedding model over TensorFlow Serving's REST API (predict, status, "
+            "metadata, /healthz, /metrics), reloading new checkpoints as they appear. Needs "
+            "the serve extra: pip install 'embserve[serve]'."
+        ),
+    )
+    add_serve_arguments(serve)
+    serve.set_defaults(run=lambda args, out, err: run_from_args(args))
 
     inspect = sub.add_parser(
         "inspect",

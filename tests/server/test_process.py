@@ -1,0 +1,519 @@
+"""The server as a real process on a loopback port: hot reload under load, a damaged version
+refused under load, SIGTERM draining requests in flight, worker processes sharing the tables.
+
+Every wait is a polling loop with a generous deadline (these run on loaded 2-core machines);
+no sleep is an assertion. Loads are bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import embserve as es
+from tests.server._support import (
+    MODEL,
+    bag,
+    random_tables,
+    save_damaged_version,
+    save_version,
+    write_config,
+)
+
+pytestmark = pytest.mark.slow
+
+HOST = "127.0.0.1"
+PREDICT = f"/v1/models/{MODEL}:predict"
+START_TIMEOUT = 90.0  # importing numba and embserve on a busy machine, plus the first load
+WAIT_TIMEOUT = 60.0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _request(
+    port: int, method: str, path: str, body: bytes | None = None, timeout: float = 30.0
+) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def _wait_for(what: str, condition: Callable[[], bool], timeout: float = WAIT_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.02)
+
+
+class Server:
+    """``python -m embserve.server.main CONFIG --port P`` as a subprocess."""
+
+    def __init__(self, config: Path, log: Path, *args: str) -> None:
+        self.config = config
+        self.log_path = log
+        self.args = args
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Server:
+        for _attempt in range(3):  # another process may grab the free port before we bind it
+            self.port = _free_port()
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "embserve.server.main",
+                        str(self.config),
+                        "--host",
+                        HOST,
+                        "--port",
+                        str(self.port),
+                        "--no-access-log",
+                        *self.args,
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                )
+            if self._wait_healthy():
+                return self
+            if "address already in use" not in self.log().lower():
+                break
+        raise AssertionError(f"the server did not start; its log:\n{self.log()}")
+
+    def _wait_healthy(self) -> bool:
+        assert self.proc is not None
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            try:
+                status, _, _ = _request(self.port, "GET", "/healthz", timeout=5)
+            except OSError:
+                status = 0
+            if status == 200:
+                return True
+            time.sleep(0.05)
+        return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def get_json(self, path: str) -> Any:
+        status, _, body = _request(self.port, "GET", path)
+        assert status == 200, body
+        return json.loads(body)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    servers: list[Server] = []
+
+    def make(config: Path, *args: str) -> Server:
+        server = Server(config, tmp_path / f"server-{len(servers)}.log", *args)
+        servers.append(server)
+        return server.start()
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# A client that keeps sending requests
+
+
+@dataclass
+class Outcome:
+    """One request: when it was sent and answered, and how."""
+
+    sent: float
+    received: float
+    status: int | None
+    version: str | None
+    body: bytes = b""
+    error: str = ""
+
+
+@dataclass
+class Load:
+    """Client threads sending ``body`` until stopped (or ``max_requests`` each)."""
+
+    port: int
+    body: bytes
+    threads: int = 2
+    max_requests: int = 20000
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._workers = [
+            threading.Thread(target=self._run, daemon=True) for _ in range(self.threads)
+        ]
+
+    def start(self) -> Load:
+        for w in self._workers:
+            w.start()
+        return self
+
+    def stop(self) -> list[Outcome]:
+        self._stop.set()
+        for w in self._workers:
+            w.join(WAIT_TIMEOUT)
+            assert not w.is_alive(), "a client thread is stuck"
+        with self._lock:
+            return list(self.outcomes)
+
+    def count(self, predicate: Callable[[Outcome], bool] = lambda o: True) -> int:
+        with self._lock:
+            return sum(1 for o in self.outcomes if predicate(o))
+
+    def _run(self) -> None:
+        conn: http.client.HTTPConnection | None = None
+        for _ in range(self.max_requests):
+            if self._stop.is_set():
+                break
+            if conn is None:
+                conn = http.client.HTTPConnection(HOST, self.port, timeout=WAIT_TIMEOUT)
+            sent = time.monotonic()
+            try:
+                conn.request(
+                    "POST", PREDICT, body=self.body, headers={"Content-Type": "application/json"}
+                )
+                sent = time.monotonic()  # the request is out: the server owes an answer
+                response = conn.getresponse()
+                body = response.read()
+                outcome = Outcome(
+                    sent,
+                    time.monotonic(),
+                    response.status,
+                    response.getheader("x-model-version"),
+                    body,
+                )
+            except (OSError, http.client.HTTPException) as exc:
+                outcome = Outcome(sent, time.monotonic(), None, None, error=repr(exc))
+                conn.close()
+                conn = None
+                time.sleep(0.01)
+            with self._lock:
+                self.outcomes.append(outcome)
+        if conn is not None:
+            conn.close()
+
+
+SMALL = {"instances": [{"user": 5, "hist": [1, 2, 7]}, {"user": 42, "hist": [3]}]}
+
+
+def _check_small(outcome: Outcome, tables: dict[int, dict[str, np.ndarray]]) -> None:
+    """A 200 whose values are exactly those of the version it names (never a mix)."""
+    assert outcome.status == 200, (outcome.status, outcome.error, outcome.body[:300])
+    assert outcome.version is not None
+    t = tables[int(outcome.version)]
+    predictions = json.loads(outcome.body)["predictions"]
+    np.testing.assert_allclose(predictions[0]["user"], t["users"][5], rtol=1e-6)
+    np.testing.assert_allclose(predictions[1]["user"], t["users"][42], rtol=1e-6)
+    np.testing.assert_allclose(
+        predictions[0]["hist"], bag(t["items"], "mean", [1, 2, 7]), rtol=1e-5
+    )
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        sample, _, value = line.rpartition(" ")
+        metric, _, raw_labels = sample.partition("{")
+        found = dict(re.findall(r'(\w+)="([^"]*)"', raw_labels))
+        if metric == name and all(found.get(k) == v for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# The tests
+
+
+def test_reload_damaged_reload_and_sigterm_under_load(
+    tmp_path: Path, server_factory: Callable[..., Server]
+) -> None:
+    directory = tmp_path / "ckpts"
+    tables = {1: random_tables(1), 2: random_tables(2)}
+    save_version(directory, 1, tables[1])
+    config = write_config(tmp_path / "serving.toml", directory, poll_interval_s=0.05)
+    server = server_factory(config)
+    small = json.dumps(SMALL).encode()
+
+    status, headers, body = _request(server.port, "POST", PREDICT, small)
+    _check_small(Outcome(0, 0, status, headers.get("x-model-version"), body), tables)
+    assert headers["x-model-version"] == "1"
+
+    # 1. A new checkpoint appears while clients keep sending: nothing fails, the new values
+    #    appear, and every answer is entirely one version's.
+    load = Load(server.port, small).start()
+    _wait_for("requests before the reload", lambda: load.count() >= 20)
+    save_version(directory, 2, tables[2])
+    _wait_for("version 2 answers", lambda: load.count(lambda o: o.version == "2") >= 20)
+    outcomes = load.stop()
+    for outcome in outcomes:
+        _check_small(outcome, tables)
+    versions = [o.version for o in outcomes]
+    assert versions[0] == "1"
+    assert versions[-1] == "2"
+    assert {"1", "2"} == set(versions)
+
+    # 2. A damaged checkpoint appears: refused, and version 2 keeps answering.
+    load = Load(server.port, small).start()
+    _wait_for("requests before the damage", lambda: load.count() >= 20)
+    before = load.count()
+    save_damaged_version(directory, 3, random_tables(3))
+
+    def refused() -> bool:
+        statuses = server.get_json(f"/v1/models/{MODEL}")["model_version_status"]
+        return any(
+            s["version"] == "3" and s["status"]["error_code"] == "DATA_LOSS" for s in statuses
+        )
+
+    _wait_for("the damaged version to be refused", refused)
+    _wait_for("requests after the refusal", lambda: load.count() >= before + 40)
+    outcomes = load.stop()
+    for outcome in outcomes:
+        _check_small(outcome, tables)
+        assert outcome.version == "2"
+    status, _, text = _request(server.port, "GET", "/metrics")
+    assert status == 200
+    assert _metric(text.decode(), "embserve_model_reload_failures_total", reason="corrupt") == 1
+    assert _metric(text.decode(), "embserve_model_version") == 2
+    assert "refused" in server.log()
+
+    # 3. SIGTERM while large requests are in flight: each request sent before the signal is
+    #    answered 200, then the process exits 0.
+    big = json.dumps({"inputs": {"hist": [list(range(50)) * 8] * 2000}}).encode()  # 800k ids
+    load = Load(server.port, big, threads=3).start()
+    _wait_for("large requests to be answered", lambda: load.count(lambda o: o.status == 200) >= 3)
+    assert server.proc is not None
+    term_at = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    try:
+        code = server.proc.wait(WAIT_TIMEOUT)
+    finally:
+        outcomes = load.stop()
+    assert code == 0, server.log()
+    answered = [o for o in outcomes if o.status is not None]
+    assert answered
+    assert all(o.status == 200 for o in answered), [o.status for o in answered]
+    sent_before = [o for o in outcomes if o.sent < term_at]
+    assert all(o.status == 200 for o in sent_before), [o.error for o in sent_before if o.error]
+    assert any(o.received > term_at for o in sent_before), "no request was in flight"
+    want = bag(tables[2]["items"], "mean", list(range(50)) * 8)
+    np.testing.assert_allclose(json.loads(answered[-1].body)["outputs"]["hist"][0], want, rtol=1e-5)
+    assert "Shutting down" in server.log()
+
+
+def _mapped(pid: int, path: str) -> dict[str, int] | None:
+    """kB totals (Rss, Pss, Private_Clean, Private_Dirty, Shared_Clean) of ``pid``'s mappings
+    of ``path``; ``None`` when it does not map it."""
+    try:
+        with open(f"/proc/{pid}/smaps") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    totals: dict[str, int] = {}
+    inside = False
+    found = False
+    for line in lines:
+        first = line.split(maxsplit=1)[0] if line else ""
+        if re.fullmatch(r"[0-9a-f]+-[0-9a-f]+", first):
+            inside = line.rstrip().endswith(" " + path) or line.rstrip().endswith("\t" + path)
+            found = found or inside
+        elif inside and first.endswith(":"):
+            parts = line.split()
+            if len(parts) >= 3 and parts[2] == "kB":
+                key = first[:-1]
+                totals[key] = totals.get(key, 0) + int(parts[1])
+    return totals if found else None
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(entry))
+    return kids
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux /proc")
+def test_two_workers_share_one_copy_of_the_tables(
+    tmp_path: Path, server_factory: Callable[..., Server]
+) -> None:
+    vocab, dim = 1 << 18, 32  # a 32 MiB table, checksummed (so read) by each worker's restore
+    directory = tmp_path / "big"
+    table = es.TableConfig(vocab, dim, combiner="sum", name="big")
+    values = np.random.default_rng(0).standard_normal((vocab, dim)).astype(np.float32)
+    table.initializer = lambda shape, dtype: values
+    model = es.TPUEmbeddingForServing({"f": es.FeatureConfig(table)}, optimizer=None)
+    prefix = es.train.Checkpoint(embedding=model).save(str(directory / "ckpt"))
+    data = os.path.realpath(f"{prefix}.data-00000-of-00001")
+    config = tmp_path / "big.toml"
+    config.write_text(
+        textwrap.dedent(
+            f"""
+            [model]
+            name = "{MODEL}"
+            checkpoint = "{directory}"
+            [[tables]]
+            name = "big"
+            vocabulary_size = {vocab}
+            dim = {dim}
+            combiner = "sum"
+            [[features]]
+            path = "f"
+            table = "big"
+            """
+        )
+    )
+    server = server_factory(config, "--workers", "2")
+    assert server.proc is not None
+
+    def workers() -> list[int]:
+        assert server.proc is not None
+        return [p for p in _children(server.proc.pid) if _mapped(p, data) is not None]
+
+    def loads() -> float:
+        _, _, text = _request(server.port, "GET", "/metrics")
+        return _metric(text.decode(), "embserve_model_loads_total")
+
+    # Each worker loads the model itself (its lifespan does, before it accepts connections);
+    # /metrics sums the two whichever worker answers.
+    _wait_for("both workers to load the model", lambda: loads() == 2)
+    assert len(workers()) == 2
+
+    # Requests are answered by either worker; the metrics sum both.
+    n = 30
+    ids = [0, vocab - 1, 12345]
+    for _ in range(n):
+        status, _, body = _request(
+            server.port, "POST", PREDICT, json.dumps({"inputs": {"f": ids}}).encode()
+        )
+        assert status == 200
+    np.testing.assert_allclose(json.loads(body)["outputs"]["f"], values[ids], rtol=1e-6)
+    _, _, text = _request(server.port, "GET", "/metrics")
+    route = "/v1/models/{name}:predict"
+    assert _metric(text.decode(), "embserve_requests_total", route=route, code="200") == n
+    assert _metric(text.decode(), "embserve_lookup_ids_total", feature="f") == n * len(ids)
+    assert _metric(text.decode(), "embserve_model_version") == 2  # 1 per worker (pid label)
+
+    # Keep-alive requests are not held back by Nagle's algorithm (uvicorn binds the workers'
+    # socket without TCP_NODELAY; the server sets it): with it on, every request after the
+    # first on a connection waits ~40 ms for a delayed ACK, so even the fastest would.
+    conn = http.client.HTTPConnection(HOST, server.port, timeout=WAIT_TIMEOUT)
+    timings = []
+    small = json.dumps({"inputs": {"f": [1]}}).encode()
+    for _ in range(12):
+        started = time.perf_counter()
+        conn.request("POST", PREDICT, body=small)
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 200
+        timings.append(time.perf_counter() - started)
+    conn.close()
+    assert min(timings[1:]) < 0.025, timings
+
+    # The table is mapped, not copied: no private pages, and its proportional share summed
+    # over the workers is one table, not two.
+    table_kb = values.nbytes // 1024
+    maps = [_mapped(p, data) for p in workers()]
+    assert all(m is not None for m in maps)
+    for m in maps:
+        assert m is not None
+        assert m.get("Private_Dirty", 0) == 0
+        assert m.get("Rss", 0) >= table_kb * 0.9  # checksummed at restore: fully resident
+    total_pss = sum(m.get("Pss", 0) for m in maps if m is not None)
+    assert total_pss <= table_kb * 1.1, maps
+
+
+MISSING_EXTRA = """
+import argparse, sys
+sys.modules["starlette"] = None  # as if the serve extra were not installed
+from embserve.server.args import add_serve_arguments, run_from_args  # always importable
+parser = argparse.ArgumentParser()
+add_serve_arguments(parser)
+code = run_from_args(parser.parse_args(["serving.toml"]))
+print("exit code", code)
+import embserve.server.main
+"""
+
+
+def test_missing_serve_extra_says_how_to_install(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", MISSING_EXTRA],
+        capture_output=True,
+        text=True,
+        timeout=WAIT_TIMEOUT,
+        cwd=tmp_path,
+    )
+    assert "exit code 1" in result.stdout
+    assert result.stderr.startswith("embserve serve: error: ")
+    assert result.returncode != 0  # the bare import raised
+    assert result.stderr.count("pip install 'embserve[serve]'") == 2
+    assert "ImportError" in result.stderr
+    assert "starlette" in result.stderr
+
+
+def test_running_in_a_thread(tmp_path: Path) -> None:
+    from embserve.server.main import running
+
+    directory = tmp_path / "ckpts"
+    tables = random_tables(1)
+    save_version(directory, 1, tables)
+    config = write_config(tmp_path / "serving.toml", directory)
+    with running(config) as url:
+        port = int(url.rsplit(":", 1)[1])
+        status, headers, body = _request(port, "POST", PREDICT, json.dumps(SMALL).encode())
+        _check_small(Outcome(0, 0, status, headers.get("x-model-version"), body), {1: tables})
+    with pytest.raises(ConnectionRefusedError):  # shut down when the block exited
+        _request(port, "GET", "/healthz", timeout=5)
