@@ -638,8 +638,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "cache, shared between processes and reclaimable); "
                 + peak_note
                 + ", so it counts file pages mapped during the restore too (embserve "
-                "copy=True maps the data file and copies from it: about one table of private "
-                "memory plus one of mapped page cache at the peak); RSS before includes the "
+                "copy=True reads the file straight into its array, so it peaks at one table; "
+                "verify=True maps and reads every page); RSS before includes the "
                 "interpreter and the imported libraries.",
                 "- first lookup: `emb(ids)` with 1,024 uniform random ids right after the "
                 "restore (embserve: its kernels were loaded beforehand on a tiny table, "
