@@ -10,7 +10,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 .PHONY: help test lint pytest demo bench bench-quick fixtures checkpoint-fixtures protos clean
 
 help:
-	@echo "make demo   - build a small model and show a few lookups"
+	@echo "make demo   - write a demo checkpoint, serve it over HTTP, send a request, stop"
 	@echo "make test   - lint (ruff, mypy, import-linter) then the test suite"
 	@echo "make bench  - benchmarks against PyTorch embedding_bag and NumPy (installs torch)"
 
@@ -19,10 +19,6 @@ $(PY):
 
 $(VENV)/.stamp-dev: pyproject.toml | $(PY)
 	$(PIP) install -e '.[dev]'
-	@touch $@
-
-$(VENV)/.stamp-base: pyproject.toml | $(PY)
-	$(PIP) install -e .
 	@touch $@
 
 $(VENV)/.stamp-bench: pyproject.toml | $(PY)
@@ -40,7 +36,12 @@ pytest: $(VENV)/.stamp-dev
 
 test: lint pytest
 
-demo: $(VENV)/.stamp-base
+# The demo serves a checkpoint over HTTP, so it needs the server's dependencies.
+$(VENV)/.stamp-serve: pyproject.toml | $(PY)
+	$(PIP) install -e '.[serve]'
+	@touch $@
+
+demo: $(VENV)/.stamp-serve
 	$(PY) -m embserve.demo
 
 bench: $(VENV)/.stamp-bench

@@ -9,7 +9,7 @@
                                       and their optimizer slots, totals
     embserve inspect PATH --verify    ... and check every tensor checksum, with a progress bar
     embserve inspect PATH --config    a skeleton serving config (TOML) for the tables found
-    embserve demo                     build the bundled demo model and show a lookup
+    embserve demo                     serve the bundled demo checkpoint and query it over HTTP
 
 ``PATH`` is a checkpoint prefix (``/ckpts/ckpt-3``, naming ``ckpt-3.index`` and its data
 shards) or a directory, which means its latest checkpoint (its ``checkpoint`` state file), as
@@ -443,11 +443,10 @@ def _inspect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    """``embserve demo``: the bundled demo model and one request (``make demo``)."""
+    """``embserve demo``: serve the bundled demo checkpoint and query it (``make demo``)."""
     from embserve.demo.__main__ import main as demo_main
 
-    demo_main()
-    return 0
+    return demo_main(out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -509,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.set_defaults(run=_inspect)
 
-    demo = sub.add_parser("demo", help="build the bundled demo model and show a lookup")
+    demo = sub.add_parser("demo", help="serve the bundled demo checkpoint and query it over HTTP")
     demo.set_defaults(run=_demo)
     return parser
 

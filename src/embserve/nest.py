@@ -59,6 +59,18 @@ def join_path(prefix: str, key: object) -> str:
     return str(key) if prefix == "" else f"{prefix}/{key}"
 
 
+def _flatten_into(
+    node: Any, path: str, stop_paths: AbstractSet[str] | None, out: list[tuple[str, Any]]
+) -> None:
+    # A module-level function, not a closure: a recursive closure is a reference cycle, which
+    # left ~38 objects per lookup for the garbage collector (a collection every ~65 requests).
+    if (stop_paths is not None and path in stop_paths) or not is_nested(node):
+        out.append((path, node))
+        return
+    for key, child in _children(node):
+        _flatten_into(child, join_path(path, key), stop_paths, out)
+
+
 def flatten_with_paths(
     structure: Any, stop_paths: AbstractSet[str] | None = None
 ) -> list[tuple[str, Any]]:
@@ -69,15 +81,7 @@ def flatten_with_paths(
         stop_paths: paths at which the walk stops and takes the node as a leaf.
     """
     out: list[tuple[str, Any]] = []
-
-    def walk(node: Any, path: str) -> None:
-        if (stop_paths is not None and path in stop_paths) or not is_nested(node):
-            out.append((path, node))
-            return
-        for key, child in _children(node):
-            walk(child, join_path(path, key))
-
-    walk(structure, "")
+    _flatten_into(structure, "", stop_paths, out)
     return out
 
 
@@ -105,18 +109,20 @@ def _rebuild(node: Any, children: Sequence[Any]) -> Any:
     return list(children)
 
 
+def _build(node: Any, path: str, it: Iterator[Any], stop_paths: AbstractSet[str] | None) -> Any:
+    if (stop_paths is not None and path in stop_paths) or not is_nested(node):
+        return next(it)
+    return _rebuild(
+        node, [_build(child, join_path(path, k), it, stop_paths) for k, child in _children(node)]
+    )
+
+
 def pack_sequence_as(
     structure: Any, flat: Sequence[Any], stop_paths: AbstractSet[str] | None = None
 ) -> Any:
     """Rebuild ``structure`` with its leaves replaced, in order, by ``flat``."""
     it: Iterator[Any] = iter(flat)
-
-    def build(node: Any, path: str) -> Any:
-        if (stop_paths is not None and path in stop_paths) or not is_nested(node):
-            return next(it)
-        return _rebuild(node, [build(child, join_path(path, k)) for k, child in _children(node)])
-
-    result = build(structure, "")
+    result = _build(structure, "", it, stop_paths)
     if next(it, _SENTINEL) is not _SENTINEL:
         raise ValueError("pack_sequence_as: more leaves given than the structure holds")
     return result
@@ -143,6 +149,36 @@ def _kind(x: Any) -> str:
     return "list"
 
 
+def _same_structure(
+    x: Any, y: Any, path: str, stop_paths: AbstractSet[str] | None, what: str
+) -> None:
+    x_leaf = (stop_paths is not None and path in stop_paths) or not is_nested(x)
+    y_leaf = (stop_paths is not None and path in stop_paths) or not is_nested(y)
+    where = f"at path {path!r}" if path else "at the top level"
+    if x_leaf and y_leaf:
+        return
+    if x_leaf != y_leaf:
+        raise InputError(
+            "The two structures don't have the same nested structure: "
+            f"{what} {where} is {'a leaf' if y_leaf else 'a structure'} but the features "
+            f"there are {'a leaf' if x_leaf else 'a structure'}."
+        )
+    if _kind(x) != _kind(y):
+        raise TypeError(
+            "The two structures don't have the same sequence type: "
+            f"{what} {where} is a {_kind(y)} but the features there are a {_kind(x)}."
+        )
+    xc, yc = _children(x), _children(y)
+    if [k for k, _ in xc] != [k for k, _ in yc]:
+        raise InputError(
+            "The two structures don't have the same nested structure: "
+            f"{what} {where} have keys {[k for k, _ in yc]} but the features have "
+            f"{[k for k, _ in xc]}."
+        )
+    for (k, xv), (_, yv) in zip(xc, yc, strict=True):
+        _same_structure(xv, yv, join_path(path, k), stop_paths, what)
+
+
 def assert_same_structure(
     a: Any, b: Any, stop_paths: AbstractSet[str] | None = None, what: str = "weights"
 ) -> None:
@@ -155,31 +191,4 @@ def assert_same_structure(
     the path where they differ.
     """
 
-    def walk(x: Any, y: Any, path: str) -> None:
-        x_leaf = (stop_paths is not None and path in stop_paths) or not is_nested(x)
-        y_leaf = (stop_paths is not None and path in stop_paths) or not is_nested(y)
-        where = f"at path {path!r}" if path else "at the top level"
-        if x_leaf and y_leaf:
-            return
-        if x_leaf != y_leaf:
-            raise InputError(
-                "The two structures don't have the same nested structure: "
-                f"{what} {where} is {'a leaf' if y_leaf else 'a structure'} but the features "
-                f"there are {'a leaf' if x_leaf else 'a structure'}."
-            )
-        if _kind(x) != _kind(y):
-            raise TypeError(
-                "The two structures don't have the same sequence type: "
-                f"{what} {where} is a {_kind(y)} but the features there are a {_kind(x)}."
-            )
-        xc, yc = _children(x), _children(y)
-        if [k for k, _ in xc] != [k for k, _ in yc]:
-            raise InputError(
-                "The two structures don't have the same nested structure: "
-                f"{what} {where} have keys {[k for k, _ in yc]} but the features have "
-                f"{[k for k, _ in xc]}."
-            )
-        for (k, xv), (_, yv) in zip(xc, yc, strict=True):
-            walk(xv, yv, join_path(path, k))
-
-    walk(a, b, "")
+    _same_structure(a, b, "", stop_paths, what)
