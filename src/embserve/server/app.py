@@ -34,6 +34,7 @@ served version in the ``X-Model-Version`` header.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -368,6 +369,10 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await run_in_threadpool(reloader.start)
+        # Everything imported and loaded so far lives as long as the process: move it out of
+        # the collector's generations. A full collection over the ~121k objects of the
+        # imports took ~50 ms (stalling every request in flight); after freezing, ~0.75 ms.
+        gc.freeze()
         try:
             yield
         finally:
