@@ -43,6 +43,7 @@ import numpy.typing as npt
 from google.protobuf.message import DecodeError
 
 from embserve.checkpoint import crc32c
+from embserve.checkpoint._files import atomic_write
 from embserve.checkpoint._wire import Malformed, corrupt, decode_varint, encode_varint
 from embserve.checkpoint.dtypes import (
     SUPPORTED,
@@ -1004,7 +1005,7 @@ class BundleWriter:
             header.version.producer = _BUNDLE_VERSION
             items = [(HEADER_KEY, header.SerializeToString())]
             items += [(k, self._entries[k].SerializeToString()) for k in sorted(self._entries)]
-            _atomic_write(index_path(self.prefix), build_table(items), self._tag)
+            atomic_write(index_path(self.prefix), build_table(items), self._tag)
         except BaseException:
             self.abort()
             raise
@@ -1086,33 +1087,3 @@ def _as_stored(value: npt.ArrayLike, dtype: DataType | None) -> tuple[npt.NDArra
     if arr.dtype != target and not np.can_cast(arr.dtype, target, casting="same_kind"):
         raise TypeError(f"cannot store {arr.dtype} values as {SUPPORTED[dt].name} (different kind)")
     return arr.astype(target, copy=False), dt
-
-
-def _atomic_write(path: str, data: bytes, tag: str) -> None:
-    """Write ``path`` via a sibling temporary file, fsync, then ``os.replace``."""
-    tmp = path + tag
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(os.path.dirname(path) or ".")
-
-
-def _fsync_dir(directory: str) -> None:
-    """Make renames durable where the platform allows (best effort)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

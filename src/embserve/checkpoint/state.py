@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from google.protobuf import text_format
 
+from embserve.checkpoint._files import atomic_write
 from embserve.checkpoint._wire import corrupt
 from embserve.checkpoint.protos import checkpoint_state_pb2 as pb
 
@@ -173,15 +174,5 @@ def write_checkpoint_state(
     text = text_format.MessageToString(proto)
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, filename)
-    tmp = f"{path}.tmp{uuid.uuid4().hex}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, text.encode("utf-8"), f".tmp{uuid.uuid4().hex}")
     return path
