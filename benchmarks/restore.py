@@ -68,14 +68,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import RESULTS_PATH, cpu_model, git_commit, insert_results
 
 ROWS = 16_000_000
 DIM = 64
 N_IDS = 1024
 SEED = 20_251_126
 TABLE_NAME = "table"
-RESULTS_PATH = Path(__file__).with_name("RESULTS.md")
-RESULTS_MARKER = "<!-- newest results first; run.py --write inserts below this line -->"
 REPO = Path(__file__).resolve().parents[1]
 GIB = 1 << 30
 FILL_CHUNK_ROWS = 1 << 20  # 256 MiB of float32 × 64 per chunk while writing the source
@@ -493,22 +492,8 @@ def _table(all_runs: Sequence[Runs]) -> str:
 
 
 def _machine_facts(versions: dict[str, str]) -> str:
-    model = "?"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    try:
-        commit = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "?"
+    model = cpu_model()
+    commit = git_commit()
     fs = subprocess.run(
         ["df", "-T", tempfile.gettempdir()], capture_output=True, text=True, check=False
     ).stdout.splitlines()
@@ -523,15 +508,6 @@ def _machine_facts(versions: dict[str, str]) -> str:
             f"- embserve tree: git {commit}",
         ]
     )
-
-
-def _write_results(section: str) -> None:
-    """Insert ``section`` right below the marker of RESULTS.md, keeping every older section."""
-    old = RESULTS_PATH.read_text() if RESULTS_PATH.exists() else RESULTS_MARKER + "\n"
-    if RESULTS_MARKER not in old:
-        old = RESULTS_MARKER + "\n\n" + old
-    head, tail = old.split(RESULTS_MARKER, 1)
-    RESULTS_PATH.write_text(head + RESULTS_MARKER + "\n\n" + section + "\n" + tail.lstrip("\n"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -665,7 +641,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _log(f"removed {workdir}")
     print(section)
     if args.write:
-        _write_results(section)
+        insert_results(section)
         _log(f"wrote {RESULTS_PATH}")
     return 0
 

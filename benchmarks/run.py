@@ -45,7 +45,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 import traceback
@@ -53,18 +52,16 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import RESULTS_PATH, cpu_model, git_commit, insert_results
 
 DIM = 64
 ROW_BYTES = DIM * 4  # one float32 row of 64 = 256 bytes
 N_ONEHOT = 26
 ZIPF_EXPONENT = 1.05
 SEED = 20_251_125
-RESULTS_PATH = Path(__file__).with_name("RESULTS.md")
-RESULTS_MARKER = "<!-- newest results first; run.py --write inserts below this line -->"
 LIBRARIES = ("embserve", "torch", "numpy")
 # Pause between two contestants' turns. numba (omp layer) and torch both run on GNU OpenMP, whose
 # idle threads spin before sleeping: measured here, a pool burns 8-11 ms of CPU in the 20 ms
@@ -1008,27 +1005,13 @@ def _bandwidth_table(probes: Sequence[tuple[str, list[float]]]) -> str:
 
 def _machine_facts(workers: Sequence[Worker]) -> str:
     """nproc, CPU model, RAM and library versions, one markdown bullet list."""
-    model = "?"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+    model = cpu_model()
     with open("/proc/meminfo") as f:
         mem_kib = int(next(line for line in f if line.startswith("MemTotal")).split()[1])
     versions = {"python": platform.python_version(), "numpy": np.__version__}
     for worker in workers:
         versions.update(worker.versions)
-    try:
-        commit = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "?"
+    commit = git_commit()
     return "\n".join(
         [
             f"- nproc {os.cpu_count()} ({_cpu_count()} usable), CPU {model}, "
@@ -1091,20 +1074,6 @@ def _report(
         "",
     ]
     return "\n".join(parts)
-
-
-def _write_results(section: str) -> None:
-    """Inserts ``section`` at the top of RESULTS.md, keeping every older section below it."""
-    header = (
-        "# Benchmark results\n\n"
-        "Made by `benchmarks/run.py --write` (see its docstring for the method). Each section "
-        "keeps the command that produced it.\n\n" + RESULTS_MARKER + "\n"
-    )
-    old = RESULTS_PATH.read_text() if RESULTS_PATH.exists() else header
-    if RESULTS_MARKER not in old:
-        old = header + "\n" + old
-    head, tail = old.split(RESULTS_MARKER, 1)
-    RESULTS_PATH.write_text(head + RESULTS_MARKER + "\n\n" + section + tail.lstrip("\n"))
 
 
 def _choose_sizes(quick: bool) -> tuple[Sizes, list[str]]:
@@ -1182,7 +1151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.unlink(shm_path)
     print(section)
     if args.write:
-        _write_results(section)
+        insert_results(section)
         _log(f"wrote {RESULTS_PATH}")
     return 0
 

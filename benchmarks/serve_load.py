@@ -72,6 +72,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import RESULTS_PATH, cpu_model, git_commit, insert_results
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 HOST = "127.0.0.1"
@@ -90,8 +91,6 @@ WARMUP_REQUESTS = 3  # per client and cell, untimed, on the cell's connection
 START_TIMEOUT_S = 180.0  # 4 servers importing numba / embserve at once on 2 busy cores
 IO_TIMEOUT_S = 60.0
 BARE_ENV = "SERVE_LOAD_BARE_SPEC"
-RESULTS_PATH = Path(__file__).with_name("RESULTS.md")
-RESULTS_MARKER = "<!-- newest results first; run.py --write inserts below this line -->"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -921,24 +920,10 @@ def _versions() -> dict[str, str]:
 
 
 def _machine_facts() -> str:
-    model = "?"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+    model = cpu_model()
     with open("/proc/meminfo") as f:
         mem_kib = int(next(line for line in f if line.startswith("MemTotal")).split()[1])
-    try:
-        commit = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "?"
+    commit = git_commit()
     return "\n".join(
         [
             f"- nproc {os.cpu_count()} ({len(os.sched_getaffinity(0))} usable), CPU {model}, "
@@ -1073,15 +1058,6 @@ def _report(
     return "\n".join(parts)
 
 
-def _write_results(section: str) -> None:
-    """Insert ``section`` below the marker line of RESULTS.md, keeping everything else."""
-    text = RESULTS_PATH.read_text()
-    if RESULTS_MARKER not in text:
-        raise RuntimeError(f"{RESULTS_PATH} has no marker line {RESULTS_MARKER!r}")
-    head, tail = text.split(RESULTS_MARKER, 1)
-    RESULTS_PATH.write_text(head + RESULTS_MARKER + "\n\n" + section + "\n" + tail.lstrip("\n"))
-
-
 @contextlib.contextmanager
 def _temporary_directory() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="embserve-serve-load-"))
@@ -1177,7 +1153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(section)
     if args.write:
-        _write_results(section)
+        insert_results(section)
         _log(f"wrote {RESULTS_PATH}")
     return 0
 
