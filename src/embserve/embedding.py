@@ -136,6 +136,7 @@ class TPUEmbeddingForServing:
         """
         self._variables = variables
         self._tables = {t: variables[t.name]["parameters"] for t in self._table_configs}
+        self._plan.forget_tables()
         self._built = True
 
     @property

@@ -99,16 +99,18 @@ def _prepare_table(table: Any, table_config: TableConfig) -> np.ndarray:
 class _Feature:
     """What one feature's lookup needs, read from its FeatureConfig once per call."""
 
-    __slots__ = ("combiner", "config", "path", "table", "table_name")
+    __slots__ = ("combiner", "combiner_name", "config", "path", "source", "table", "table_name")
 
-    def __init__(self, path: str, config: FeatureConfig, table: np.ndarray) -> None:
+    def __init__(self, path: str, config: FeatureConfig, table: np.ndarray, source: Any) -> None:
         self.path = path
         self.config = config
         self.table = table
+        self.source = source  # the table object the caller passed, before _prepare_table
         self.table_name = _table_name(config.table)
         combiner = config.table.combiner
         if combiner not in _COMBINERS:
             raise InputError(f"feature {path!r}: combiner {combiner!r} is not supported on CPU")
+        self.combiner_name = combiner
         self.combiner = _COMBINERS[combiner]
 
     def check_ids(
@@ -129,16 +131,7 @@ class _Feature:
 # Dense
 
 
-def _lookup_dense(f: _Feature, raw: Any) -> np.ndarray:
-    if f.config.max_sequence_length > 0:
-        raise InputError(
-            f"Feature {f.path} is a sequence feature but a dense tensor was passed. "
-            "Sequence features need sparse or ragged input."
-        )
-    ids = to_dense_ids(raw, f.path)
-    flat = ids.reshape(-1)
-    shape = ids.shape
-
+def _dense_locate(shape: tuple[int, ...]) -> Any:
     def locate(k: int) -> tuple[int, Any]:
         if len(shape) == 0:
             return 0, 0
@@ -146,13 +139,24 @@ def _lookup_dense(f: _Feature, raw: Any) -> np.ndarray:
         rest = tuple(int(i) for i in idx[1:])
         return int(idx[0]), (rest[0] if len(rest) == 1 else rest) if rest else 0
 
-    f.check_ids(flat, False, locate)
-    dim = f.table.shape[1]
-    out = np.empty((flat.shape[0], dim), dtype=f.table.dtype)
-    (gather_parallel if _parallel(out.size) else gather_serial)(
-        f.table, np.ascontiguousarray(flat), out
-    )
-    return out.reshape((*shape, dim))
+    return locate
+
+
+def _lookup_dense(f: _Feature, raw: Any) -> np.ndarray:
+    if f.config.max_sequence_length > 0:
+        raise InputError(
+            f"Feature {f.path} is a sequence feature but a dense tensor was passed. "
+            "Sequence features need sparse or ragged input."
+        )
+    ids = to_dense_ids(raw, f.path)
+    flat = ids.reshape(-1)  # a view when contiguous, else a contiguous copy
+    table = f.table
+    if first_bad_id(flat, table.shape[0], False) >= 0:
+        f.check_ids(flat, False, _dense_locate(ids.shape))  # raises, naming row and position
+    dim = table.shape[1]
+    out = np.empty((flat.shape[0], dim), dtype=table.dtype)
+    (gather_parallel if _parallel(out.size) else gather_serial)(table, flat, out)
+    return out.reshape((*ids.shape, dim))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,7 +429,7 @@ class LookupPlan:
     lookup call. ``TPUEmbeddingForServing`` keeps one plan for its lifetime.
     """
 
-    __slots__ = ("features", "paths", "stop_paths")
+    __slots__ = ("_cache", "features", "paths", "stop_paths")
 
     def __init__(self, feature_config: Any) -> None:
         flat = nest.flatten_with_paths(feature_config)
@@ -439,24 +443,67 @@ class LookupPlan:
         self.paths: list[str] = [p for p, _ in flat]
         self.features: dict[str, FeatureConfig] = dict(flat)
         self.stop_paths: frozenset[str] = frozenset(self.paths)
+        # path -> the _Feature of the last call, reused while the same table object is passed:
+        # building it (table checks, names, combiner) cost ~1.5 µs per feature per call.
+        self._cache: dict[str, _Feature] = {}
+
+    def forget_tables(self) -> None:
+        """Drop cached references to tables (after a restore replaced them)."""
+        self._cache.clear()
+
+    def _feature(self, path: str, cfg: FeatureConfig, source: Any) -> _Feature:
+        f = self._cache.get(path)
+        if (
+            f is not None
+            and f.source is source
+            and f.config is cfg
+            and f.combiner_name == cfg.table.combiner
+        ):
+            return f
+        f = _Feature(path, cfg, _prepare_table(source, cfg.table), source)
+        self._cache[path] = f
+        return f
+
+    def _flat_dict(
+        self, inputs: Any, weights: Any
+    ) -> tuple[list[tuple[str, Any]], list[Any]] | None:
+        """The common case without the general walk: a flat dict keyed by feature paths (and
+        weights ``None`` or a dict with the same keys). ``None`` when the general walk is
+        needed, which also produces the errors."""
+        if type(inputs) is not dict or (weights is not None and type(weights) is not dict):
+            return None
+        features = self.features
+        for key in inputs:
+            if type(key) is not str or key not in features:
+                return None
+        order = sorted(inputs)
+        flat = [(k, inputs[k]) for k in order]
+        if weights is None:
+            return flat, [None] * len(order)
+        if weights.keys() != inputs.keys():
+            return None
+        return flat, [weights[k] for k in order]
 
     def run(self, inputs: Any, weights: Any, tables: Mapping[TableConfig, Any]) -> Any:
         """Look up ``inputs`` (with ``weights``) in ``tables``; outputs in the inputs' structure."""
-        flat_inputs = nest.flatten_with_paths(inputs, self.stop_paths)
-        unknown = [p for p, _ in flat_inputs if p not in self.features]
-        if unknown:
-            raise InputError(
-                "Inputs are not a subset of feature_config. Inputs keys are "
-                f"{ {p for p, _ in flat_inputs} }, but feature_config keys are "
-                f"{list(self.features)}"
-            )
-        if weights is None:
-            flat_weights: list[Any] = [None] * len(flat_inputs)
+        fast = self._flat_dict(inputs, weights)
+        if fast is not None:
+            flat_inputs, flat_weights = fast
         else:
-            nest.assert_same_structure(inputs, weights, self.stop_paths)
-            flat_weights = [w for _, w in nest.flatten_with_paths(weights, self.stop_paths)]
+            flat_inputs = nest.flatten_with_paths(inputs, self.stop_paths)
+            unknown = [p for p, _ in flat_inputs if p not in self.features]
+            if unknown:
+                raise InputError(
+                    "Inputs are not a subset of feature_config. Inputs keys are "
+                    f"{ {p for p, _ in flat_inputs} }, but feature_config keys are "
+                    f"{list(self.features)}"
+                )
+            if weights is None:
+                flat_weights = [None] * len(flat_inputs)
+            else:
+                nest.assert_same_structure(inputs, weights, self.stop_paths)
+                flat_weights = [w for _, w in nest.flatten_with_paths(weights, self.stop_paths)]
 
-        prepared: dict[int, np.ndarray] = {}
         outputs = []
         for (path, raw), weight in zip(flat_inputs, flat_weights, strict=True):
             cfg = self.features[path]
@@ -466,14 +513,10 @@ class LookupPlan:
                     f"Input {path} is type {type(raw)}. Tensor, SparseTensor or RaggedTensor "
                     "expected."
                 )
-            _check_weight(path, kind, raw, weight, cfg)
-            table_config = cfg.table
-            table = tables[table_config]  # KeyError naming the TableConfig, as in TensorFlow
-            key = id(table)
-            arr = prepared.get(key)
-            if arr is None:
-                arr = prepared[key] = _prepare_table(table, table_config)
-            f = _Feature(path, cfg, arr)
+            if weight is not None:
+                _check_weight(path, kind, raw, weight, cfg)
+            # KeyError naming the TableConfig when it is missing, as in TensorFlow.
+            f = self._feature(path, cfg, tables[cfg.table])
             if kind == DENSE:
                 outputs.append(_lookup_dense(f, raw))
             elif kind == SPARSE:
@@ -481,6 +524,9 @@ class LookupPlan:
             else:
                 assert kind == RAGGED
                 outputs.append(_lookup_ragged(f, raw, weight))
+        if fast is not None:
+            by_path = dict(zip([p for p, _ in flat_inputs], outputs, strict=True))
+            return {k: by_path[k] for k in inputs}
         return nest.pack_sequence_as(inputs, outputs, self.stop_paths)
 
 
