@@ -59,3 +59,14 @@ def test_quick_run_includes_torch_when_installed(quick_output: str) -> None:
     rows = _rows(quick_output, "torch")
     assert len(rows) == 6  # a-zipf, a-uniform, b-sum, b-wmean, c-seq, d-latency
     assert all("| 1.00× |" in row for row in rows)
+
+
+@pytest.mark.slow
+def test_cold_start_script_runs() -> None:
+    """``benchmarks/cold_start.py`` (fresh-process readiness, cold and warm cache) runs."""
+    script = RUN.with_name("cold_start.py")
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| warm (cache from the cold run) |" in proc.stdout
