@@ -1520,3 +1520,67 @@ class TestDuckTypes:
         with pytest.raises(es.IdOutOfRangeError) as info:
             emb({"s": FakeTfSparseTensor([[0, 0], [1, 1]], [1, 10], [2, 2])})
         assert_id_error(info.value, "s", "rowid", 1, 1, 10, 10)
+
+
+class TestPlanReuse:
+    """The per-feature state a TPUEmbeddingForServing reuses across calls never goes stale."""
+
+    def test_strided_inputs_and_weights_match_contiguous_ones(self):
+        t = es.TableConfig(10, 2, initializer=es.RowIdInitializer(), combiner="mean", name="t")
+        fc = {"r": es.FeatureConfig(t), "s": es.FeatureConfig(t), "d": es.FeatureConfig(t)}
+        emb = es.TPUEmbeddingForServing(fc, None)
+        wide = np.array([[1, 9], [3, 9], [2, 9]])  # column 0 is a strided view
+        wts = np.array([[2.0, 0.0], [0.5, 0.0], [3.0, 0.0]], np.float32)
+        ind = np.array([[0, 0], [0, 1], [1, 0]])
+        strided = emb(
+            {
+                "r": es.RaggedTensor.from_row_splits(wide[:, 0], [0, 2, 3]),
+                "s": es.SparseTensor(ind, wide[:, 0], [2, 2]),
+                "d": wide[:, 0],
+            },
+            {
+                "r": es.RaggedTensor.from_row_splits(wts[:, 0], [0, 2, 3]),
+                "s": es.SparseTensor(ind, wts[:, 0], [2, 2]),
+                "d": None,
+            },
+        )
+        ids, w = np.array([1, 3, 2]), np.array([2.0, 0.5, 3.0], np.float32)
+        plain = emb(
+            {
+                "r": es.RaggedTensor.from_row_splits(ids, [0, 2, 3]),
+                "s": es.SparseTensor(ind, ids, [2, 2]),
+                "d": ids,
+            },
+            {
+                "r": es.RaggedTensor.from_row_splits(w, [0, 2, 3]),
+                "s": es.SparseTensor(ind, w, [2, 2]),
+                "d": None,
+            },
+        )
+        for name in plain:
+            np.testing.assert_array_equal(strided[name], plain[name])
+
+    def test_new_tables_and_combiners_are_seen_after_a_first_call(self):
+        t = es.TableConfig(10, 2, initializer=es.RowIdInitializer(), combiner="sum", name="t")
+        emb = es.TPUEmbeddingForServing({"f": es.FeatureConfig(t)}, None)
+        bag = {"f": ragged([[1, 3]])}
+        assert emb(bag)["f"].tolist() == [[4.0, 4.0]]
+        t.combiner = "mean"  # TensorFlow reads the config on every call
+        assert emb(bag)["f"].tolist() == [[2.0, 2.0]]
+        emb._set_variables({"t": {"parameters": np.full((10, 2), 7.0, np.float32)}})
+        assert emb(bag)["f"].tolist() == [[7.0, 7.0]]
+        # The functional form with a replaced table object reads the new table too.
+        tables = {t: np.zeros((10, 2), np.float32)}
+        fc = {"f": es.FeatureConfig(t)}
+        assert es.serving_embedding_lookup(bag, None, tables, fc)["f"].tolist() == [[0.0, 0.0]]
+
+    def test_flat_dict_fast_path_falls_back_for_the_errors(self):
+        t = es.TableConfig(10, 2, name="t")
+        emb = es.TPUEmbeddingForServing({"a": es.FeatureConfig(t), "b": es.FeatureConfig(t)}, None)
+        ids = np.array([1])
+        with pytest.raises(es.InputError, match="not a subset"):
+            emb({"a": ids, "z": ids})
+        with pytest.raises(es.InputError, match="same nested structure"):
+            emb({"a": ids, "b": ids}, {"a": None})
+        out = emb({"b": ids, "a": ids}, {"b": None, "a": None})
+        assert list(out) == ["b", "a"]  # the caller's key order, as tf.nest packs dicts

@@ -282,7 +282,8 @@ def to_dense_ids(x: Any, path: str) -> np.ndarray:
 
 
 class SparseParts(NamedTuple):
-    """A sparse input as plain arrays: ``indices`` int64 ``[N, rank]``, ``values``, shape."""
+    """A sparse input as plain arrays: ``indices`` int64 ``[N, rank]``, ``values`` (1-D,
+    C-contiguous, ready for the kernels), shape."""
 
     indices: np.ndarray
     values: np.ndarray
@@ -302,12 +303,14 @@ def to_sparse(x: Any, path: str, allow_int16: bool = False) -> SparseParts:
     values = _ids_array(x.values, path, "sparse ids", allow_int16)
     _check_sparse_parts(indices, values, dense_shape, _where(path))
     return SparseParts(
-        indices.astype(np.int64, copy=False), values, tuple(int(d) for d in dense_shape)
+        indices.astype(np.int64, copy=False),
+        np.ascontiguousarray(values),
+        tuple(int(d) for d in dense_shape),
     )
 
 
 class RaggedParts(NamedTuple):
-    """A rank-2 ragged input as plain arrays: ``values`` and int64 ``row_splits``."""
+    """A rank-2 ragged input as C-contiguous arrays: ``values`` and int64 ``row_splits``."""
 
     values: np.ndarray
     row_splits: np.ndarray
@@ -349,7 +352,7 @@ def to_ragged(x: Any, path: str) -> RaggedParts:
         raise InputError(f"{_where(path)}: row_splits must be integers, got {splits.dtype}")
     splits = splits.astype(np.int64, copy=False).reshape(-1)
     _check_splits(splits, values, _where(path))
-    return RaggedParts(values, splits)
+    return RaggedParts(np.ascontiguousarray(values), np.ascontiguousarray(splits))
 
 
 def weight_values(w: Any, n: int, path: str, *, cast: bool) -> np.ndarray:
@@ -379,6 +382,7 @@ def weight_values(w: Any, n: int, path: str, *, cast: bool) -> np.ndarray:
                 "(TensorFlow rejects other dtypes on this path)"
             )
         values = values.astype(np.float32)
+    values = np.ascontiguousarray(values)
     bad = first_nonfinite(values)
     if bad >= 0:
         raise InputError(

@@ -246,7 +246,7 @@ def _sparse_sequence(f: _Feature, sp: SparseParts, seq_len: int) -> np.ndarray:
     kernel = (
         scatter_add_parallel if _parallel(ids.shape[0] * f.table.shape[1]) else scatter_add_serial
     )
-    kernel(f.table, np.ascontiguousarray(ids), np.ascontiguousarray(cols_k), splits, out)
+    kernel(f.table, ids, np.ascontiguousarray(cols_k), splits, out)  # cols: a column slice
     return out
 
 
@@ -270,7 +270,7 @@ def _sparse_plain(f: _Feature, sp: SparseParts, weight: Any) -> np.ndarray:
     f.check_ids(sp.values, False, _sparse_locate(sp.indices))
     weights = _NO_WEIGHTS if weight is None else weight_values(weight, n, f.path, cast=True)
     nrows = int(rows[-1]) + 1 if n else 0
-    return _pool(f, np.ascontiguousarray(sp.values), weights, _splits_from_rows(rows, nrows), nrows)
+    return _pool(f, sp.values, weights, _splits_from_rows(rows, nrows), nrows)
 
 
 def _validated_rows(f: _Feature, sp: SparseParts) -> tuple[np.ndarray, int]:
@@ -333,13 +333,8 @@ def _sparse_validated(f: _Feature, sp: SparseParts, weight: Any) -> np.ndarray:
         ids, rows = ids[order], rows[order]
         if weight is not None:
             weights = weights[order]
-    out = _pool(
-        f,
-        np.ascontiguousarray(ids),
-        np.ascontiguousarray(weights),
-        _splits_from_rows(rows, nbags),
-        nbags,
-    )
+    # ids / weights are contiguous: the parts from inputs.py, or new arrays from indexing.
+    out = _pool(f, ids, weights, _splits_from_rows(rows, nbags), nbags)
     return out.reshape((*sp.dense_shape[:-1], f.table.shape[1]))
 
 
@@ -351,7 +346,7 @@ def _sequence(f: _Feature, rg: RaggedParts, seq_len: int) -> np.ndarray:
     batch = rg.row_splits.shape[0] - 1
     out = np.empty((batch, seq_len, f.table.shape[1]), dtype=f.table.dtype)
     kernel = sequence_parallel if _parallel(out.size) else sequence_serial
-    kernel(f.table, np.ascontiguousarray(rg.values), rg.row_splits, out)
+    kernel(f.table, rg.values, rg.row_splits, out)
     return out
 
 
@@ -375,8 +370,7 @@ def _lookup_ragged(f: _Feature, raw: Any, weight: Any) -> np.ndarray:
     if cfg.output_shape is None:
         if cfg.max_sequence_length > 0:
             return _sequence(f, rg, cfg.max_sequence_length)
-        values = np.ascontiguousarray(rg.values)
-        return _pool(f, values, weights, rg.row_splits, batch)
+        return _pool(f, rg.values, weights, rg.row_splits, batch)
     out_shape = tuple(cfg.output_shape)
     if any(d is None for d in out_shape):
         raise InputError(
@@ -385,7 +379,7 @@ def _lookup_ragged(f: _Feature, raw: Any, weight: Any) -> np.ndarray:
         )
     size = math.prod(int(d) for d in out_shape if d is not None)
     if size == batch:
-        out = _pool(f, np.ascontiguousarray(rg.values), weights, rg.row_splits, batch)
+        out = _pool(f, rg.values, weights, rg.row_splits, batch)
     elif batch == 0:
         raise InputError(
             f"feature {f.path!r}: output_shape {out_shape} cannot be applied to an empty batch "

@@ -61,8 +61,7 @@ class CheckpointReader:
 
     def get_tensor(self, tensor_str: str) -> np.ndarray:
         """The tensor named ``tensor_str`` (checksum verified)."""
-        value = self._reader.get_tensor(tensor_str)
-        return value
+        return self._reader.get_tensor(tensor_str)
 
     def has_tensor(self, tensor_str: str) -> bool:
         """Whether the checkpoint holds a tensor of that name."""
