@@ -42,16 +42,21 @@ import gc
 import mmap
 import multiprocessing as mp
 import os
+import pickle
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -128,11 +133,11 @@ REDUCED_ONEHOT_VOCAB = 250_000
 
 @dataclass(frozen=True)
 class TableSpec:
-    """One float32 [vocab, 64] table at a byte offset of the shared file."""
+    """One float32 [vocab, 64] table; ``offset`` is its byte offset in a raw shared file."""
 
     name: str
     vocab: int
-    offset: int
+    offset: int = 0
 
     @property
     def nbytes(self) -> int:
@@ -140,8 +145,28 @@ class TableSpec:
         return self.vocab * ROW_BYTES
 
 
+@dataclass(frozen=True)
+class TableSource:
+    """Where every process finds the tables: the same physical pages for all of them.
+
+    ``kind`` is ``checkpoint`` (``path`` is a TensorFlow-format checkpoint prefix in /dev/shm,
+    written by embserve; embserve and TF restore it, the others map its tables through a
+    restored embserve object) or ``file`` (``path`` is a raw /dev/shm file of back-to-back
+    tables, for the table-size sweep, whose smaller tables are prefixes of one 8 GB table).
+    """
+
+    kind: str
+    path: str
+    specs: tuple[TableSpec, ...]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all tables."""
+        return sum(spec.nbytes for spec in self.specs)
+
+
 def _layout(sizes: Sizes) -> list[TableSpec]:
-    """The 26 one-hot tables ``t00``..``t25`` then ``big``, back to back in one file."""
+    """The 26 one-hot tables ``t00``..``t25`` then ``big``, back to back."""
     specs: list[TableSpec] = []
     offset = 0
     for name, vocab in [(f"t{i:02d}", sizes.onehot_vocab) for i in range(N_ONEHOT)] + [
@@ -152,8 +177,8 @@ def _layout(sizes: Sizes) -> list[TableSpec]:
     return specs
 
 
-def _map_tables(path: str, layout: Sequence[TableSpec]) -> tuple[mmap.mmap, dict[str, np.ndarray]]:
-    """Maps the shared file and returns writable float32 views, one per table (no copy)."""
+def _map_file(path: str, specs: Sequence[TableSpec]) -> tuple[mmap.mmap, dict[str, np.ndarray]]:
+    """Maps a raw shared file and returns writable float32 views, one per table (no copy)."""
     fd = os.open(path, os.O_RDWR)
     try:
         size = os.fstat(fd).st_size
@@ -164,41 +189,115 @@ def _map_tables(path: str, layout: Sequence[TableSpec]) -> tuple[mmap.mmap, dict
         spec.name: np.frombuffer(mapping, np.float32, spec.vocab * DIM, spec.offset).reshape(
             spec.vocab, DIM
         )
-        for spec in layout
+        for spec in specs
     }
     return mapping, tables
 
 
-def _fill_tables(path: str, layout: Sequence[TableSpec]) -> float:
-    """Creates the shared file and fills every table with uniform [0, 1) float32; returns seconds.
+def _random_fill(arrays: Sequence[np.ndarray], seed: int) -> None:
+    """Fills float32 arrays with uniform [0, 1) in 64 MB chunks on every core.
 
-    Two threads with independent generators: numpy's ``Generator.random`` releases the GIL, and
-    1.92 GB took 2.9-3.7 s on one thread, 1.5-1.6 s on two (so ~6 s for the full 7.7 GB when the
-    machine is quiet).
+    numpy's ``Generator.random`` releases the GIL: 1.92 GB took 2.9-3.7 s on one thread,
+    1.5-1.6 s on two.
     """
-    start = time.perf_counter()
-    total = sum(spec.nbytes for spec in layout)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.ftruncate(fd, total)
-    finally:
-        os.close(fd)
-    _, tables = _map_tables(path, layout)
     chunk_rows = 1 << 18  # 64 MB per chunk
     jobs = [
-        (name, lo, min(lo + chunk_rows, table.shape[0]))
-        for name, table in tables.items()
-        for lo in range(0, table.shape[0], chunk_rows)
+        (a, lo, min(lo + chunk_rows, a.shape[0]))
+        for a in arrays
+        for lo in range(0, a.shape[0], chunk_rows)
     ]
-    seeds = np.random.SeedSequence(SEED).spawn(len(jobs))
+    seeds = np.random.SeedSequence(seed).spawn(len(jobs))
 
-    def fill(job: tuple[str, int, int], seed: np.random.SeedSequence) -> None:
-        name, lo, hi = job
-        np.random.default_rng(seed).random(out=tables[name][lo:hi], dtype=np.float32)
+    def fill(job: tuple[np.ndarray, int, int], s: np.random.SeedSequence) -> None:
+        array, lo, hi = job
+        np.random.default_rng(s).random(out=array[lo:hi], dtype=np.float32)
 
     with ThreadPoolExecutor(_cpu_count()) as pool:
         list(pool.map(fill, jobs, seeds))
+
+
+def _fill_file(path: str, specs: Sequence[TableSpec]) -> float:
+    """Creates a raw shared file and fills every table with uniform [0, 1); returns seconds."""
+    start = time.perf_counter()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.ftruncate(fd, sum(spec.nbytes for spec in specs))
+    finally:
+        os.close(fd)
+    mapping, tables = _map_file(path, specs)
+    _random_fill(list(tables.values()), SEED)
+    del tables, mapping
     return time.perf_counter() - start
+
+
+def _write_checkpoint(prefix: str, specs: Sequence[TableSpec]) -> float:
+    """Writes the tables as a TensorFlow-format checkpoint with ``es.train.Checkpoint.write``.
+
+    Returns seconds. The checkpoint is what ``tf.train.Checkpoint(embedding=mid).write`` would
+    write for a ``TPUEmbeddingForServing`` holding every table (object ``embedding``, one child
+    per table name), so embserve and TensorFlow restore it through their public APIs.
+
+    Memory: the writer takes each table's value from its initializer and streams it to the data
+    file, but ``build()`` creates every table before the write, so distinct random tables would
+    hold a second 7.7 GB copy next to the checkpoint in /dev/shm. Instead the tables of one
+    vocabulary size are overlapping windows of one random source of ``vocab + n`` rows (table
+    ``i`` is rows ``i … i + vocab``): zero-copy views, 256 MB of source for the 26 one-hot
+    tables, yet every table's content differs (a lookup in the wrong table does not pass the
+    check). The checkpoint itself has 26 distinct copies: distinct physical pages, as served.
+    """
+    import embserve as es
+
+    start = time.perf_counter()
+    by_vocab: dict[int, list[TableSpec]] = {}
+    for spec in specs:
+        by_vocab.setdefault(spec.vocab, []).append(spec)
+    sources = {
+        vocab: np.empty((vocab + len(group) - 1, DIM), np.float32)
+        for vocab, group in by_vocab.items()
+    }
+    _random_fill(list(sources.values()), SEED)
+    configs = {}
+    for vocab, group in by_vocab.items():
+        for i, spec in enumerate(group):
+            window = sources[vocab][i : i + vocab]
+            configs[spec.name] = es.TableConfig(
+                vocabulary_size=vocab,
+                dim=DIM,
+                name=spec.name,
+                initializer=lambda shape, dtype=None, window=window: window,
+            )
+    writer = es.TPUEmbeddingForServing(
+        {name: es.FeatureConfig(table=config) for name, config in configs.items()}, optimizer=None
+    )
+    es.train.Checkpoint(embedding=writer).write(prefix)
+    return time.perf_counter() - start
+
+
+def _open_tables(source: TableSource) -> tuple[Any, dict[str, np.ndarray]]:
+    """Every table of ``source`` as a zero-copy view of the shared pages, and what keeps the
+    mapping alive.
+
+    A checkpoint's tables come from restoring them into an embserve serving object that holds
+    them all (public API; the tables are read-only memory-mapped views and are not checksummed
+    on restore, unlike ``es.train.load_checkpoint(prefix).get_tensor``, which reads them all).
+    """
+    if source.kind == "file":
+        return _map_file(source.path, source.specs)
+    import embserve as es
+
+    configs = [es.TableConfig(vocabulary_size=s.vocab, dim=DIM, name=s.name) for s in source.specs]
+    holder = es.TPUEmbeddingForServing(
+        {c.name: es.FeatureConfig(table=c) for c in configs}, optimizer=None
+    )
+    es.train.Checkpoint(embedding=holder).restore(source.path).assert_consumed()
+    variables = holder.variables
+    return holder, {spec.name: variables[spec.name]["parameters"] for spec in source.specs}
+
+
+def _table(tables: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """Table ``name``; ``"base@N"`` is the first N rows of table ``base`` (table-size sweep)."""
+    base, _, rows = name.partition("@")
+    return tables[base][: int(rows)] if rows else tables[base]
 
 
 @dataclass
@@ -222,6 +321,12 @@ class Workload:
     weighted: bool = False
     seq_len: int = 0
     torch_note: str = ""
+    n_checked: int = 0  # batches whose outputs are checked (0: all); big sweep points check 2
+    point: int = 0  # sweep: the batch size or table rows this workload is a point of
+
+    def plain(self) -> dict[str, Any]:
+        """The workload as plain data, for the TF worker (which cannot import this module)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 class _IdSampler:
@@ -346,9 +451,9 @@ def _reference(workload: Workload, tables: dict[str, np.ndarray], batch: Any) ->
     """
     if workload.kind == "onehot":
         return np.stack(
-            [tables[name][ids] for name, ids in zip(workload.tables, batch, strict=True)]
+            [_table(tables, name)[ids] for name, ids in zip(workload.tables, batch, strict=True)]
         )
-    table = tables[workload.tables[0]]
+    table = _table(tables, workload.tables[0])
     splits = batch["row_splits"]
     n_rows = len(splits) - 1
     if workload.kind == "sequence":
@@ -400,13 +505,13 @@ class _NumpyContestant:
     def prepare(self, workload: Workload, tables: dict[str, np.ndarray]) -> dict[str, Prepared]:
         """One variant, ``numpy``."""
         if workload.kind == "onehot":
-            weights = [tables[name] for name in workload.tables]
+            weights = [_table(tables, name) for name in workload.tables]
 
             def onehot(batch: list[np.ndarray]) -> list[np.ndarray]:
                 return [np.take(t, ids, axis=0) for t, ids in zip(weights, batch, strict=True)]
 
             return {"numpy": Prepared(onehot, workload.batches, np.stack)}
-        table = tables[workload.tables[0]]
+        table = _table(tables, workload.tables[0])
         if workload.kind == "sequence":
             length = workload.seq_len
 
@@ -456,7 +561,11 @@ class _TorchContestant:
         """One variant, ``torch``; tables wrap the shared pages (``from_numpy``, no copy)."""
         torch = self.torch
         functional = torch.nn.functional
-        weights = {name: torch.from_numpy(tables[name]) for name in workload.tables}
+        with warnings.catch_warnings():
+            # Checkpoint tables are read-only maps; torch warns that it cannot protect them
+            # from writes, and these lookups never write.
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            weights = {name: torch.from_numpy(_table(tables, name)) for name in workload.tables}
 
         if workload.kind == "onehot":
             ordered = [weights[name] for name in workload.tables]
@@ -520,24 +629,29 @@ class _TorchContestant:
 
 
 class _EmbserveContestant:
-    """embserve through its public API: configs, ``TPUEmbeddingForServing``, lookup on our tables.
+    """embserve through its public serving API: ``TPUEmbeddingForServing`` restored from the
+    benchmark's checkpoint, called as ``mid(features, weights)``.
 
-    ``TPUEmbeddingForServing(feature_config, optimizer=None)`` is constructed (that names the
-    tables, as in serving) but never built: building would initialise 7.7 GB of truncated-normal
-    tables. The lookups go through ``serving_embedding_lookup`` with the shared tables, passed
-    read-only as served checkpoint tables are.
+    Per workload the worker builds ``mid = es.TPUEmbeddingForServing(feature_config,
+    optimizer=None)`` with the workload's configs (table names as in the checkpoint) and
+    ``es.train.Checkpoint(embedding=mid).restore(prefix)``: the tables become read-only
+    memory-mapped views of the checkpoint's data file, the pages every other contestant reads.
+    Objects are shared by workloads with the same configs (a, d). Sweep tables ``base@N``
+    (prefixes of one big table, which no checkpoint holds) are given through
+    ``TableConfig(initializer=...)`` returning the shared view, which ``build()`` keeps
+    without copying.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, source: TableSource) -> None:
         import numba
 
         import embserve as es
 
-        # Missing names mean the lookup has not landed yet: the contestant is "unavailable".
-        self.lookup = es.serving_embedding_lookup
         self.serving_class = es.TPUEmbeddingForServing
         self.es = es
         self.numba = numba
+        self.source = source
+        self.mids: dict[tuple[Any, ...], Any] = {}
         # Internal, for one diagnostic row only (ARCHITECTURE.md: "the check is a cheap pass;
         # measure it in the benchmark"). If it moves, the row goes; the contestant stays.
         try:
@@ -551,36 +665,52 @@ class _EmbserveContestant:
             "numba threads": str(numba.get_num_threads()),
         }
 
-    def prepare(self, workload: Workload, tables: dict[str, np.ndarray]) -> dict[str, Prepared]:
-        """Variants ``embserve`` (dense ids for one-hot) and ``embserve (ragged)`` (1-id bags)."""
+    def _mid(self, workload: Workload, tables: dict[str, np.ndarray]) -> tuple[Any, list[str]]:
+        """The workload's serving object (restored or built once per config) and feature keys."""
         es = self.es
-        readonly = {}
-        for name in workload.tables:
-            view = tables[name].view()
-            view.flags.writeable = False
-            readonly[name] = view
-        configs = {
-            name: es.TableConfig(
-                vocabulary_size=readonly[name].shape[0],
+        kind, names = workload.kind, list(workload.tables)
+        signature = (kind, tuple(names), workload.combiner, workload.seq_len)
+        keys = [f"f{i:02d}" for i in range(len(names))] if kind == "onehot" else ["f"]
+        if signature in self.mids:
+            return self.mids[signature], keys
+        restore = self.source.kind == "checkpoint" and not any("@" in n for n in names)
+        configs = {}
+        for name in names:
+            view = _table(tables, name).view()
+            view.flags.writeable = False  # served tables are read-only
+            configs[name] = es.TableConfig(
+                vocabulary_size=view.shape[0],
                 dim=DIM,
                 combiner=workload.combiner,
                 name=name,
+                initializer=None if restore else (lambda shape, dtype=None, v=view: v),
             )
-            for name in workload.tables
-        }
-        by_config = {configs[name]: readonly[name] for name in workload.tables}
-        lookup = self.lookup
+        if kind == "onehot":
+            feature_config: Any = {
+                key: es.FeatureConfig(table=configs[name])
+                for key, name in zip(keys, names, strict=True)
+            }
+        else:
+            feature_config = {
+                "f": es.FeatureConfig(table=configs[names[0]], max_sequence_length=workload.seq_len)
+            }
+        mid = self.serving_class(feature_config, optimizer=None)
+        if restore:
+            es.train.Checkpoint(embedding=mid).restore(self.source.path)
+        else:
+            mid.build()
+        self.mids[signature] = mid
+        return mid, keys
+
+    def prepare(self, workload: Workload, tables: dict[str, np.ndarray]) -> dict[str, Prepared]:
+        """Variants ``embserve`` (dense ids for one-hot) and ``embserve (ragged)`` (1-id bags)."""
+        es = self.es
+        mid, keys = self._mid(workload, tables)
 
         if workload.kind == "onehot":
-            keys = [f"f{i:02d}" for i in range(len(workload.tables))]
-            feature_config = {
-                key: es.FeatureConfig(table=configs[name])
-                for key, name in zip(keys, workload.tables, strict=True)
-            }
-            self.serving_class(feature_config, optimizer=None)
 
             def onehot(batch: dict[str, Any]) -> dict[str, np.ndarray]:
-                return lookup(batch, None, by_config, feature_config)
+                return mid(batch)
 
             def onehot_np(out: dict[str, np.ndarray]) -> np.ndarray:
                 return np.stack([out[key] for key in keys])
@@ -588,8 +718,8 @@ class _EmbserveContestant:
             dense = [dict(zip(keys, batch, strict=True)) for batch in workload.batches]
             batch_size = len(workload.batches[0][0])
             variants = {"embserve": Prepared(onehot, dense, onehot_np)}
-            variants.update(self._id_check(workload, readonly, list(workload.batches)))
-            if batch_size > 1:
+            variants.update(self._id_check(workload, tables, list(workload.batches)))
+            if batch_size > 1 and not workload.point:
                 one_per_row = np.arange(batch_size + 1, dtype=np.int64)
                 ragged = [
                     {
@@ -601,9 +731,6 @@ class _EmbserveContestant:
                 variants["embserve (ragged)"] = Prepared(onehot, ragged, onehot_np)
             return variants
 
-        config = es.FeatureConfig(table=configs["big"], max_sequence_length=workload.seq_len)
-        feature_config = {"f": config}
-        self.serving_class(feature_config, optimizer=None)
         inputs = []
         for x in workload.batches:
             ids = es.RaggedTensor.from_row_splits(x["values"], x["row_splits"])
@@ -615,12 +742,10 @@ class _EmbserveContestant:
             inputs.append(({"f": ids}, weights))
 
         def ragged_lookup(batch: tuple[dict[str, Any], Any]) -> np.ndarray:
-            return lookup(batch[0], batch[1], by_config, feature_config)["f"]
+            return mid(batch[0], batch[1])["f"]
 
         variants = {"embserve": Prepared(ragged_lookup, inputs, np.asarray)}
-        variants.update(
-            self._id_check(workload, readonly, [[x["values"]] for x in workload.batches])
-        )
+        variants.update(self._id_check(workload, tables, [[x["values"]] for x in workload.batches]))
         return variants
 
     def _id_check(
@@ -628,9 +753,9 @@ class _EmbserveContestant:
     ) -> dict[str, Prepared]:
         """Diagnostic ``embserve: id check``: the bounds pass over every id of a batch alone."""
         check = self.first_bad_id
-        if check is None:
+        if check is None or workload.point:
             return {}
-        rows = [tables[name].shape[0] for name in workload.tables]
+        rows = [_table(tables, name).shape[0] for name in workload.tables]
 
         def check_all(batch: list[np.ndarray]) -> None:
             for values, n_rows in zip(batch, rows, strict=True):
@@ -642,6 +767,53 @@ class _EmbserveContestant:
         """Records numba's threading layer, known only once a parallel kernel has run."""
         with contextlib.suppress(ValueError):
             self.versions["numba layer"] = str(self.numba.threading_layer())
+
+
+class _GatherLimit:
+    """The machine's limit for exactly a workload's rows (a diagnostic, not a lookup).
+
+    It copies every table row the outputs need into a preallocated buffer: numba ``prange``
+    (serial below 2,048 ids, where waking threads costs more than it saves), no combining, no
+    id checks, no output allocation. Timed interleaved with the contestants, it is what the
+    memory system gives for the same rows at the same moment.
+    """
+
+    def __init__(self) -> None:
+        import numba
+
+        def copy_rows(source: np.ndarray, ids: np.ndarray, out: np.ndarray) -> None:
+            for i in numba.prange(ids.shape[0]):
+                row = ids[i]
+                for j in range(source.shape[1]):
+                    out[i, j] = source[row, j]
+
+        self.parallel = numba.njit(parallel=True)(copy_rows)
+        self.serial = numba.njit(copy_rows)
+        self.versions: dict[str, str] = {}
+
+    def prepare(self, workload: Workload, tables: dict[str, np.ndarray]) -> dict[str, Prepared]:
+        """Variant ``machine: row gather`` over (table, ids) pairs: per feature, or the ids
+        inside the window of a sequence."""
+        sources = [_table(tables, name) for name in workload.tables]
+        inputs: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = []
+        for batch in workload.batches:
+            if workload.kind == "onehot":
+                pairs = list(zip(sources, batch, strict=True))
+            elif workload.kind == "sequence":
+                splits, values = batch["row_splits"], batch["values"]
+                lengths = np.diff(splits)
+                positions = np.arange(len(values)) - np.repeat(splits[:-1], lengths)
+                pairs = [(sources[0], values[positions < workload.seq_len])]
+            else:
+                pairs = [(sources[0], batch["values"])]
+            inputs.append([(t, ids, np.empty((len(ids), DIM), np.float32)) for t, ids in pairs])
+        parallel, serial = self.parallel, self.serial
+
+        def gather(batch: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+            for table, ids, out in batch:
+                (parallel if len(ids) >= 2048 else serial)(table, ids, out)
+
+        return {"machine: row gather": Prepared(gather, inputs, None)}
 
 
 def _bandwidth_probes(table: np.ndarray, rows: int, reps: int) -> list[tuple[str, list[float]]]:
@@ -699,12 +871,12 @@ def _bandwidth_probes(table: np.ndarray, rows: int, reps: int) -> list[tuple[str
 # --------------------------------------------------------------------------------------------
 
 
-def _worker_main(conn: Connection, library: str, shm_path: str, layout: list[TableSpec]) -> None:
+def _worker_main(conn: Connection, library: str, source: TableSource) -> None:
     """One contestant's process: import it, map the tables, then answer the parent's requests.
 
-    Requests: ``("prepare", workload)`` → outputs of every batch per variant and timings of the
-    first calls; ``("run", key, variant, reps, start)`` → per-call nanoseconds;
-    ``("drop", key)``; ``("bandwidth", rows, reps)``; ``("quit",)``.
+    Requests: ``("prepare", workload)`` → outputs of the checked batches per variant and timings
+    of the first calls; ``("run", key, variant, reps, start)`` → per-call nanoseconds;
+    ``("drop", key)``; ``("bandwidth", rows, reps)`` (the ``machine`` worker); ``("quit",)``.
     """
     started = time.perf_counter()
     contestant: Any
@@ -714,13 +886,13 @@ def _worker_main(conn: Connection, library: str, shm_path: str, layout: list[Tab
         elif library == "torch":
             contestant = _TorchContestant()
         elif library == "embserve":
-            contestant = _EmbserveContestant()
+            contestant = _EmbserveContestant(source)
         else:
-            contestant = None  # the bandwidth probe imports numba itself
+            contestant = _GatherLimit()
     except (ImportError, AttributeError) as exc:
         conn.send(("unavailable", f"{type(exc).__name__}: {exc}"))
         return
-    mapping, tables = _map_tables(shm_path, layout)
+    mapping, tables = _open_tables(source)
     versions = getattr(contestant, "versions", {})
     conn.send(("ready", {"start_s": time.perf_counter() - started, "versions": versions}))
     prepared: dict[str, dict[str, Prepared]] = {}
@@ -740,10 +912,11 @@ def _worker_main(conn: Connection, library: str, shm_path: str, layout: list[Tab
                     first = p.call(p.inputs[0])  # includes numba compilation, if any
                     first_call_s[name] = time.perf_counter() - t0
                     to_numpy = p.to_numpy
+                    checked = p.inputs[1 : workload.n_checked or len(p.inputs)]
                     outputs[name] = (
                         None
                         if to_numpy is None
-                        else [to_numpy(first)] + [to_numpy(p.call(x)) for x in p.inputs[1:]]
+                        else [to_numpy(first)] + [to_numpy(p.call(x)) for x in checked]
                     )
                 if hasattr(contestant, "after_first_calls"):
                     contestant.after_first_calls()
@@ -761,7 +934,7 @@ def _worker_main(conn: Connection, library: str, shm_path: str, layout: list[Tab
                 prepared.pop(request[1], None)
                 reply = None
             elif request[0] == "bandwidth":
-                reply = _bandwidth_probes(tables["big"], request[1], request[2])
+                reply = _bandwidth_probes(_table(tables, request[3]), request[1], request[2])
             else:
                 raise ValueError(f"unknown request {request[0]!r}")
             conn.send(("ok", reply))
@@ -799,25 +972,34 @@ def _time_calls(prepared: Prepared, reps: int, start: int) -> list[int]:
 
 @dataclass
 class Worker:
-    """The parent's handle on one worker process."""
+    """The parent's handle on one worker process.
+
+    ``plain``: the worker runs another interpreter (TensorFlow's venv) and cannot unpickle this
+    module's classes, so workloads go to it as plain dicts.
+    """
 
     library: str
     process: Any
-    conn: Connection
+    conn: Any
     start_s: float = 0.0
     versions: dict[str, str] = field(default_factory=dict)
+    plain: bool = False
+    setup_s: dict[str, float] = field(default_factory=dict)
 
     def ask(self, *request: Any) -> Any:
         """Sends one request and returns the reply, raising the worker's traceback on error."""
         self.conn.send(request)
-        status, reply = self.conn.recv()
+        try:
+            status, reply = self.conn.recv()
+        except EOFError:
+            raise RuntimeError(f"{self.library} worker exited (out of memory?)") from None
         if status != "ok":
             raise RuntimeError(f"{self.library} worker failed:\n{reply}")
         return reply
 
 
 def _start_workers(
-    libraries: Sequence[str], shm_path: str, layout: list[TableSpec]
+    libraries: Sequence[str], source: TableSource
 ) -> tuple[list[Worker], dict[str, str]]:
     """Spawns one worker per library; returns the ready ones and why the others are missing."""
     context = mp.get_context("spawn")
@@ -825,7 +1007,7 @@ def _start_workers(
     for library in libraries:
         parent_end, child_end = context.Pipe()
         process = context.Process(
-            target=_worker_main, args=(child_end, library, shm_path, layout), daemon=True
+            target=_worker_main, args=(child_end, library, source), daemon=True
         )
         process.start()
         child_end.close()
@@ -840,6 +1022,74 @@ def _start_workers(
             missing[worker.library] = info
             worker.process.join(timeout=10)
     return ready, missing
+
+
+class _PickleChannel:
+    """``send`` / ``recv`` of pickled objects over a child's stdin and stdout."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        assert popen.stdin is not None
+        assert popen.stdout is not None
+        self.writer, self.reader = popen.stdin, popen.stdout
+
+    def send(self, obj: Any) -> None:
+        """Pickles ``obj`` to the child."""
+        pickle.dump(obj, self.writer, protocol=pickle.HIGHEST_PROTOCOL)
+        self.writer.flush()
+
+    def recv(self) -> Any:
+        """The child's next message (``EOFError`` when it has exited)."""
+        return pickle.load(self.reader)
+
+
+class _ChildProcess:
+    """A ``subprocess.Popen`` with the ``join`` / ``is_alive`` / ``terminate`` of
+    ``multiprocessing.Process``, so ``_stop_workers`` treats every worker alike."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self.popen = popen
+
+    def join(self, timeout: float | None = None) -> None:
+        """Waits for the child to exit, at most ``timeout`` seconds."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout)
+
+    def is_alive(self) -> bool:
+        """Whether the child is still running."""
+        return self.popen.poll() is None
+
+    def terminate(self) -> None:
+        """SIGTERM to this child only."""
+        self.popen.terminate()
+
+
+def _start_tf_worker(tf_python: str, source: TableSource) -> tuple[Worker | None, str]:
+    """Starts ``_tf_worker.py`` under TensorFlow's interpreter; the worker or why not."""
+    worker_path = Path(__file__).with_name("_tf_worker.py")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    env.pop("PYTHONPATH", None)  # this venv's paths must not leak into TensorFlow's
+    started = time.perf_counter()
+    try:
+        popen = subprocess.Popen(
+            [tf_python, os.fspath(worker_path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+    except OSError as exc:
+        return None, f"cannot run {tf_python}: {exc}"
+    worker = Worker("tensorflow", _ChildProcess(popen), _PickleChannel(popen), plain=True)
+    try:
+        worker.conn.send(("init", source.path, {s.name: s.vocab for s in source.specs}))
+        status, info = worker.conn.recv()
+    except (EOFError, BrokenPipeError):
+        popen.wait(30)
+        return None, f"{tf_python} worker exited with {popen.returncode} before it was ready"
+    if status != "ready":
+        worker.process.join(30)
+        return None, str(info)
+    worker.start_s, worker.versions = time.perf_counter() - started, info["versions"]
+    return worker, ""
 
 
 def _stop_workers(workers: Sequence[Worker]) -> None:
@@ -887,15 +1137,17 @@ def _check(
 
 
 def _run_workload(
-    workload: Workload, workers: Sequence[Worker], tables: dict[str, np.ndarray], sizes: Sizes
+    workload: Workload, workers: Sequence[Worker], tables: dict[str, np.ndarray], rounds: int
 ) -> list[Row]:
     """Prepares, checks, then times one workload round-robin over every contestant variant."""
-    refs = [_reference(workload, tables, batch) for batch in workload.batches]
+    checked = workload.batches[: workload.n_checked or len(workload.batches)]
+    refs = [_reference(workload, tables, batch) for batch in checked]
     rows: list[Row] = []
     contestants: list[tuple[Worker, str]] = []
     for worker in workers:
-        reply = worker.ask("prepare", workload)
+        reply = worker.ask("prepare", workload.plain() if worker.plain else workload)
         worker.versions = reply["versions"]
+        worker.setup_s.update(reply.get("setup_s", {}))
         for name, outputs in reply["outputs"].items():
             if outputs is not None:
                 _check(workload, name, outputs, refs)
@@ -912,7 +1164,7 @@ def _run_workload(
             contestants.append((worker, name))
     del refs
     turns = list(zip(contestants, rows, strict=True))
-    for r in range(sizes.rounds):
+    for r in range(rounds):
         shift = r % len(turns)  # rotate who goes first
         for (worker, name), row in turns[shift:] + turns[:shift]:
             time.sleep(SETTLE_S)
@@ -960,31 +1212,31 @@ def _diagnostics_table(rows: Sequence[Row]) -> str:
     """Parts of a contestant timed on their own, as a share of that contestant's median."""
     medians = {(r.workload.key, r.contestant): statistics.median(r.times_ns) for r in rows}
     lines = [
-        "| workload | part | median µs | share of the full call |",
+        "| workload | part | median µs | share of the full call (machine: of embserve's) |",
         "| --- | --- | ---: | ---: |",
     ]
     for row in rows:
         if not row.diagnostic:
             continue
         median = medians[row.workload.key, row.contestant]
-        whole = medians.get((row.workload.key, row.contestant.split(":")[0]))
+        owner = "embserve" if row.contestant.startswith("machine") else row.contestant
+        whole = medians.get((row.workload.key, owner.split(":")[0]))
         share = f"{100 * median / whole:.1f} %" if whole else "—"
         lines.append(f"| {row.workload.key} | {row.contestant} | {_fmt_us(median)} | {share} |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def _setup_table(
-    fill_s: float, total_bytes: int, workers: Sequence[Worker], rows: Sequence[Row]
+    steps: Sequence[tuple[str, str, float]], workers: Sequence[Worker], rows: Sequence[Row]
 ) -> str:
-    """Setup costs, kept out of the timings: table fill, worker start, prep and first calls."""
-    lines = [
-        "| step | contestant | seconds |",
-        "| --- | --- | ---: |",
-        f"| fill shared tables ({total_bytes / 1e9:.2f} GB, 2 threads) | parent | {fill_s:.1f} |",
-    ]
+    """Setup costs, kept out of the timings: tables, worker start, restores, prep, first calls."""
+    lines = ["| step | contestant | seconds |", "| --- | --- | ---: |"]
+    lines += [f"| {step} | {who} | {seconds:.1f} |" for step, who, seconds in steps]
     lines += [
         f"| worker start (imports + map tables) | {w.library} | {w.start_s:.2f} |" for w in workers
     ]
+    for worker in workers:
+        lines += [f"| {step} | {worker.library} | {t:.2f} |" for step, t in worker.setup_s.items()]
     for row in rows:
         lines.append(
             f"| {row.workload.key}: convert inputs / first call | {row.contestant} | "
@@ -1022,6 +1274,73 @@ def _machine_facts(workers: Sequence[Worker]) -> str:
     )
 
 
+def _verdicts(rows: Sequence[Row], tf_given: bool) -> list[str]:
+    """One line per target of issue 6: the figure from this run, and met / not met.
+
+    Ratios compare medians of the same interleaved run. "× torch" is torch's median over
+    embserve's (> 1: embserve is faster).
+    """
+    medians = {
+        (r.workload.key, r.contestant): statistics.median(r.times_ns) for r in rows if r.times_ns
+    }
+    keys = list(dict.fromkeys(r.workload.key for r in rows))
+    lines: list[str] = []
+
+    def speedup(key: str, other: str) -> float | None:
+        mine, theirs = medians.get((key, "embserve")), medians.get((key, other))
+        return theirs / mine if mine and theirs else None
+
+    def verdict(ok: bool | None) -> str:
+        return "not measured" if ok is None else ("met" if ok else "**not met**")
+
+    for group, want, label in (
+        (("a-zipf", "a-uniform"), 1.3, "a) one-hot ≥ 1.3× torch embedding_bag"),
+        (("b-sum", "b-wmean"), 1.3, "b) multi-hot ≥ 1.3× torch embedding_bag"),
+        (("c-seq",), 2.0, "c) sequence ≥ 2× torch embedding + padding"),
+    ):
+        figures = [(k, speedup(k, "torch")) for k in group if k in keys]
+        known = [x for _, x in figures if x is not None]
+        text = ", ".join(f"{k} {x:.2f}×" if x else f"{k} —" for k, x in figures)
+        ok = None if len(known) < len(figures) or not figures else min(known) >= want
+        lines.append(f"- {label}: {text or '—'} — {verdict(ok)}")
+    latency = medians.get(("d-latency", "embserve"))
+    lines.append(
+        "- d) batch 1 × 26 features ≤ 15 µs per call, ids checked: "
+        + (f"{latency / 1e3:.1f} µs" if latency else "—")
+        + f" — {verdict(None if latency is None else latency <= 15_000)}"
+    )
+    tf = [(k, speedup(k, "TF tf.function")) for k in keys]
+    tf_known = [(k, x) for k, x in tf if x is not None]
+    if tf_known:
+        worst = min(x for _, x in tf_known)
+        complete = len(tf_known) == len(keys)
+        lines.append(
+            "- every workload ≥ 10× TF tf.function: "
+            + ", ".join(f"{k} {x:.1f}×" for k, x in tf_known)
+            + f" — {verdict(worst >= 10 if complete else None if worst >= 10 else False)}"
+            + ("" if complete else " (TF ran only the workloads listed)")
+        )
+    else:
+        reason = "TF did not run" if tf_given else "no --tf-python given"
+        lines.append(f"- every workload ≥ 10× TF tf.function: — ({reason}) — not measured")
+    shares = []
+    for key in ("a-zipf", "a-uniform", "b-sum", "b-wmean"):
+        part, whole = medians.get((key, "embserve: id check")), medians.get((key, "embserve"))
+        if part and whole:
+            shares.append((key, 100 * part / whole))
+    if shares:
+        worst_share = max(x for _, x in shares)
+        lines.append(
+            "- input checking ≤ 10 % of the call at batch 1024 (bounds pass over every id, "
+            "timed alone): "
+            + ", ".join(f"{k} {x:.1f} %" for k, x in shares)
+            + f" — {verdict(worst_share <= 10)}"
+        )
+    else:
+        lines.append("- input checking ≤ 10 % of the call at batch 1024: — — not measured")
+    return lines
+
+
 def _report(
     *,
     command: str,
@@ -1031,10 +1350,10 @@ def _report(
     workers: Sequence[Worker],
     rows: Sequence[Row],
     probes: Sequence[tuple[str, list[float]]],
-    fill_s: float,
-    total_bytes: int,
+    steps: Sequence[tuple[str, str, float]],
+    tf_given: bool,
 ) -> str:
-    """The whole markdown section: facts, the results table, notes, bandwidth, setup."""
+    """The whole markdown section: facts, verdicts, the results table, notes, bandwidth, setup."""
     date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     has_torch = any(row.contestant == "torch" for row in rows)
     torch_notes = [f"- {w.key}: torch = {w.torch_note}" for w in workloads if has_torch]
@@ -1045,6 +1364,10 @@ def _report(
         "",
         _machine_facts(workers),
         "",
+        "### Targets (issue 6)",
+        "",
+        *_verdicts(rows, tf_given),
+        "",
         "### Lookup time per call",
         "",
         _results_table(rows),
@@ -1054,15 +1377,26 @@ def _report(
         "turn starts with one untimed call, then its calls run back to back). "
         "× torch time = median / torch's median (> 1 is slower than torch). table GB/s = "
         "rows the output needs × 256 B / median. Zipf ids: rank r ∝ r^-1.05, ranks permuted "
-        "over the table. embserve (ragged) = the one-hot ids as 1-id ragged bags, combiner sum; "
-        "embserve = dense ids (a plain gather, SEMANTICS.md §4.1).",
+        "over the table. embserve = `TPUEmbeddingForServing(feature_config, optimizer=None)` "
+        "restored with `es.train.Checkpoint(embedding=mid).restore(prefix)` from a checkpoint "
+        "in /dev/shm (tables memory-mapped; every contestant reads the same pages), called as "
+        "`mid(features, weights)`: dense ids for one-hot (a plain gather, SEMANTICS.md §4.1); "
+        "embserve (ragged) = the one-hot ids as 1-id ragged bags, combiner sum. TF = "
+        "`tf.tpu.experimental.embedding.TPUEmbeddingForServing` restored from the same "
+        "checkpoint (into its own variables), inputs as tf.Tensor / tf.RaggedTensor, called "
+        "through `tf.function(reduce_retracing=True)` and eagerly. Every output was checked "
+        "against a float64 reference before timing.",
         *torch_notes,
         *[f"- {note}" for note in notes],
         "",
-        "### Parts of a call (diagnostics, not contestants)",
+        "### Parts of a call and the machine's limit (diagnostics, not contestants)",
         "",
         _diagnostics_table(rows)
         or "(none: embserve's internal id check could not be imported or embserve is absent)",
+        "",
+        "machine: row gather = numba copying exactly the rows the outputs need into a "
+        "preallocated buffer (no combining, no checks), timed in the same rounds; its share is "
+        "of embserve's median.",
         "",
         "### Machine memory bandwidth",
         "",
@@ -1070,10 +1404,20 @@ def _report(
         "",
         "### Setup (not in the timings)",
         "",
-        _setup_table(fill_s, total_bytes, workers, rows),
+        _setup_table(steps, workers, rows),
         "",
     ]
     return "\n".join(parts)
+
+
+def _room() -> int:
+    """Bytes that may still go to /dev/shm and private memory: min(MemAvailable, shm free)."""
+    with open("/proc/meminfo") as f:
+        available = int(next(line for line in f if line.startswith("MemAvailable")).split()[1])
+    return min(available * 1024, shutil.disk_usage("/dev/shm").free)
+
+
+MARGIN = 4 << 30  # outputs, references, interpreters, torch: ~2 GB seen; 4 GiB spare
 
 
 def _choose_sizes(quick: bool) -> tuple[Sizes, list[str]]:
@@ -1081,11 +1425,8 @@ def _choose_sizes(quick: bool) -> tuple[Sizes, list[str]]:
     if quick:
         return QUICK, ["--quick: tiny tables and few rounds; a smoke run, not a measurement"]
     needed = sum(spec.nbytes for spec in _layout(FULL))
-    with open("/proc/meminfo") as f:
-        available = int(next(line for line in f if line.startswith("MemAvailable")).split()[1])
-    room = min(available * 1024, shutil.disk_usage("/dev/shm").free)
-    margin = 4 << 30  # outputs, references, three interpreters, torch: ~2 GB seen; 4 GiB spare
-    if room >= needed + margin:
+    room = _room()
+    if room >= needed + MARGIN:
         return FULL, []
     reduced = dataclasses.replace(FULL, onehot_vocab=REDUCED_ONEHOT_VOCAB)
     return reduced, [
@@ -1094,61 +1435,460 @@ def _choose_sizes(quick: bool) -> tuple[Sizes, list[str]]:
     ]
 
 
+@contextlib.contextmanager
+def _checkpoint_source(specs: Sequence[TableSpec]) -> Any:
+    """Writes the tables as a checkpoint in a fresh /dev/shm directory; yields (source, seconds)
+    and removes the directory afterwards (also on errors)."""
+    directory = tempfile.mkdtemp(prefix=f"embserve-bench-{os.getpid()}-", dir="/dev/shm")
+    try:
+        prefix = os.path.join(directory, "ckpt")
+        seconds = _write_checkpoint(prefix, specs)
+        yield TableSource("checkpoint", prefix, tuple(specs)), seconds
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _launch(
+    source: TableSource, tf_python: str | None, notes: list[str], *, tf_room: bool = True
+) -> list[Worker]:
+    """Starts every worker for ``source`` (TF too when asked and there is room); notes who is
+    left out and why."""
+    workers, missing = _start_workers([*LIBRARIES, "machine"], source)
+    if tf_python and source.kind != "checkpoint":
+        missing["tensorflow"] = "TF restores checkpoints only; this run's tables are a raw file"
+    elif tf_python and not tf_room:
+        missing["tensorflow"] = (
+            f"TF copies the tables into its own memory ({source.nbytes / 2**30:.1f} GiB) and "
+            f"only {_room() / 2**30:.1f} GiB are free"
+        )
+    elif tf_python:
+        _log("starting the TensorFlow worker")
+        tf_worker, reason = _start_tf_worker(tf_python, source)
+        if tf_worker is None:
+            missing["tensorflow"] = reason
+        else:
+            workers.append(tf_worker)
+    for library, reason in missing.items():
+        notes.append(f"{library} left out: {reason}")
+        _log(f"{library} left out: {reason}")
+    return workers
+
+
+def _main_run(args: argparse.Namespace, command: str) -> str:
+    """Workloads a-d: the issue's targets; returns the markdown section."""
+    sizes, notes = _choose_sizes(args.quick)
+    load_before = os.getloadavg()[0]
+    specs = _layout(sizes)
+    total = sum(spec.nbytes for spec in specs)
+    workers: list[Worker] = []
+    _log(f"writing a {total / 1e9:.2f} GB checkpoint in /dev/shm")
+    with _checkpoint_source(specs) as (source, write_s):
+        try:
+            _log(f"checkpoint written in {write_s:.1f} s; generating inputs")
+            workloads = _make_workloads(sizes)
+            tf_room = _room() >= total + MARGIN
+            workers = _launch(source, args.tf_python, notes, tf_room=tf_room)
+            _holder, tables = _open_tables(source)  # _holder keeps the mapping alive
+            contestants = [w for w in workers if w.library != "machine"]
+            machine = next(w for w in workers if w.library == "machine")
+            rows: list[Row] = []
+            for workload in workloads:
+                _log(f"workload {workload.key}: checking outputs, then {sizes.rounds} rounds")
+                rows += _run_workload(workload, [*contestants, machine], tables, sizes.rounds)
+            _log("bandwidth probes")
+            time.sleep(SETTLE_S)
+            # 9 repetitions: on this VM the 2-thread probes varied 3-10 GB/s (gather) between runs.
+            probes = machine.ask("bandwidth", sizes.bandwidth_rows, 9, "big")
+            notes.append(
+                "tables start 8 bytes into the checkpoint's data file (after the save counter, "
+                "as TensorFlow lays it out), so a 256-byte row spans 5 cache lines, not 4: the "
+                "same for every contestant, and the probes read the same table"
+            )
+            notes.append(
+                f"1-minute load average {load_before:.2f} before the run, "
+                f"{os.getloadavg()[0]:.2f} after (the 2 cores are shared with other work)"
+            )
+            steps = [(f"write checkpoint ({total / 1e9:.2f} GB, es.train.Checkpoint.write)",
+                      "parent", write_s)]  # fmt: skip
+            return _report(
+                command=command,
+                sizes=sizes,
+                notes=notes,
+                workloads=workloads,
+                workers=contestants,
+                rows=rows,
+                probes=probes,
+                steps=steps,
+                tf_given=bool(args.tf_python),
+            )
+        finally:
+            _stop_workers(workers)
+
+
+# --------------------------------------------------------------------------------------------
+# Sweeps: throughput vs batch size and vs table size
+# --------------------------------------------------------------------------------------------
+
+BATCH_SIZES = (1, 4, 16, 64, 256, 1024, 4096, 16384)
+QUICK_BATCH_SIZES = (1, 16, 256)
+SWEEP_ROWS = 32 * 2**20  # 33,554,432 rows × 256 B = 8 GiB: the largest table-sweep point
+QUICK_SWEEP_ROWS = 1 << 16
+SWEEP_BATCH = 1024
+SWEEP_ROUNDS = 5
+ROWS_PER_TURN = 1 << 18  # timed rows per contestant turn: reps = this / rows per call, 2..200
+
+
+def _sweep_reps(rows_per_call: float) -> int:
+    """Timed calls per turn: enough for ~64 MB of rows, between 2 and 200 calls."""
+    return int(min(200, max(2, ROWS_PER_TURN // max(1, int(rows_per_call)))))
+
+
+def _batch_sweep_workloads(sizes: Sizes, batch_sizes: Sequence[int]) -> list[Workload]:
+    """One-hot × 26 (Zipf ids, tables t00..t25) and bags of 1–40 (sum, ``big``) per batch size."""
+    rng = np.random.default_rng(SEED + 2)
+    onehot = [f"t{i:02d}" for i in range(N_ONEHOT)]
+    cdf = _IdSampler.zipf_cdf(sizes.onehot_vocab)
+    samplers = [_IdSampler(rng, cdf) for _ in onehot]
+    big = _IdSampler(rng, _IdSampler.zipf_cdf(sizes.big_vocab))
+    workloads = []
+    for b in batch_sizes:
+        # distinct batches: ≥ 64 MB of rows in all (2× the L3), 2..64 of them
+        k = int(min(64, max(2, (64 << 20) // (N_ONEHOT * b * ROW_BYTES))))
+        workloads.append(
+            Workload(
+                key=f"sweep-onehot-B{b}",
+                title=f"26 one-hot, B={b}",
+                kind="onehot",
+                tables=onehot,
+                batches=[[s.zipf(rng, b) for s in samplers] for _ in range(k)],
+                rows_read=[N_ONEHOT * b] * k,
+                reps=_sweep_reps(N_ONEHOT * b),
+                n_checked=2,
+                point=b,
+            )
+        )
+    for b in batch_sizes:
+        k = int(min(64, max(2, (64 << 20) // (20 * b * ROW_BYTES))))
+        batches = [_ragged(rng, big, b, 1, 40, False) for _ in range(k)]
+        rows_read = [len(x["values"]) for x in batches]
+        workloads.append(
+            Workload(
+                key=f"sweep-bags-B{b}",
+                title=f"bags of 1–40, sum, B={b}",
+                kind="bag",
+                tables=["big"],
+                batches=batches,
+                rows_read=rows_read,
+                reps=_sweep_reps(statistics.fmean(rows_read)),
+                n_checked=2,
+                point=b,
+            )
+        )
+    return workloads
+
+
+def _table_sweep_points(max_rows: int) -> list[int]:
+    """4,096 rows (1 MiB, cache-resident) × 4 per step up to ``max_rows`` (included)."""
+    points = [4096]
+    while points[-1] * 4 < max_rows:
+        points.append(points[-1] * 4)
+    return [*points, max_rows]
+
+
+def _table_sweep_workloads(points: Sequence[int], quick: bool) -> list[Workload]:
+    """Bags of 1–40 uniform ids, sum, B=1024 (64 in --quick), on the first N rows of ``sweep``."""
+    rng = np.random.default_rng(SEED + 3)
+    batch = 64 if quick else SWEEP_BATCH
+    workloads = []
+    for rows in points:
+        batches = []
+        for _ in range(8):  # 8 × ~5 MB of rows per point
+            lengths = rng.integers(1, 41, size=batch)
+            splits = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+            values = rng.integers(0, rows, int(splits[-1]), dtype=np.int64)
+            batches.append({"values": values, "row_splits": splits, "weights": None})
+        rows_read = [len(x["values"]) for x in batches]
+        workloads.append(
+            Workload(
+                key=f"sweep-table-{rows}",
+                title=f"bags of 1–40 uniform ids, sum, B={batch}, {rows:,} rows",
+                kind="bag",
+                tables=[f"sweep@{rows}"],
+                batches=batches,
+                rows_read=rows_read,
+                reps=_sweep_reps(statistics.fmean(rows_read)),
+                n_checked=2,
+                point=rows,
+            )
+        )
+    return workloads
+
+
+def _sweep_table(rows: Sequence[Row], what: str) -> str:
+    """Markdown: per sweep point and contestant, median (min–max) µs, Mlookups/s and GB/s."""
+    lines = [
+        f"| {what} | contestant | median µs (min – max) | M lookups/s | GB/s of rows |",
+        "| ---: | --- | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        median = statistics.median(row.times_ns)
+        ids = statistics.fmean(row.workload.rows_read)
+        lines.append(
+            f"| {row.workload.point:,} | {row.contestant} | {_fmt_us(median)} "
+            f"({_fmt_us(min(row.times_ns))} – {_fmt_us(max(row.times_ns))}) | "
+            f"{ids / median * 1e3:.1f} | {ids * ROW_BYTES / median:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def _series(rows: Sequence[Row], prefix: str) -> dict[str, tuple[list[int], list[float]]]:
+    """Per contestant: sweep points and lookups per second, for the workloads ``prefix*``."""
+    out: dict[str, tuple[list[int], list[float]]] = {}
+    for row in rows:
+        if not row.workload.key.startswith(prefix):
+            continue
+        xs, ys = out.setdefault(row.contestant, ([], []))
+        xs.append(row.workload.point)
+        ys.append(statistics.fmean(row.workload.rows_read) / statistics.median(row.times_ns) * 1e9)
+    return out
+
+
+def _plot(
+    path: Path,
+    panels: Sequence[tuple[str, str, dict[str, tuple[list[int], list[float]]]]],
+    sequential_gbs: float | None,
+    xlabel_bytes: bool,
+) -> None:
+    """One PNG: a panel per (title, x label, series); log-log, the machine dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.6), squeeze=False)
+    styles = {"embserve": "C0", "torch": "C1", "numpy": "C2", "TF tf.function": "C3",
+              "TF eager": "C4", "machine: row gather": "k"}  # fmt: skip
+    for ax, (title, xlabel, series) in zip(axes[0], panels, strict=True):
+        for name, (xs, ys) in series.items():
+            scale = ROW_BYTES if xlabel_bytes else 1
+            ax.plot(
+                [x * scale for x in xs],
+                ys,
+                marker="o",
+                markersize=3,
+                label=name,
+                color=styles.get(name),
+                linestyle="--" if name.startswith("machine") else "-",
+            )
+        if sequential_gbs:
+            ax.axhline(sequential_gbs * 1e9 / ROW_BYTES, color="0.5", linestyle=":",
+                       label=f"machine: sequential read ({sequential_gbs:.0f} GB/s)")  # fmt: skip
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("lookups (ids) per second")
+        secondary = ax.secondary_yaxis(
+            "right", functions=(lambda v: v * ROW_BYTES / 1e9, lambda g: g * 1e9 / ROW_BYTES)
+        )
+        secondary.set_ylabel("GB/s of 256-byte rows")
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _sweep_run(args: argparse.Namespace, command: str) -> str:
+    """Batch-size sweep (on the checkpoint of workloads a/b) then table-size sweep (on one raw
+    shared file of up to 8 GiB); one phase's tables are released before the next is made."""
+    sizes, notes = _choose_sizes(args.quick)
+    rounds = 2 if args.quick else SWEEP_ROUNDS
+    load_before = os.getloadavg()[0]
+    steps: list[tuple[str, str, float]] = []
+    all_workers: list[Worker] = []
+    specs = _layout(sizes)
+    total = sum(spec.nbytes for spec in specs)
+    batch_sizes = QUICK_BATCH_SIZES if args.quick else BATCH_SIZES
+
+    _log(f"batch sweep: writing a {total / 1e9:.2f} GB checkpoint")
+    with _checkpoint_source(specs) as (source, write_s):
+        steps.append((f"write checkpoint ({total / 1e9:.2f} GB)", "parent", write_s))
+        workers = _launch(source, args.tf_python, notes, tf_room=_room() >= total + MARGIN)
+        try:
+            holder, tables = _open_tables(source)
+            batch_rows: list[Row] = []
+            for workload in _batch_sweep_workloads(sizes, batch_sizes):
+                _log(f"{workload.key}: {rounds} rounds × {workload.reps} calls")
+                batch_rows += _run_workload(workload, workers, tables, rounds)
+            del holder, tables
+        finally:
+            _stop_workers(workers)
+        all_workers += [w for w in workers if w.library != "machine"]
+
+    max_rows = QUICK_SWEEP_ROWS if args.quick else SWEEP_ROWS
+    while max_rows * ROW_BYTES + MARGIN > _room() and max_rows > 1 << 20:
+        max_rows //= 2
+    if max_rows != (QUICK_SWEEP_ROWS if args.quick else SWEEP_ROWS):
+        notes.append(
+            f"table sweep stops at {max_rows:,} rows ({max_rows * ROW_BYTES / 2**30:.1f} GiB): "
+            f"{_room() / 2**30:.1f} GiB free"
+        )
+    points = _table_sweep_points(max_rows)
+    sweep_spec = (TableSpec("sweep", max_rows),)
+    path = tempfile.mktemp(prefix=f"embserve-bench-{os.getpid()}-sweep-", dir="/dev/shm")
+    workers = []
+    try:
+        _log(f"table sweep: filling {max_rows * ROW_BYTES / 1e9:.2f} GB in {path}")
+        fill_s = _fill_file(path, sweep_spec)
+        steps.append((f"fill raw table ({max_rows * ROW_BYTES / 1e9:.2f} GB)", "parent", fill_s))
+        source = TableSource("file", path, sweep_spec)
+        workers = _launch(source, args.tf_python, notes)
+        mapping, tables = _map_file(path, sweep_spec)
+        os.unlink(path)  # every process has it mapped; the pages live until the last unmap
+        table_rows: list[Row] = []
+        for workload in _table_sweep_workloads(points, args.quick):
+            _log(f"{workload.key}: {rounds} rounds × {workload.reps} calls")
+            table_rows += _run_workload(workload, workers, tables, rounds)
+        machine = next(w for w in workers if w.library == "machine")
+        probe_rows = min(points[-1], 4 * 2**20)  # 1 GiB table (the whole table in --quick)
+        time.sleep(SETTLE_S)
+        probes = machine.ask(
+            "bandwidth", min(probe_rows, sizes.bandwidth_rows), 5, f"sweep@{probe_rows}"
+        )
+        del mapping, tables
+    finally:
+        _stop_workers(workers)
+        if os.path.exists(path):
+            os.unlink(path)
+    all_workers += [w for w in workers if w.library != "machine"]
+    sequential = max(statistics.median(r) for label, r in probes if label.startswith("seq"))
+
+    plot_lines: list[str] = []
+    plots_dir = Path(args.plots_dir) if args.plots_dir else None
+    if plots_dir is None:
+        plot_lines.append("(plots not drawn: --quick without --plots-dir)")
+    else:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            plot_lines.append("(plots not drawn: matplotlib is not installed; `make bench`)")
+        else:
+            _plot(
+                plots_dir / "batch_sweep.png",
+                [
+                    (
+                        f"26 one-hot features × {sizes.onehot_vocab:,}×64 tables, Zipf ids",
+                        "batch size",
+                        _series(batch_rows, "sweep-onehot"),
+                    ),
+                    (
+                        f"bags of 1–40 ids, sum, {sizes.big_vocab:,}×64 table, Zipf ids",
+                        "batch size",
+                        _series(batch_rows, "sweep-bags"),
+                    ),
+                ],
+                sequential,
+                xlabel_bytes=False,
+            )
+            _plot(
+                plots_dir / "table_sweep.png",
+                [
+                    (
+                        f"bags of 1–40 uniform ids, sum, B={64 if args.quick else SWEEP_BATCH}",
+                        "table size (bytes)",
+                        _series(table_rows, "sweep-table"),
+                    )
+                ],
+                sequential,
+                xlabel_bytes=True,
+            )
+            rel = os.path.relpath(plots_dir, RESULTS_PATH.parent)
+            plot_lines += [
+                f"![throughput vs batch size]({rel}/batch_sweep.png)",
+                "",
+                f"![throughput vs table size]({rel}/table_sweep.png)",
+            ]
+            _log(f"plots written to {plots_dir}")
+    notes.append(
+        f"1-minute load average {load_before:.2f} before the run, "
+        f"{os.getloadavg()[0]:.2f} after (the 2 cores are shared with other work)"
+    )
+    date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    parts = [
+        f"## {date}: throughput sweeps{' (--quick smoke run)' if args.quick else ''}",
+        "",
+        f"Command: `{command}`",
+        "",
+        _machine_facts(all_workers),
+        "",
+        *plot_lines,
+        "",
+        "Lookups per second = ids whose rows the output needs / median call time; GB/s = that "
+        "× 256 B. Each point: contestants in their own processes, interleaved round-robin "
+        f"({rounds} rounds, 2..200 calls per turn, distinct batches holding ≥ 64 MB of rows "
+        "cycled), outputs of 2 batches checked before timing. machine: row gather = numba "
+        "copying the same rows into a preallocated buffer (dashed); sequential read = the "
+        "probe below (dotted). Batch sweep: embserve restored from a checkpoint as in the "
+        "main run. Table sweep: one table of up to 8 GiB in a raw /dev/shm file, smaller "
+        "tables are its first N rows (embserve gets them through "
+        "`TableConfig(initializer=...)` returning the shared view, zero-copy), uniform ids so "
+        "that caches hide nothing beyond the table's own size.",
+        *[f"- {note}" for note in notes],
+        "",
+        "### Batch-size sweep",
+        "",
+        _sweep_table(
+            [r for r in batch_rows if r.workload.key.startswith("sweep-onehot")], "B (26 one-hot)"
+        ),
+        "",
+        _sweep_table(
+            [r for r in batch_rows if r.workload.key.startswith("sweep-bags")], "B (bags, sum)"
+        ),
+        "",
+        "### Table-size sweep",
+        "",
+        _sweep_table(table_rows, "table rows"),
+        "",
+        "### Machine memory bandwidth (the table-sweep table's first 1 GiB)",
+        "",
+        _bandwidth_table(probes),
+        "",
+        "### Setup (not in the timings)",
+        "",
+        "\n".join(
+            ["| step | contestant | seconds |", "| --- | --- | ---: |"]
+            + [f"| {a} | {b} | {c:.1f} |" for a, b, c in steps]
+            + [
+                f"| {k} | {w.library} | {t:.2f} |"
+                for w in all_workers
+                for k, t in w.setup_s.items()
+            ]
+        ),
+        "",
+    ]
+    return "\n".join(parts)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the benchmark; prints the markdown section and optionally writes RESULTS.md."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="seconds-long smoke run")
     parser.add_argument("--write", action="store_true", help="prepend results to RESULTS.md")
+    parser.add_argument("--sweep", action="store_true", help="batch- and table-size sweeps")
+    parser.add_argument(
+        "--tf-python", help="python of a venv with tensorflow 2.21 (adds the TF contestant)"
+    )
+    parser.add_argument(
+        "--plots-dir",
+        help="where --sweep saves its PNGs (default benchmarks/plots; --quick: none)",
+    )
     args = parser.parse_args(argv)
+    if args.sweep and not args.quick and not args.plots_dir:
+        args.plots_dir = os.fspath(Path(__file__).with_name("plots"))
     command = " ".join([".venv/bin/python", "benchmarks/run.py", *sys.argv[1:]])
-
-    sizes, notes = _choose_sizes(args.quick)
-    load_before = os.getloadavg()[0]
-    layout = _layout(sizes)
-    total_bytes = sum(spec.nbytes for spec in layout)
-    shm_path = f"/dev/shm/embserve-bench-{os.getpid()}"
-    workers: list[Worker] = []
-    try:
-        _log(f"filling {total_bytes / 1e9:.2f} GB of tables in {shm_path}")
-        fill_s = _fill_tables(shm_path, layout)
-        _log(f"tables filled in {fill_s:.1f} s; generating inputs")
-        workloads = _make_workloads(sizes)
-        _log(f"starting workers {', '.join(LIBRARIES)} (+ bandwidth probe)")
-        workers, missing = _start_workers([*LIBRARIES, "bandwidth"], shm_path, layout)
-        _, tables = _map_tables(shm_path, layout)
-        os.unlink(shm_path)  # every process has it mapped; the pages live until the last unmap
-        for library, reason in missing.items():
-            notes.append(f"{library} left out: {reason}")
-            _log(f"{library} left out: {reason}")
-        contestants = [w for w in workers if w.library != "bandwidth"]
-        probe_worker = next(w for w in workers if w.library == "bandwidth")
-        rows: list[Row] = []
-        for workload in workloads:
-            _log(f"workload {workload.key}: checking outputs, then {sizes.rounds} rounds")
-            rows += _run_workload(workload, contestants, tables, sizes)
-        _log("bandwidth probes")
-        time.sleep(SETTLE_S)
-        # 9 repetitions: on this VM the 2-thread probes varied 3-10 GB/s (gather) between runs.
-        probes = probe_worker.ask("bandwidth", sizes.bandwidth_rows, 9)
-        notes.append(
-            f"1-minute load average {load_before:.2f} before the run, "
-            f"{os.getloadavg()[0]:.2f} after (the 2 cores are shared with other work)"
-        )
-        section = _report(
-            command=command,
-            sizes=sizes,
-            notes=notes,
-            workloads=workloads,
-            workers=contestants,
-            rows=rows,
-            probes=probes,
-            fill_s=fill_s,
-            total_bytes=total_bytes,
-        )
-    finally:
-        _stop_workers(workers)
-        if os.path.exists(shm_path):
-            os.unlink(shm_path)
+    section = _sweep_run(args, command) if args.sweep else _main_run(args, command)
     print(section)
     if args.write:
         insert_results(section)

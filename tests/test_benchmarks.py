@@ -1,9 +1,12 @@
-"""``benchmarks/run.py --quick`` runs end to end, so the benchmark script cannot rot.
+"""``benchmarks/run.py --quick`` (and ``--sweep --quick``) run end to end, so the benchmark script
+cannot rot.
 
 The script is a script, not a timed test (ARCHITECTURE.md, "Habits"); this only checks that its
 smoke run finishes, checks every contestant's outputs (the script fails on a mismatch) and prints
 the markdown table. ``make test`` installs only the ``dev`` extra: without torch the script leaves
-that contestant out, and the torch assertion below is skipped.
+that contestant out, and the torch assertion below is skipped; without matplotlib the sweep's
+plots are skipped with a note; TensorFlow is only run when a ``--tf-python`` is given (never here,
+but a missing interpreter must leave TF out with a note, not fail).
 """
 
 from __future__ import annotations
@@ -59,6 +62,48 @@ def test_quick_run_includes_torch_when_installed(quick_output: str) -> None:
     rows = _rows(quick_output, "torch")
     assert len(rows) == 6  # a-zipf, a-uniform, b-sum, b-wmean, c-seq, d-latency
     assert all("| 1.00× |" in row for row in rows)
+
+
+@pytest.mark.slow
+def test_quick_run_reports_a_verdict_per_target(quick_output: str) -> None:
+    assert "### Targets (issue 6)" in quick_output
+    for target in ("a) one-hot", "b) multi-hot", "c) sequence", "d) batch 1", "10× TF", "input"):
+        line = next(x for x in quick_output.splitlines() if x.startswith("- ") and target in x)
+        assert line.endswith(("met", "not measured", "**not met**")), line
+
+
+@pytest.mark.slow
+def test_quick_sweep_runs_and_plots(tmp_path: Path) -> None:
+    """``--sweep --quick``: both sweeps, every point checked; PNGs when matplotlib is there; a
+    ``--tf-python`` that does not exist leaves TensorFlow out with a note."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(RUN),
+            "--sweep",
+            "--quick",
+            "--plots-dir",
+            str(tmp_path),
+            "--tf-python",
+            str(tmp_path / "no-such-python"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, f"run.py --sweep --quick failed:\n{proc.stderr[-5000:]}"
+    out = proc.stdout
+    assert "### Batch-size sweep" in out
+    assert "### Table-size sweep" in out
+    assert "tensorflow left out" in out
+    for point in ("| 1 | embserve |", "| 256 | embserve |", "| 4,096 | embserve |"):
+        assert point in out
+    if importlib.util.find_spec("matplotlib") is None:
+        assert "matplotlib is not installed" in out
+    else:
+        assert (tmp_path / "batch_sweep.png").stat().st_size > 10_000
+        assert (tmp_path / "table_sweep.png").stat().st_size > 10_000
 
 
 @pytest.mark.slow
