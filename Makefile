@@ -12,7 +12,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 help:
 	@echo "make demo   - write a demo checkpoint, serve it over HTTP, send a request, stop"
 	@echo "make test   - lint (ruff, mypy, import-linter) then the test suite"
-	@echo "make bench  - benchmarks against PyTorch embedding_bag and NumPy (installs torch)"
+	@echo "make bench  - benchmarks vs PyTorch, NumPy (and TF if .venvs/tf exists), then the sweeps"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -44,8 +44,12 @@ $(VENV)/.stamp-serve: pyproject.toml | $(PY)
 demo: $(VENV)/.stamp-serve
 	$(PY) -m embserve.demo
 
+# TensorFlow joins as a contestant when its venv exists (make fixtures creates it).
+TF_PYTHON ?= $(wildcard .venvs/tf/bin/python)
+
 bench: $(VENV)/.stamp-bench
-	$(PY) benchmarks/run.py
+	$(PY) benchmarks/run.py $(if $(TF_PYTHON),--tf-python $(TF_PYTHON))
+	$(PY) benchmarks/run.py --sweep $(if $(TF_PYTHON),--tf-python $(TF_PYTHON))
 
 bench-quick: $(VENV)/.stamp-bench
 	$(PY) benchmarks/run.py --quick
