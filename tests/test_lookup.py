@@ -1584,3 +1584,85 @@ class TestPlanReuse:
             emb({"a": ids, "b": ids}, {"a": None})
         out = emb({"b": ids, "a": ids}, {"b": None, "a": None})
         assert list(out) == ["b", "a"]  # the caller's key order, as tf.nest packs dicts
+
+
+class TestFusedDense:
+    """The all-dense flat-dict path: one kernel for every feature, outputs from an arena."""
+
+    @staticmethod
+    def _model(dims: tuple[int, ...] = (4, 4, 4), rows: int = 50) -> Any:
+        tables = [es.TableConfig(rows, d, name=f"t{i}") for i, d in enumerate(dims)]
+        fc = {f"f{i}": es.FeatureConfig(t) for i, t in enumerate(tables)}
+        emb = es.TPUEmbeddingForServing(fc, None)
+        rng = np.random.default_rng(len(dims))
+        emb._set_variables(
+            {
+                t.name: {"parameters": rng.standard_normal((rows, t.dim)).astype(np.float32)}
+                for t in tables
+            }
+        )
+        return emb, fc
+
+    @pytest.mark.parametrize("shape", [(), (1,), (7,), (3, 2), (3000,)])  # 3000: parallel
+    def test_matches_reference_for_any_id_shape_and_dtype_mix(self, shape):
+        emb, fc = self._model()
+        rng = np.random.default_rng(1)
+        inputs = {
+            "f2": rng.integers(0, 50, shape).astype(np.int32),
+            "f0": rng.integers(0, 50, shape),
+            "f1": rng.integers(0, 50, shape),
+        }
+        got = emb(inputs)
+        assert list(got) == ["f2", "f0", "f1"]
+        assert emb._plan._dense[("f2", "f0", "f1")] is not None  # the fused path ran
+        want = reference_serving_lookup(inputs, None, emb.embedding_tables, fc)
+        for k in inputs:
+            assert got[k].shape == (*shape, 4)
+            np.testing.assert_array_equal(got[k], want[k])
+
+    def test_results_kept_by_the_caller_are_never_overwritten(self):
+        emb, _ = self._model()
+        first = emb({"f0": np.array([1, 2]), "f1": np.array([3, 4])})
+        saved = {k: v.copy() for k, v in first.items()}
+        one = first["f1"]
+        del first
+        for i in range(5):
+            emb({"f0": np.array([i, i]), "f1": np.array([i, i])})
+        np.testing.assert_array_equal(one, saved["f1"])
+
+    def test_dropped_results_let_the_next_call_reuse_memory(self):
+        emb, _ = self._model()
+        ids = {"f0": np.arange(30), "f1": np.arange(30)}
+        address = emb(ids)["f0"].ctypes.data
+        assert emb(ids)["f0"].ctypes.data == address
+
+    def test_out_of_range_id_names_the_first_feature_in_path_order(self):
+        emb, _ = self._model()
+        inputs = {"f1": np.array([0, 50]), "f0": np.array([3, -1])}
+        with pytest.raises(es.IdOutOfRangeError) as err:
+            emb(inputs)
+        e = err.value
+        assert (e.feature, e.table, e.row, e.id, e.num_rows) == ("f0", "t0", 1, -1, 50)
+
+    def test_a_config_change_applies_to_the_next_call(self):
+        emb, fc = self._model()
+        ids = {"f0": np.array([1]), "f1": np.array([2])}
+        emb(ids)
+        fc["f1"].max_sequence_length = 3
+        with pytest.raises(es.InputError, match="sequence feature"):
+            emb(ids)
+        fc["f1"].max_sequence_length = 0
+        assert emb(ids)["f1"].shape == (1, 4)
+
+    def test_mixed_dims_shapes_and_restored_tables(self):
+        emb, fc = self._model(dims=(4, 6))
+        got = emb({"f0": np.array([1, 2]), "f1": np.array([3, 4])})
+        assert got["f0"].shape == (2, 4) and got["f1"].shape == (2, 6)
+        emb2, _ = self._model()
+        uneven = emb2({"f0": np.array([1, 2]), "f1": np.array([3])})
+        assert uneven["f0"].shape == (2, 4) and uneven["f1"].shape == (1, 4)
+        emb2({"f0": np.array([1])})
+        emb2._set_variables(
+            {f"t{i}": {"parameters": np.full((50, 4), float(i), np.float32)} for i in range(3)}
+        )
+        assert emb2({"f0": np.array([1]), "f2": np.array([2])})["f2"].tolist() == [[2.0] * 4]

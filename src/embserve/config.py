@@ -181,7 +181,24 @@ class QuantizationConfig:
         )
 
 
-class TableConfig:
+# Bumped by every attribute assignment on a TableConfig or FeatureConfig. TensorFlow reads the
+# configs on every lookup, so a changed combiner or max_sequence_length applies to the next call;
+# lookup state derived from configs (the fused dense path) compares this one number instead of
+# re-reading every feature's fields per call.
+CHANGES = [0]
+
+
+class _Tracked:
+    """Counts assignments in :data:`CHANGES`."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        CHANGES[0] += 1
+        object.__setattr__(self, name, value)
+
+
+class TableConfig(_Tracked):
     """One embedding table: its size, initial values, optimizer, combiner and name.
 
     Several features may look up one table by sharing the same ``TableConfig`` object; two
@@ -340,7 +357,7 @@ def _to_shape(value: Any) -> tuple[int | None, ...] | None:
     return tuple(dims)
 
 
-class FeatureConfig:
+class FeatureConfig(_Tracked):
     """One input feature: the table it looks up and how its lookups are shaped.
 
     Features are matched to inputs by their position in the nested ``feature_config`` structure

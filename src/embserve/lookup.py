@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from embserve import nest
+from embserve import config as _config
 from embserve.config import FeatureConfig, TableConfig
 from embserve.errors import FeatureConfigTypeError, IdOutOfRangeError, InputError
 from embserve.inputs import (
@@ -37,7 +38,10 @@ from embserve.inputs import (
     weight_values,
 )
 from embserve.kernels import _jit
+from embserve.kernels._native import address_of
+from embserve.kernels.arena import OutputArena
 from embserve.kernels.check import first_bad_id
+from embserve.kernels.multi import gather_tables_parallel, gather_tables_serial
 from embserve.kernels.pooled import MEAN, SQRTN, SUM, pooled_parallel, pooled_serial
 from embserve.kernels.sequence import (
     gather_parallel,
@@ -55,6 +59,9 @@ _log = logging.getLogger("embserve")
 _COMBINERS = {"sum": SUM, "mean": MEAN, "sqrtn": SQRTN}
 _NO_WEIGHTS = np.empty(0, dtype=np.float32)
 _TABLE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_F32 = np.dtype(np.float32)
+_FAST_ID_DTYPES = frozenset((np.dtype(np.int32), np.dtype(np.int64)))
+_MISSING: Any = object()
 
 # Below this many output floats a call runs on the calling thread: waking the pool costs more
 # than the work (a parallel region costs ~15-20 µs here; 32k floats gather in about that time).
@@ -99,7 +106,16 @@ def _prepare_table(table: Any, table_config: TableConfig) -> np.ndarray:
 class _Feature:
     """What one feature's lookup needs, read from its FeatureConfig once per call."""
 
-    __slots__ = ("combiner", "combiner_name", "config", "path", "source", "table", "table_name")
+    __slots__ = (
+        "arena",
+        "combiner",
+        "combiner_name",
+        "config",
+        "path",
+        "source",
+        "table",
+        "table_name",
+    )
 
     def __init__(self, path: str, config: FeatureConfig, table: np.ndarray, source: Any) -> None:
         self.path = path
@@ -112,6 +128,14 @@ class _Feature:
             raise InputError(f"feature {path!r}: combiner {combiner!r} is not supported on CPU")
         self.combiner_name = combiner
         self.combiner = _COMBINERS[combiner]
+        self.arena = OutputArena()
+
+    def output(self, shape: tuple[int, ...], zero: bool = False) -> np.ndarray:
+        """An output array of ``shape`` in the table's dtype, from this feature's arena."""
+        out = self.arena.take(math.prod(shape), self.table.dtype).reshape(shape)
+        if zero:
+            out.fill(0)
+        return out
 
     def check_ids(
         self, ids: np.ndarray, allow_negative: bool, locate: Any, subset: np.ndarray | None = None
@@ -154,7 +178,7 @@ def _lookup_dense(f: _Feature, raw: Any) -> np.ndarray:
     if first_bad_id(flat, table.shape[0], False) >= 0:
         f.check_ids(flat, False, _dense_locate(ids.shape))  # raises, naming row and position
     dim = table.shape[1]
-    out = np.empty((flat.shape[0], dim), dtype=table.dtype)
+    out = f.output((flat.shape[0], dim))
     (gather_parallel if _parallel(out.size) else gather_serial)(table, flat, out)
     return out.reshape((*ids.shape, dim))
 
@@ -174,7 +198,7 @@ def _splits_from_rows(rows: np.ndarray, nrows: int) -> np.ndarray:
 def _pool(
     f: _Feature, ids: np.ndarray, weights: np.ndarray, splits: np.ndarray, nbags: int
 ) -> np.ndarray:
-    out = np.empty((nbags, f.table.shape[1]), dtype=f.table.dtype)
+    out = f.output((nbags, f.table.shape[1]))
     kernel = pooled_parallel if _parallel(ids.shape[0] * f.table.shape[1]) else pooled_serial
     kernel(f.table, ids, weights, splits, f.combiner, out)
     return out
@@ -242,7 +266,7 @@ def _sparse_sequence(f: _Feature, sp: SparseParts, seq_len: int) -> np.ndarray:
         order = np.argsort(rows_k, kind="stable")
         ids, rows_k, cols_k = ids[order], rows_k[order], cols_k[order]
     splits = _splits_from_rows(rows_k, batch)
-    out = np.zeros((batch, seq_len, f.table.shape[1]), dtype=f.table.dtype)
+    out = f.output((batch, seq_len, f.table.shape[1]), zero=True)
     kernel = (
         scatter_add_parallel if _parallel(ids.shape[0] * f.table.shape[1]) else scatter_add_serial
     )
@@ -344,7 +368,7 @@ def _sparse_validated(f: _Feature, sp: SparseParts, weight: Any) -> np.ndarray:
 
 def _sequence(f: _Feature, rg: RaggedParts, seq_len: int) -> np.ndarray:
     batch = rg.row_splits.shape[0] - 1
-    out = np.empty((batch, seq_len, f.table.shape[1]), dtype=f.table.dtype)
+    out = f.output((batch, seq_len, f.table.shape[1]))
     kernel = sequence_parallel if _parallel(out.size) else sequence_serial
     kernel(f.table, rg.values, rg.row_splits, out)
     return out
@@ -416,6 +440,22 @@ def _check_weight(path: str, kind: str, raw: Any, weight: Any, cfg: FeatureConfi
         raise InputError(f"Weight specified for {path}, but this is a sequence feature.")
 
 
+class _DenseGroup:
+    """Every feature of one flat-dict key order, when all of them can take the fused dense path:
+    no sequence length, float32 tables of one ``dim``. Holds the prepared tables (keeping their
+    memory alive for the addresses) and one output arena for the whole call."""
+
+    __slots__ = ("addresses", "arena", "dim", "keys", "rows", "tables")
+
+    def __init__(self, keys: tuple[str, ...], tables: list[np.ndarray]) -> None:
+        self.keys = keys
+        self.tables = tables
+        self.addresses = np.array([address_of(t) for t in tables], dtype=np.int64)
+        self.rows = np.array([t.shape[0] for t in tables], dtype=np.int64)
+        self.dim = tables[0].shape[1]
+        self.arena = OutputArena()
+
+
 class LookupPlan:
     """A feature_config flattened once: paths in tf.nest order and their FeatureConfigs.
 
@@ -423,7 +463,15 @@ class LookupPlan:
     lookup call. ``TPUEmbeddingForServing`` keeps one plan for its lifetime.
     """
 
-    __slots__ = ("_cache", "features", "paths", "stop_paths")
+    __slots__ = (
+        "_cache",
+        "_dense",
+        "_dense_changes",
+        "_dense_tables",
+        "features",
+        "paths",
+        "stop_paths",
+    )
 
     def __init__(self, feature_config: Any) -> None:
         flat = nest.flatten_with_paths(feature_config)
@@ -440,10 +488,69 @@ class LookupPlan:
         # path -> the _Feature of the last call, reused while the same table object is passed:
         # building it (table checks, names, combiner) cost ~1.5 µs per feature per call.
         self._cache: dict[str, _Feature] = {}
+        # key order of a flat dict of dense ids -> its fused group (None: not eligible), valid
+        # for the tables mapping in _dense_tables and while no config changed.
+        self._dense: dict[tuple[str, ...], _DenseGroup | None] = {}
+        self._dense_tables: Any = None
+        self._dense_changes = -1
 
     def forget_tables(self) -> None:
         """Drop cached references to tables (after a restore replaced them)."""
         self._cache.clear()
+        self._dense.clear()
+        self._dense_tables = None
+
+    def _dense_group(self, keys: tuple[str, ...], tables: Mapping[TableConfig, Any]) -> Any:
+        """The fused group for ``keys``, or None when a feature needs the general path."""
+        prepared: list[np.ndarray] = []
+        for key in keys:
+            cfg = self.features.get(key) if type(key) is str else None
+            if cfg is None or cfg.max_sequence_length > 0 or cfg.table not in tables:
+                return None
+            try:
+                table = _prepare_table(tables[cfg.table], cfg.table)
+            except InputError:
+                return None  # the general path raises it
+            if table.dtype != _F32 or (prepared and table.shape[1] != prepared[0].shape[1]):
+                return None
+            prepared.append(table)
+        return _DenseGroup(keys, prepared) if prepared else None
+
+    def _run_dense(self, inputs: dict[Any, Any], tables: Mapping[TableConfig, Any]) -> Any:
+        """All features dense, one shape, int32/int64 ids: one kernel call for the whole request
+        (ids checked inside it). None when the call does not qualify or an id is out of range;
+        the general path then runs (and raises the error naming feature, row and position)."""
+        if tables is not self._dense_tables or self._dense_changes != _config.CHANGES[0]:
+            self._dense.clear()
+            self._dense_tables = tables
+            self._dense_changes = _config.CHANGES[0]
+        keys = tuple(inputs)
+        group = self._dense.get(keys, _MISSING)
+        if group is _MISSING:
+            group = self._dense[keys] = self._dense_group(keys, tables)
+        if group is None:
+            return None
+        values = list(inputs.values())
+        shape: tuple[int, ...] = getattr(values[0], "shape", ())
+        for v in values:
+            if type(v) is not np.ndarray or v.shape != shape or v.dtype not in _FAST_ID_DTYPES:
+                return None
+        n = values[0].size
+        if n == 0:
+            return None
+        ids = np.concatenate(values, axis=None)
+        dim = group.dim
+        out = group.arena.take(len(keys) * n * dim, _F32).reshape(len(keys), n, dim)
+        parallel = _parallel(out.size)
+        bad = (gather_tables_parallel if parallel else gather_tables_serial)(
+            group.addresses, group.rows, ids, out
+        )
+        if bad >= 0:
+            return None
+        if len(shape) == 1:
+            return dict(zip(keys, out, strict=True))
+        full = (*shape, dim)
+        return {k: o.reshape(full) for k, o in zip(keys, out, strict=True)}
 
     def _feature(self, path: str, cfg: FeatureConfig, source: Any) -> _Feature:
         f = self._cache.get(path)
@@ -480,6 +587,10 @@ class LookupPlan:
 
     def run(self, inputs: Any, weights: Any, tables: Mapping[TableConfig, Any]) -> Any:
         """Look up ``inputs`` (with ``weights``) in ``tables``; outputs in the inputs' structure."""
+        if weights is None and type(inputs) is dict and inputs:
+            fused = self._run_dense(inputs, tables)
+            if fused is not None:
+                return fused
         fast = self._flat_dict(inputs, weights)
         if fast is not None:
             flat_inputs, flat_weights = fast

@@ -44,3 +44,25 @@ def test_zero_weight_sum_gives_zeros_not_nan() -> None:
         table, np.array([1, 2]), np.array([1.0, -1.0], np.float32), np.array([0, 2]), MEAN, out
     )
     assert out.tolist() == [[0.0, 0.0, 0.0]]
+
+
+@pytest.mark.parametrize("kernel", [pooled_serial, pooled_parallel])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_many_bags_with_skewed_lengths_and_empty_runs(kernel, dtype) -> None:  # type: ignore[no-untyped-def]
+    """More bags than the parallel driver's 64 work units, cut by id count: long bags, runs of
+    empty bags at the start, middle and end must each be reduced exactly once."""
+    rng = np.random.default_rng(7)
+    table = rng.standard_normal((3000, 16)).astype(dtype)
+    lengths = rng.integers(0, 4, size=500)
+    lengths[:30] = 0
+    lengths[200:260] = 0
+    lengths[-40:] = 0
+    lengths[100] = 2000  # one bag holding most ids
+    splits = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    ids = rng.integers(0, 3000, size=splits[-1]).astype(np.int64)
+    for combiner in (SUM, MEAN, SQRTN):
+        out = np.full((500, 16), np.nan, dtype)
+        kernel(table, ids, np.empty(0, np.float32), splits, combiner, out)
+        np.testing.assert_allclose(
+            out, _expected(table, ids, None, splits, combiner), rtol=1e-4, atol=1e-4
+        )

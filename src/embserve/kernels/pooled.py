@@ -7,11 +7,12 @@ With ``e(x)`` the table row of id ``x`` and weights ``w`` (all 1 when unweighted
     sqrtn = Σ w_i e(x_i) / sqrt(Σ w_i²)
 
 Division is TensorFlow's ``div_no_nan``: a zero denominator (an empty bag, or weights summing to
-zero under ``mean``) gives a zero vector. Accumulation is float32 in bag order, like TensorFlow's
-segment sums, so results agree to the last bit or two.
+zero under ``mean``) gives a zero vector. Accumulation is in the table's dtype in bag order, like
+TensorFlow's segment sums, so float32 results agree to the last bit or two.
 
 Callers guarantee: ``ids`` within ``[0, table.shape[0])``, ``splits`` non-decreasing from 0 to
-``len(ids)``, ``out`` shaped ``[len(splits) - 1, table.shape[1]]``, ``weights`` as long as ``ids``.
+``len(ids)``, ``out`` shaped ``[len(splits) - 1, table.shape[1]]``, ``weights`` as long as ``ids``
+(or empty: unweighted).
 """
 
 from __future__ import annotations
@@ -22,71 +23,112 @@ import numpy as np
 from numba import prange
 
 from embserve.kernels._jit import jit, jit_inline, jit_parallel
+from embserve.kernels._native import PREFETCH_ROWS, prefetch_row
 
-__all__ = ["MEAN", "SQRTN", "SUM", "pooled_parallel", "pooled_serial"]
+__all__ = ["CHUNKS", "MEAN", "SQRTN", "SUM", "pooled_parallel", "pooled_serial"]
 
 SUM = 0
 MEAN = 1
 SQRTN = 2
 
+# Work units of the parallel driver: 64 runs of bags holding equal numbers of ids (not equal
+# numbers of bags), so a thread that draws the long bags does not finish last.
+CHUNKS = 64
 
-# Bodies are explicit loops over ``d``, inlined into both drivers: 26 x 1024 one-id bags from a
-# 1M x 64 table took 5.0 ms with slice expressions in a called helper, 2.2 ms like this.
-
-
-@jit_inline
-def _bag(table, ids, splits, combiner, out, b):  # type: ignore[no-untyped-def]
-    dim = table.shape[1]
-    start = splits[b]
-    end = splits[b + 1]
-    for d in range(dim):
-        out[b, d] = 0
-    for k in range(start, end):
-        r = ids[k]
-        for d in range(dim):
-            out[b, d] += table[r, d]
-    n = end - start
-    if n > 0 and combiner != SUM:
-        denom = np.float32(n) if combiner == MEAN else np.float32(math.sqrt(n))
-        for d in range(dim):
-            out[b, d] = out[b, d] / denom
+# Each bag is summed in a small accumulator array and written once, and the row ``PREFETCH_ROWS``
+# ids ahead is prefetched. Bags of 1-40 ids of a 1M x 64 table, B=1024, 2 threads: summing into
+# ``out`` directly 728 us; with prefetch 557 us; with prefetch and accumulator 348 us.
 
 
 @jit_inline
-def _bag_weighted(table, ids, weights, splits, combiner, out, b):  # type: ignore[no-untyped-def]
+def _bags(table, ids, splits, combiner, out, b0, b1, acc):  # type: ignore[no-untyped-def]
     dim = table.shape[1]
-    for d in range(dim):
-        out[b, d] = 0
-    wsum = np.float32(0)
-    for k in range(splits[b], splits[b + 1]):
-        r = ids[k]
-        w = weights[k]
+    row_bytes = dim * table.itemsize
+    base = table.ctypes.data
+    n_ids = ids.shape[0]
+    for b in range(b0, b1):
+        start = splits[b]
+        end = splits[b + 1]
         for d in range(dim):
-            out[b, d] += table[r, d] * w
-        wsum += w if combiner == MEAN else w * w
-    if combiner != SUM:
-        denom = wsum if combiner == MEAN else np.float32(math.sqrt(wsum))
+            acc[d] = 0
+        for k in range(start, end):
+            if k + PREFETCH_ROWS < n_ids:
+                prefetch_row(base + ids[k + PREFETCH_ROWS] * row_bytes, row_bytes)
+            row = table[ids[k]]
+            for d in range(dim):
+                acc[d] += row[d]
+        o = out[b]
+        n = end - start
+        if n > 0 and combiner != SUM:
+            denom = np.float32(n) if combiner == MEAN else np.float32(math.sqrt(n))
+            for d in range(dim):
+                o[d] = acc[d] / denom
+        else:
+            for d in range(dim):
+                o[d] = acc[d]
+
+
+@jit_inline
+def _bags_weighted(table, ids, weights, splits, combiner, out, b0, b1, acc):  # type: ignore[no-untyped-def]
+    dim = table.shape[1]
+    row_bytes = dim * table.itemsize
+    base = table.ctypes.data
+    n_ids = ids.shape[0]
+    for b in range(b0, b1):
         for d in range(dim):
-            out[b, d] = out[b, d] / denom if denom != 0 else np.float32(0)
+            acc[d] = 0
+        wsum = np.float32(0)
+        for k in range(splits[b], splits[b + 1]):
+            if k + PREFETCH_ROWS < n_ids:
+                prefetch_row(base + ids[k + PREFETCH_ROWS] * row_bytes, row_bytes)
+            row = table[ids[k]]
+            w = weights[k]
+            for d in range(dim):
+                acc[d] += row[d] * w
+            wsum += w if combiner == MEAN else w * w
+        o = out[b]
+        if combiner != SUM:
+            denom = wsum if combiner == MEAN else np.float32(math.sqrt(wsum))
+            for d in range(dim):
+                o[d] = acc[d] / denom if denom != 0 else np.float32(0)
+        else:
+            for d in range(dim):
+                o[d] = acc[d]
+
+
+@jit_inline
+def _chunk_start(splits, c, chunks):  # type: ignore[no-untyped-def]
+    """First bag of chunk ``c`` when the ids are cut into ``chunks`` equal runs."""
+    n_bags = splits.shape[0] - 1
+    if c <= 0:
+        return 0
+    if c >= chunks:
+        return n_bags
+    target = splits[n_bags] * c // chunks
+    return min(np.searchsorted(splits, target), n_bags)
 
 
 @jit
 def pooled_serial(table, ids, weights, splits, combiner, out):  # type: ignore[no-untyped-def]
     """Reduce every bag, one thread. ``weights`` of length 0 means unweighted."""
+    acc = np.empty(table.shape[1], dtype=out.dtype)
+    n_bags = splits.shape[0] - 1
     if weights.shape[0] == 0:
-        for b in range(splits.shape[0] - 1):
-            _bag(table, ids, splits, combiner, out, b)
+        _bags(table, ids, splits, combiner, out, 0, n_bags, acc)
     else:
-        for b in range(splits.shape[0] - 1):
-            _bag_weighted(table, ids, weights, splits, combiner, out, b)
+        _bags_weighted(table, ids, weights, splits, combiner, out, 0, n_bags, acc)
 
 
 @jit_parallel
 def pooled_parallel(table, ids, weights, splits, combiner, out):  # type: ignore[no-untyped-def]
-    """Reduce every bag, bags spread over the thread pool."""
-    if weights.shape[0] == 0:
-        for b in prange(splits.shape[0] - 1):
-            _bag(table, ids, splits, combiner, out, b)
-    else:
-        for b in prange(splits.shape[0] - 1):
-            _bag_weighted(table, ids, weights, splits, combiner, out, b)
+    """Reduce every bag, runs of bags with equal id counts spread over the thread pool."""
+    chunks = min(CHUNKS, max(splits.shape[0] - 1, 1))
+    weighted = weights.shape[0] != 0
+    for c in prange(chunks):
+        acc = np.empty(table.shape[1], dtype=out.dtype)
+        b0 = _chunk_start(splits, c, chunks)
+        b1 = _chunk_start(splits, c + 1, chunks)
+        if weighted:
+            _bags_weighted(table, ids, weights, splits, combiner, out, b0, b1, acc)
+        else:
+            _bags(table, ids, splits, combiner, out, b0, b1, acc)

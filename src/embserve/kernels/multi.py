@@ -1,0 +1,80 @@
+"""One call for many features: dense ids of every feature gathered from their own tables.
+
+A serving request carries tens of features, each with its own table. Looking them up one kernel
+call at a time costs a Python round trip and, for large batches, one wake-up of the thread pool
+per feature (26 one-hot features of 1,024 ids: 26 parallel regions). These kernels take every
+feature at once: the tables as base addresses (``addresses[f]``, ``rows[f]``; all float32 with the
+same ``dim``), the ids of feature ``f`` at ``ids[f * n : (f + 1) * n]``, and ``out[f, i]`` as the
+row for id ``i`` of feature ``f``.
+
+Unlike the single-table kernels these check the ids themselves, all of them, before the first
+row is read: the return value is -1 when every id was in range (and ``out`` is filled), else the
+flat index of the first bad id (and ``out`` is untouched).
+"""
+
+from __future__ import annotations
+
+from numba import prange
+
+from embserve.kernels._jit import jit, jit_inline, jit_parallel
+from embserve.kernels._native import PREFETCH_ROWS, prefetch_row, table_at
+
+__all__ = ["gather_tables_parallel", "gather_tables_serial"]
+
+# Rows per work unit of the parallel driver (units never straddle two features).
+_CHUNK = 64
+
+
+@jit_inline
+def _first_bad(rows, ids, n):  # type: ignore[no-untyped-def]
+    for f in range(rows.shape[0]):
+        limit = rows[f]
+        for i in range(f * n, (f + 1) * n):
+            v = ids[i]
+            if v < 0 or v >= limit:
+                return i
+    return -1
+
+
+@jit_inline
+def _copy_rows(addresses, rows, ids, out, f, i0, i1):  # type: ignore[no-untyped-def]
+    dim = out.shape[2]
+    n = out.shape[1]
+    row_bytes = dim * 4
+    base = addresses[f]
+    table = table_at(base, rows[f], dim)
+    first = f * n
+    for i in range(i0, i1):
+        if i + PREFETCH_ROWS < n:
+            prefetch_row(base + ids[first + i + PREFETCH_ROWS] * row_bytes, row_bytes)
+        row = table[ids[first + i]]
+        o = out[f, i]
+        for d in range(dim):
+            o[d] = row[d]
+
+
+@jit
+def gather_tables_serial(addresses, rows, ids, out):  # type: ignore[no-untyped-def]
+    """Check every id, then ``out[f, i] = table_f[ids[f * n + i]]`` on the calling thread."""
+    n = out.shape[1]
+    bad = _first_bad(rows, ids, n)
+    if bad >= 0:
+        return bad
+    for f in range(addresses.shape[0]):
+        _copy_rows(addresses, rows, ids, out, f, 0, n)
+    return -1
+
+
+@jit_parallel
+def gather_tables_parallel(addresses, rows, ids, out):  # type: ignore[no-untyped-def]
+    """:func:`gather_tables_serial` with the copies in one parallel region for all features."""
+    n = out.shape[1]
+    bad = _first_bad(rows, ids, n)
+    if bad >= 0:
+        return bad
+    per_feature = (n + _CHUNK - 1) // _CHUNK
+    for u in prange(addresses.shape[0] * per_feature):
+        f = u // per_feature
+        i0 = (u - f * per_feature) * _CHUNK
+        _copy_rows(addresses, rows, ids, out, f, i0, min(i0 + _CHUNK, n))
+    return -1

@@ -1,0 +1,70 @@
+"""OutputArena: reuse only when no result refers to the buffer; bounded retention; threads."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from embserve.kernels.arena import OutputArena
+
+
+def _addr(a: np.ndarray) -> int:
+    """Where the data lives (holding ``a.base`` itself would keep the buffer busy)."""
+    return int(a.ctypes.data)
+
+
+def test_free_buffer_is_reused_and_kept_results_are_not_overwritten() -> None:
+    arena = OutputArena()
+    first = arena.take(100, np.float32)
+    first[:] = 1.0
+    base = _addr(first)
+    del first
+    again = arena.take(80, np.float32)
+    assert _addr(again) == base  # nobody held the buffer: same memory
+    again[:] = 2.0
+    kept = again.reshape(8, 10)[2:]  # a view of a view still refers to the buffer
+    del again
+    other = arena.take(80, np.float32)
+    assert _addr(other) != base
+    other[:] = 3.0
+    assert (kept == 2.0).all()
+
+
+def test_larger_request_gets_new_memory_and_small_ones_reuse_it() -> None:
+    arena = OutputArena(keep=1)
+    arena.take(10, np.float32)
+    big = arena.take(1000, np.float32)
+    base = _addr(big)
+    del big
+    assert _addr(arena.take(999, np.float32)) == base
+    assert arena.take(5, np.float64).dtype == np.float64
+
+
+def test_buffers_over_the_limit_are_never_retained() -> None:
+    arena = OutputArena(max_bytes=1024)
+    arena.take(1000, np.float32)
+    assert len(arena._pool) == 0
+    arena.take(256, np.float32)
+    assert len(arena._pool) == 1
+    arena.clear()
+    assert len(arena._pool) == 0
+
+
+def test_concurrent_takers_never_share_a_buffer() -> None:
+    arena = OutputArena(keep=2)
+    errors: list[str] = []
+
+    def work(value: float) -> None:
+        for _ in range(2000):
+            out = arena.take(256, np.float32)
+            out.fill(value)
+            if not (out == value).all():
+                errors.append("shared")
+
+    threads = [threading.Thread(target=work, args=(float(i),)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
