@@ -1655,12 +1655,14 @@ class TestFusedDense:
         assert emb(ids)["f1"].shape == (1, 4)
 
     def test_mixed_dims_shapes_and_restored_tables(self):
-        emb, fc = self._model(dims=(4, 6))
+        emb, _fc = self._model(dims=(4, 6))
         got = emb({"f0": np.array([1, 2]), "f1": np.array([3, 4])})
-        assert got["f0"].shape == (2, 4) and got["f1"].shape == (2, 6)
+        assert got["f0"].shape == (2, 4)
+        assert got["f1"].shape == (2, 6)
         emb2, _ = self._model()
         uneven = emb2({"f0": np.array([1, 2]), "f1": np.array([3])})
-        assert uneven["f0"].shape == (2, 4) and uneven["f1"].shape == (1, 4)
+        assert uneven["f0"].shape == (2, 4)
+        assert uneven["f1"].shape == (1, 4)
         emb2({"f0": np.array([1])})
         emb2._set_variables(
             {f"t{i}": {"parameters": np.full((50, 4), float(i), np.float32)} for i in range(3)}

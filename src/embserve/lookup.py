@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from embserve import nest
 from embserve import config as _config
+from embserve import nest
 from embserve.config import FeatureConfig, TableConfig
 from embserve.errors import FeatureConfigTypeError, IdOutOfRangeError, InputError
 from embserve.inputs import (
