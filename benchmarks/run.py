@@ -1,35 +1,60 @@
-"""Benchmark embserve's serving lookups against PyTorch ``embedding_bag`` and plain NumPy.
+"""Benchmark embserve's serving lookups against PyTorch, NumPy, TensorFlow and the machine.
 
-What it does: four serving workloads (DLRM-style one-hot features, multi-hot bags, a sequence
-feature, batch-1 latency) are run by every contestant; per call it reports the median, min and max
-time, the ratio to PyTorch and the achieved table-read bandwidth, as markdown rows on stdout
-(and, with ``--write``, in ``benchmarks/RESULTS.md`` together with the machine and the command).
-For context it also measures this machine's random-row-gather and sequential-read bandwidth.
+What it does: four serving workloads (a: 26 one-hot features on 26 tables of 1,000,000 × 64,
+Zipf and uniform ids; b: multi-hot bags of 1–40 ids from a 4,000,000 × 64 table, sum and
+weighted mean; c: a sequence feature [256, 50, 64] from ragged rows of 0–80 ids; d: batch-1 ×
+26 features latency) are run by every contestant; per call it reports the median, min and max
+time, the ratio to PyTorch and the achieved table-read bandwidth, one verdict line per target of
+issue 6, as markdown on stdout (and, with ``--write``, in ``benchmarks/RESULTS.md`` together with
+the machine and the command). For context it measures this machine's random-row-gather limit
+for exactly each workload's rows (interleaved with the contestants) and its gather and
+sequential-read bandwidth.
+
+``--sweep`` instead measures throughput (lookups and GB/s of rows) against batch size
+(1 … 16,384: 26 one-hot features and bags of 1–40, sum) and against table size (4,096 rows =
+1 MiB, cache-resident, × 4 per step up to 32 Mi rows = 8 GiB; bags of uniform ids), and draws
+``benchmarks/plots/batch_sweep.png`` and ``table_sweep.png`` (matplotlib, Agg backend).
+
+Contestants:
+
+- embserve through its public serving API: ``mid = es.TPUEmbeddingForServing(feature_config,
+  optimizer=None)``, ``es.train.Checkpoint(embedding=mid).restore(prefix)`` (tables become
+  memory-mapped views of the checkpoint), ``mid(features, weights)``;
+- PyTorch ``embedding_bag`` / ``embedding`` (the ``bench`` extra) and vectorised NumPy, on views
+  of the same checkpoint pages;
+- TensorFlow's ``TPUEmbeddingForServing`` when ``--tf-python`` names a TF 2.21 venv's python: it
+  restores the same checkpoint (into its own memory) and is timed through ``tf.function`` and
+  eagerly (``_tf_worker.py``, which needs neither torch nor embserve).
 
 Why it is built this way (ARCHITECTURE.md, "Habits"):
 
-- Every contestant runs in its own *spawned* worker process: numba's and torch's thread pools
-  disturb each other inside one process. The parent drives the workers round-robin, one at a
-  time, rotating who goes first, so every contestant sees the same (shared, noisy) machine.
-- The tables exist once, in a ``/dev/shm`` file that every worker maps: 26 × 1,000,000 × 64
-  float32 is 6.7 GB, and one private copy per worker (3 × 7.7 GB with workload b's table) would
-  not fit in this machine's 24 GiB. Everyone reads the same physical pages, which is also how
-  embserve serves (memory-mapped checkpoint shards).
+- Every contestant runs in its own worker process (spawned; TF's is a subprocess of its own
+  interpreter): numba's, torch's and TF's thread pools disturb each other inside one process.
+  The parent drives the workers round-robin, one at a time, rotating who goes first, so every
+  contestant sees the same (shared, noisy) machine.
+- The tables exist once: a TensorFlow-format checkpoint in /dev/shm written by
+  ``es.train.Checkpoint.write`` (7.7 GB at full size), which every worker maps. One private copy
+  per worker would not fit in this machine's 24 GiB (TF makes one anyway; it is the only one).
 - Inputs are generated once by the parent, converted to each contestant's types inside its worker
-  before any timing, and every contestant's output for every input batch is checked against a
-  float64 reference (``np.allclose`` semantics, rtol 1e-5) before the first timed call.
+  before any timing, and every contestant's output (of every batch; of 2 batches per sweep
+  point) is checked against a float64 reference (rtol 1e-5) before the first timed call.
 - Each workload cycles through several distinct input batches, so a timed call does not find
   its rows still in the 32 MiB L3 cache from the previous call (16 batches × 6.8 MB of rows
   in workload a is 3.4× the L3).
 
 Usage::
 
-    .venv/bin/python benchmarks/run.py           # full run (make bench), a few minutes
+    .venv/bin/python benchmarks/run.py --tf-python .venvs/tf/bin/python   # a few minutes
+    .venv/bin/python benchmarks/run.py --sweep --tf-python .venvs/tf/bin/python
     .venv/bin/python benchmarks/run.py --write   # ... and prepend the results to RESULTS.md
     .venv/bin/python benchmarks/run.py --quick   # seconds-long smoke run (tests/test_benchmarks.py)
+    .venv/bin/python benchmarks/run.py --sweep --quick --plots-dir /tmp/plots
 
-Contestants that cannot be imported (torch without the ``bench`` extra, embserve while its lookup
-is unwritten) are left out with a note; any other failure, including a wrong output, is an error.
+``make bench`` runs the first two (TF when ``.venvs/tf`` exists). Contestants that cannot be
+imported (torch without the ``bench`` extra, TF without a usable ``--tf-python``) are left out
+with a note; any other failure, including a wrong output, is an error. When memory is short the
+one-hot tables shrink to 250,000 rows, TF is left out, or the table sweep stops below 8 GiB, each
+with a note in the report.
 """
 
 from __future__ import annotations
