@@ -1480,7 +1480,10 @@ def _launch(
     left out and why."""
     workers, missing = _start_workers([*LIBRARIES, "machine"], source)
     if tf_python and source.kind != "checkpoint":
-        missing["tensorflow"] = "TF restores checkpoints only; this run's tables are a raw file"
+        missing["tensorflow"] = (
+            "not in the table sweep: TF restores checkpoints only (and would copy up to 8 GiB), "
+            "these tables are prefixes of one raw file"
+        )
     elif tf_python and not tf_room:
         missing["tensorflow"] = (
             f"TF copies the tables into its own memory ({source.nbytes / 2**30:.1f} GiB) and "
@@ -1855,7 +1858,9 @@ def _sweep_run(args: argparse.Namespace, command: str) -> str:
         f"({rounds} rounds, 2..200 calls per turn, distinct batches holding ≥ 64 MB of rows "
         "cycled), outputs of 2 batches checked before timing. machine: row gather = numba "
         "copying the same rows into a preallocated buffer (dashed); sequential read = the "
-        "probe below (dotted). Batch sweep: embserve restored from a checkpoint as in the "
+        "probe below (dotted). For pooled bags the row-gather copy writes 256 B per id while "
+        "a pooled lookup writes one row per bag, so a pooled kernel can beat that line. "
+        "Batch sweep: embserve restored from a checkpoint as in the "
         "main run. Table sweep: one table of up to 8 GiB in a raw /dev/shm file, smaller "
         "tables are its first N rows (embserve gets them through "
         "`TableConfig(initializer=...)` returning the shared view, zero-copy), uniform ids so "
