@@ -160,9 +160,8 @@ class TPUEmbeddingForServing:
         Returns:
             float32 arrays in the structure of ``features``.
         """
-        self.build()
+        if not self._built:
+            self.build()
         return self._plan.run(features, weights, self._tables)
 
-    def __call__(self, features: Any, weights: Any | None = None) -> Any:
-        """Same as :meth:`embedding_lookup`."""
-        return self.embedding_lookup(features, weights)
+    __call__ = embedding_lookup  # the same method (one Python call less per lookup)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 from collections.abc import Mapping
 from typing import Any
 
@@ -62,6 +63,8 @@ _TABLE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _F32 = np.dtype(np.float32)
 _FAST_ID_DTYPES = frozenset((np.dtype(np.int32), np.dtype(np.int64)))
 _MISSING: Any = object()
+_NDARRAY = {np.ndarray}
+_dtype_of = operator.attrgetter("dtype")
 
 # Below this many output floats a call runs on the calling thread: waking the pool costs more
 # than the work (a parallel region costs ~15-20 µs here; 32k floats gather in about that time).
@@ -132,7 +135,7 @@ class _Feature:
 
     def output(self, shape: tuple[int, ...], zero: bool = False) -> np.ndarray:
         """An output array of ``shape`` in the table's dtype, from this feature's arena."""
-        out = self.arena.take(math.prod(shape), self.table.dtype).reshape(shape)
+        out = self.arena.take(shape, self.table.dtype)
         if zero:
             out.fill(0)
         return out
@@ -531,16 +534,22 @@ class LookupPlan:
         if group is None:
             return None
         values = list(inputs.values())
-        shape: tuple[int, ...] = getattr(values[0], "shape", ())
-        for v in values:
-            if type(v) is not np.ndarray or v.shape != shape or v.dtype not in _FAST_ID_DTYPES:
-                return None
+        # C-level passes over types and dtypes (for 26 features a Python loop testing type, dtype
+        # and shape took 4.1 µs, these 2.1 µs). np.array then both stacks the ids and refuses
+        # unequal shapes (4.3 µs, where checking shapes then concatenating took 2.6 + 4.4 µs).
+        if set(map(type, values)) != _NDARRAY or not set(map(_dtype_of, values)) <= _FAST_ID_DTYPES:
+            return None
+        try:
+            stacked = np.array(values)
+        except ValueError:
+            return None  # ids of different shapes
+        shape: tuple[int, ...] = stacked.shape[1:]
         n = values[0].size
         if n == 0:
             return None
-        ids = np.concatenate(values, axis=None)
+        ids = stacked.reshape(-1)
         dim = group.dim
-        out = group.arena.take(len(keys) * n * dim, _F32).reshape(len(keys), n, dim)
+        out = group.arena.take((len(keys), n, dim), _F32)
         parallel = _parallel(out.size)
         bad = (gather_tables_parallel if parallel else gather_tables_serial)(
             group.addresses, group.rows, ids, out
@@ -548,7 +557,7 @@ class LookupPlan:
         if bad >= 0:
             return None
         if len(shape) == 1:
-            return dict(zip(keys, out, strict=True))
+            return dict(zip(keys, out))  # noqa: B905 (equal lengths by construction; 1 µs)
         full = (*shape, dim)
         return {k: o.reshape(full) for k, o in zip(keys, out, strict=True)}
 

@@ -16,16 +16,16 @@ def _addr(a: np.ndarray) -> int:
 
 def test_free_buffer_is_reused_and_kept_results_are_not_overwritten() -> None:
     arena = OutputArena()
-    first = arena.take(100, np.float32)
+    first = arena.take((100,), np.float32)
     first[:] = 1.0
     base = _addr(first)
     del first
-    again = arena.take(80, np.float32)
+    again = arena.take((80,), np.float32)
     assert _addr(again) == base  # nobody held the buffer: same memory
     again[:] = 2.0
     kept = again.reshape(8, 10)[2:]  # a view of a view still refers to the buffer
     del again
-    other = arena.take(80, np.float32)
+    other = arena.take((80,), np.float32)
     assert _addr(other) != base
     other[:] = 3.0
     assert (kept == 2.0).all()
@@ -33,19 +33,19 @@ def test_free_buffer_is_reused_and_kept_results_are_not_overwritten() -> None:
 
 def test_larger_request_gets_new_memory_and_small_ones_reuse_it() -> None:
     arena = OutputArena(keep=1)
-    arena.take(10, np.float32)
-    big = arena.take(1000, np.float32)
+    arena.take((10,), np.float32)
+    big = arena.take((1000,), np.float32)
     base = _addr(big)
     del big
-    assert _addr(arena.take(999, np.float32)) == base
-    assert arena.take(5, np.float64).dtype == np.float64
+    assert _addr(arena.take((999,), np.float32)) == base
+    assert arena.take((5,), np.float64).dtype == np.float64
 
 
 def test_buffers_over_the_limit_are_never_retained() -> None:
     arena = OutputArena(max_bytes=1024)
-    arena.take(1000, np.float32)
+    arena.take((1000,), np.float32)
     assert len(arena._pool) == 0
-    arena.take(256, np.float32)
+    arena.take((256,), np.float32)
     assert len(arena._pool) == 1
     arena.clear()
     assert len(arena._pool) == 0
@@ -57,7 +57,7 @@ def test_concurrent_takers_never_share_a_buffer() -> None:
 
     def work(value: float) -> None:
         for _ in range(2000):
-            out = arena.take(256, np.float32)
+            out = arena.take((256,), np.float32)
             out.fill(value)
             if not (out == value).all():
                 errors.append("shared")
@@ -68,3 +68,18 @@ def test_concurrent_takers_never_share_a_buffer() -> None:
     for t in threads:
         t.join()
     assert not errors
+
+
+def test_exact_shape_returns_the_buffer_and_a_smaller_one_a_view_of_it() -> None:
+    arena = OutputArena()
+    out = arena.take((4, 3, 2), np.float32)
+    assert out.shape == (4, 3, 2)
+    address = _addr(out)
+    del out
+    same = arena.take((4, 3, 2), np.float32)
+    assert _addr(same) == address
+    del same
+    smaller = arena.take((5, 2), np.float32)
+    assert smaller.shape == (5, 2)
+    assert smaller.flags.c_contiguous
+    assert _addr(smaller) == address

@@ -14,57 +14,65 @@ never sees them overwritten; a serving loop that drops them gets warm, already-m
 
 from __future__ import annotations
 
+import math
 import sys
-import threading
 from typing import Any
 
 import numpy as np
 
 __all__ = ["OutputArena"]
 
-# The references a pooled buffer has while it is free, as seen by ``sys.getrefcount`` in the
-# loop of ``take``: the pool list, the loop variable and getrefcount's own argument.
-_FREE_REFS = 3
+# References a pooled buffer has while it is free, as seen by ``sys.getrefcount`` in ``take``
+# right after popping it from the pool: the local variable and getrefcount's own argument.
+_FREE_REFS = 2
 
 
 class OutputArena:
-    """A small, thread-safe pool of output buffers, reused only when no result refers to them.
+    """A small pool of output buffers, reused only when no result refers to them.
+
+    Thread-safe without a lock: a buffer is popped from the pool (atomic under the GIL) before
+    its reference count is read, so no other thread can reach it in between except through a
+    live result, which the count would show.
 
     Args:
         keep: how many buffers to retain (one per concurrent caller is enough to never allocate).
         max_bytes: buffers larger than this are never retained, bounding the memory kept.
     """
 
-    __slots__ = ("_keep", "_lock", "_max_bytes", "_pool")
+    __slots__ = ("_keep", "_max_bytes", "_pool")
 
     def __init__(self, keep: int = 2, max_bytes: int = 256 << 20) -> None:
         self._keep = keep
         self._max_bytes = max_bytes
-        self._lock = threading.Lock()
         self._pool: list[np.ndarray] = []
 
-    def take(self, count: int, dtype: Any) -> np.ndarray:
-        """A 1-D array of ``count`` elements of ``dtype`` (contents undefined): a view of a free
-        pooled buffer when one is large enough, else newly allocated memory."""
-        with self._lock:
-            pool = self._pool
-            spare = -1
-            for i in range(len(pool)):
-                buf = pool[i]
-                if sys.getrefcount(buf) == _FREE_REFS:
-                    if buf.shape[0] >= count and buf.dtype == dtype:
-                        return buf[:count]
-                    spare = i
-                del buf
-            fresh = np.empty(count, dtype)
-            if fresh.nbytes <= self._max_bytes:
-                if len(pool) < self._keep:
-                    pool.append(fresh)
-                elif spare >= 0:
-                    pool[spare] = fresh  # a free buffer too small or of another dtype
-            return fresh[:count]
+    def take(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """A C-ordered array of ``shape`` and ``dtype`` with undefined contents: a free pooled
+        buffer (or a view of its start) when one fits, else newly allocated memory."""
+        pool = self._pool
+        try:
+            buf = pool.pop()
+        except IndexError:
+            buf = None
+        if buf is not None:
+            if sys.getrefcount(buf) == _FREE_REFS and buf.dtype == dtype:
+                if buf.shape == shape:
+                    pool.append(buf)
+                    return buf
+                count = math.prod(shape)
+                if buf.size >= count:
+                    pool.append(buf)
+                    return buf.reshape(-1)[:count].reshape(shape)
+                # free but too small: the new buffer below takes its place
+            elif len(pool) < self._keep:
+                pool.insert(0, buf)  # busy (a result still uses it): look again later
+        fresh = np.empty(shape, dtype)
+        if fresh.nbytes <= self._max_bytes:
+            pool.append(fresh)
+            if len(pool) > self._keep:
+                del pool[0]
+        return fresh
 
     def clear(self) -> None:
         """Drop the retained buffers (results still referring to them keep theirs alive)."""
-        with self._lock:
-            self._pool.clear()
+        self._pool.clear()

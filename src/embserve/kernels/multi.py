@@ -27,12 +27,21 @@ _CHUNK = 64
 
 @jit_inline
 def _first_bad(rows, ids, n):  # type: ignore[no-untyped-def]
+    if n == 0:
+        return -1
+    # A vectorized min / max per feature; the scan for the offender runs only when one exists.
     for f in range(rows.shape[0]):
-        limit = rows[f]
-        for i in range(f * n, (f + 1) * n):
+        first = f * n
+        lo = ids[first]
+        hi = ids[first]
+        for i in range(first, first + n):
             v = ids[i]
-            if v < 0 or v >= limit:
-                return i
+            lo = min(lo, v)
+            hi = max(hi, v)
+        if lo < 0 or hi >= rows[f]:
+            for i in range(first, first + n):
+                if ids[i] < 0 or ids[i] >= rows[f]:
+                    return i
     return -1
 
 
