@@ -77,3 +77,125 @@ def prefetch_row(address, row_bytes):  # type: ignore[no-untyped-def]
 def address_of(array: np.ndarray) -> int:
     """Base address of ``array``'s data (for :func:`table_at`)."""
     return int(array.ctypes.data)
+
+
+# Register accumulation for bags. numba cannot keep a row-sized accumulator in registers: summed
+# into an array, every row costs a load and a store of the accumulator besides its own loads,
+# which fills the out-of-order window with work and leaves fewer DRAM misses in flight. This
+# intrinsic emits the bag loop in LLVM IR with ``nvec`` <8 x float> accumulators held in
+# registers. Additions stay in bag order per element, so results are bit-identical to the loop.
+# Bags of 1-40 Zipf ids of a 4M x 64 table (memory-mapped, 4 KiB pages), B=1024, 1 thread,
+# same process: array accumulator 559 us, registers 397 us, torch 2.13 embedding_bag 400 us.
+# Callers cover a row in blocks of 64 and 16 floats: four instantiations per kernel (two block
+# sizes, weighted or not) keep compile time near what it was (one per dim in 8..256 took the
+# parallel pooled kernel from 5.1 s to 9.5 s); a runtime weighted flag cost 1.7x in speed.
+
+
+@intrinsic
+def sum_rows(
+    typingctx: Any,
+    table: Any,
+    row_bytes: Any,
+    ids: Any,
+    weights: Any,
+    start: Any,
+    end: Any,
+    out: Any,
+    weighted: Any,
+    nvec: Any,
+) -> Any:
+    """``out[0 : 8 * nvec] = Σ_k [weights[k] *] row_k[0 : 8 * nvec]`` for ``k`` in ``[start, end)``,
+    where ``row_k`` starts at address ``table + ids[k] * row_bytes``.
+
+    ``table`` and ``out`` are addresses of float32 data, ``ids`` an int32 / int64 array,
+    ``weights`` a float32 array read only when ``weighted`` (a literal bool) is true, ``nvec`` a
+    literal int. The
+    row ``PREFETCH_ROWS`` ids ahead is prefetched. The caller guarantees every id is in range.
+    """
+    if not isinstance(nvec, types.IntegerLiteral) or not isinstance(weighted, types.BooleanLiteral):
+        return None
+    n_vec = nvec.literal_value
+    use_weights = weighted.literal_value
+    sig = types.void(table, row_bytes, ids, weights, start, end, out, weighted, nvec)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        i64 = ir.IntType(64)
+        i32 = ir.IntType(32)
+        f32 = ir.FloatType()
+        vec = ir.VectorType(f32, 8)
+        byte_ptr = ir.IntType(8).as_pointer()
+        argtys = signature.args
+
+        def as_i64(index: int) -> Any:
+            return context.cast(builder, args[index], argtys[index], types.int64)
+
+        table_addr, row_size, start_v, end_v, out_addr = (as_i64(i) for i in (0, 1, 4, 5, 6))
+        ids_ary = context.make_array(argtys[2])(context, builder, args[2])
+        ids_ptr = ids_ary.data
+        n_ids = builder.extract_value(ids_ary.shape, 0)
+        w_ptr = context.make_array(argtys[3])(context, builder, args[3]).data
+        ahead = ir.Constant(i64, PREFETCH_ROWS)
+        pf_ty = ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32])
+        pf_fn = cgutils.get_or_insert_function(builder.module, pf_ty, "llvm.prefetch.p0i8")
+
+        def id_at(index: Any) -> Any:
+            value = builder.load(builder.gep(ids_ptr, [index]))
+            return builder.sext(value, i64) if value.type.width < 64 else value
+
+        def lanes(address: Any, j: int) -> Any:
+            offset = builder.add(address, ir.Constant(i64, 32 * j))
+            return builder.inttoptr(offset, vec.as_pointer())
+
+        entry = builder.block
+        head = builder.append_basic_block("rows.head")
+        body = builder.append_basic_block("rows.body")
+        fetch = builder.append_basic_block("rows.prefetch")
+        add = builder.append_basic_block("rows.add")
+        done = builder.append_basic_block("rows.done")
+        builder.branch(head)
+
+        builder.position_at_end(head)
+        k = builder.phi(i64)
+        k.add_incoming(start_v, entry)
+        accs = []
+        for _ in range(n_vec):
+            acc = builder.phi(vec)
+            acc.add_incoming(ir.Constant(vec, [0.0] * 8), entry)
+            accs.append(acc)
+        builder.cbranch(builder.icmp_signed("<", k, end_v), body, done)
+
+        builder.position_at_end(body)
+        k_ahead = builder.add(k, ahead)
+        builder.cbranch(builder.icmp_signed("<", k_ahead, n_ids), fetch, add)
+
+        builder.position_at_end(fetch)
+        target = builder.add(table_addr, builder.mul(id_at(k_ahead), row_size))
+        hints = [ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)]
+        builder.call(pf_fn, [builder.inttoptr(target, byte_ptr), *hints])
+        builder.branch(add)
+
+        builder.position_at_end(add)
+        row_addr = builder.add(table_addr, builder.mul(id_at(k), row_size))
+        splat = None
+        if use_weights:
+            w = builder.load(builder.gep(builder.bitcast(w_ptr, f32.as_pointer()), [k]))
+            splat = builder.shuffle_vector(
+                builder.insert_element(ir.Constant(vec, ir.Undefined), w, ir.Constant(i32, 0)),
+                ir.Constant(vec, ir.Undefined),
+                ir.Constant(ir.VectorType(i32, 8), [0] * 8),
+            )
+        sums = []
+        for j, acc in enumerate(accs):
+            row = builder.load(lanes(row_addr, j), align=4)
+            sums.append(builder.fadd(acc, row if splat is None else builder.fmul(row, splat)))
+        k.add_incoming(builder.add(k, ir.Constant(i64, 1)), add)
+        for acc, total in zip(accs, sums, strict=True):
+            acc.add_incoming(total, add)
+        builder.branch(head)
+
+        builder.position_at_end(done)
+        for j, acc in enumerate(accs):
+            builder.store(acc, lanes(out_addr, j), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen

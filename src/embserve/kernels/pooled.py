@@ -23,7 +23,7 @@ import numpy as np
 from numba import prange
 
 from embserve.kernels._jit import jit, jit_inline, jit_parallel
-from embserve.kernels._native import PREFETCH_ROWS, prefetch_row
+from embserve.kernels._native import PREFETCH_ROWS, prefetch_row, sum_rows
 
 __all__ = ["CHUNKS", "MEAN", "SQRTN", "SUM", "pooled_parallel", "pooled_serial"]
 
@@ -35,12 +35,43 @@ SQRTN = 2
 # numbers of bags), so a thread that draws the long bags does not finish last.
 CHUNKS = 64
 
-# Each bag is summed in a small accumulator array, written to ``out`` once, four rows per pass
-# over ``d`` (the additions stay in bag order: ((acc + r0) + r1) + ...), and the row
-# ``PREFETCH_ROWS`` ids ahead is prefetched. Bags of 1-40 ids, B=1024, 1 thread, ns per row
-# (cache-resident 1k-row table / 2M-row table): summing into ``out`` row by row 7.2 / 27.0;
-# with the prefetch 6.8 / 15.9; four rows per pass 6.3 / 14.5 (torch 2.13 embedding_bag:
-# 5.3 / 13.1).
+# float32 tables whose dim is a multiple of 16 are summed by the register kernel
+# (:func:`embserve.kernels._native.sum_rows`); other tables (float64, odd dims) go through an
+# accumulator array, written to ``out`` once, with the row ``PREFETCH_ROWS`` ids ahead
+# prefetched. Bags of 1-40 ids, B=1024, 1 thread, ns per row (cache-resident 1k-row table /
+# 2M-row table): summing into ``out`` row by row 7.2 / 27.0; with the prefetch 6.8 / 15.9 (torch
+# 2.13 embedding_bag: 5.3 / 13.1). Summing four rows per pass over ``d`` reached 6.3 / 14.5 but
+# was dropped with the register kernel: it added 1.5 s to the parallel kernel's compile.
+
+
+@jit_inline
+def _vector_dim(table):  # type: ignore[no-untyped-def]
+    """Whether the register kernel serves this table: float32 rows of a multiple of 16 floats."""
+    return table.itemsize == 4 and table.shape[1] % 16 == 0
+
+
+@jit_inline
+def _sum_bag(base, row_bytes, ids, start, end, target, dim):  # type: ignore[no-untyped-def]
+    """Bag sum into the row at address ``target``, in column blocks of 64 then 16 floats."""
+    col = 0
+    while dim - col >= 64:
+        sum_rows(base + 4 * col, row_bytes, ids, ids, start, end, target + 4 * col, False, 8)  # type: ignore[call-arg]
+        col += 64
+    while col < dim:
+        sum_rows(base + 4 * col, row_bytes, ids, ids, start, end, target + 4 * col, False, 2)  # type: ignore[call-arg]
+        col += 16
+
+
+@jit_inline
+def _sum_bag_weighted(base, row_bytes, ids, weights, start, end, target, dim):  # type: ignore[no-untyped-def]
+    """:func:`_sum_bag` with each row scaled by its weight before it is added."""
+    col = 0
+    while dim - col >= 64:
+        sum_rows(base + 4 * col, row_bytes, ids, weights, start, end, target + 4 * col, True, 8)  # type: ignore[call-arg]
+        col += 64
+    while col < dim:
+        sum_rows(base + 4 * col, row_bytes, ids, weights, start, end, target + 4 * col, True, 2)  # type: ignore[call-arg]
+        col += 16
 
 
 @jit_inline
@@ -49,30 +80,28 @@ def _bags(table, ids, splits, combiner, out, b0, b1, acc):  # type: ignore[no-un
     row_bytes = dim * table.itemsize
     base = table.ctypes.data
     last = ids.shape[0] - 1
+    vector = _vector_dim(table)
+    out_base = out.ctypes.data
     for b in range(b0, b1):
         start = splits[b]
         end = splits[b + 1]
+        if vector:
+            _sum_bag(base, row_bytes, ids, start, end, out_base + b * row_bytes, dim)
+            n = end - start
+            if n > 0 and combiner != SUM:
+                o = out[b]
+                denom = np.float32(n) if combiner == MEAN else np.float32(math.sqrt(n))
+                for d in range(dim):
+                    o[d] = o[d] / denom
+            continue
         for d in range(dim):
             acc[d] = 0
-        k = start
-        while k + 4 <= end:
-            if k + PREFETCH_ROWS + 3 <= last:
-                for j in range(4):
-                    prefetch_row(base + ids[k + PREFETCH_ROWS + j] * row_bytes, row_bytes)
-            r0 = table[ids[k]]
-            r1 = table[ids[k + 1]]
-            r2 = table[ids[k + 2]]
-            r3 = table[ids[k + 3]]
-            for d in range(dim):
-                acc[d] = acc[d] + r0[d] + r1[d] + r2[d] + r3[d]
-            k += 4
-        while k < end:
+        for k in range(start, end):
             if k + PREFETCH_ROWS <= last:
                 prefetch_row(base + ids[k + PREFETCH_ROWS] * row_bytes, row_bytes)
             r0 = table[ids[k]]
             for d in range(dim):
                 acc[d] += r0[d]
-            k += 1
         o = out[b]
         n = end - start
         if n > 0 and combiner != SUM:
@@ -90,32 +119,28 @@ def _bags_weighted(table, ids, weights, splits, combiner, out, b0, b1, acc):  # 
     row_bytes = dim * table.itemsize
     base = table.ctypes.data
     last = ids.shape[0] - 1
+    vector = _vector_dim(table)
+    out_base = out.ctypes.data
     for b in range(b0, b1):
         end = splits[b + 1]
+        if vector:
+            _sum_bag_weighted(
+                base, row_bytes, ids, weights, splits[b], end, out_base + b * row_bytes, dim
+            )
+            if combiner != SUM:
+                wsum = np.float32(0)
+                for k in range(splits[b], end):
+                    w = weights[k]
+                    wsum += w if combiner == MEAN else w * w
+                denom = wsum if combiner == MEAN else np.float32(math.sqrt(wsum))
+                o = out[b]
+                for d in range(dim):
+                    o[d] = o[d] / denom if denom != 0 else np.float32(0)
+            continue
         for d in range(dim):
             acc[d] = 0
         wsum = np.float32(0)
-        k = splits[b]
-        while k + 4 <= end:
-            if k + PREFETCH_ROWS + 3 <= last:
-                for j in range(4):
-                    prefetch_row(base + ids[k + PREFETCH_ROWS + j] * row_bytes, row_bytes)
-            r0 = table[ids[k]]
-            r1 = table[ids[k + 1]]
-            r2 = table[ids[k + 2]]
-            r3 = table[ids[k + 3]]
-            w0 = weights[k]
-            w1 = weights[k + 1]
-            w2 = weights[k + 2]
-            w3 = weights[k + 3]
-            for d in range(dim):
-                acc[d] = acc[d] + r0[d] * w0 + r1[d] * w1 + r2[d] * w2 + r3[d] * w3
-            if combiner == MEAN:
-                wsum = wsum + w0 + w1 + w2 + w3
-            else:
-                wsum = wsum + w0 * w0 + w1 * w1 + w2 * w2 + w3 * w3
-            k += 4
-        while k < end:
+        for k in range(splits[b], end):
             if k + PREFETCH_ROWS <= last:
                 prefetch_row(base + ids[k + PREFETCH_ROWS] * row_bytes, row_bytes)
             r0 = table[ids[k]]
@@ -123,7 +148,6 @@ def _bags_weighted(table, ids, weights, splits, combiner, out, b0, b1, acc):  # 
             for d in range(dim):
                 acc[d] += r0[d] * w
             wsum += w if combiner == MEAN else w * w
-            k += 1
         o = out[b]
         if combiner != SUM:
             denom = wsum if combiner == MEAN else np.float32(math.sqrt(wsum))
