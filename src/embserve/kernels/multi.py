@@ -17,7 +17,7 @@ from __future__ import annotations
 from numba import prange
 
 from embserve.kernels._jit import jit, jit_inline, jit_parallel
-from embserve.kernels._native import PREFETCH_ROWS, prefetch_row, table_at
+from embserve.kernels._native import PREFETCH_ROWS, prefetch, prefetch_row, table_at
 
 __all__ = ["gather_tables_parallel", "gather_tables_serial"]
 
@@ -66,6 +66,18 @@ def _copy_rows(addresses, rows, ids, out, f, i0, i1):  # type: ignore[no-untyped
 def gather_tables_serial(addresses, rows, ids, out):  # type: ignore[no-untyped-def]
     """Check every id, then ``out[f, i] = table_f[ids[f * n + i]]`` on the calling thread."""
     n = out.shape[1]
+    if n < PREFETCH_ROWS:
+        # Few ids per feature (a latency-bound request): _copy_rows prefetches only within a
+        # feature, so start every row's load up front, before the id check (a prefetch never
+        # faults, even for an id the check then refuses). Batch 1 x 26 features from 26 x 1M x
+        # 64 tables, rows not in cache: 5.6 us without, 2.0 us with one prefetch per row,
+        # 1.4 us with one per cache line the row touches.
+        row_bytes = out.shape[2] * 4
+        for f in range(addresses.shape[0]):
+            for i in range(f * n, (f + 1) * n):
+                start = addresses[f] + ids[i] * row_bytes
+                for offset in range(0, row_bytes + 63, 64):
+                    prefetch(start + offset)  # type: ignore[call-arg]
     bad = _first_bad(rows, ids, n)
     if bad >= 0:
         return bad
