@@ -68,10 +68,12 @@ def table_at(address, rows, dim):  # type: ignore[no-untyped-def]
 
 @jit_inline
 def prefetch_row(address, row_bytes):  # type: ignore[no-untyped-def]
-    """Prefetch the start of the row at ``address``; the core's adjacent-line and stream
-    prefetchers bring the rest. Bags of 1-40 ids of a 2M x 64 table, 1 thread: one prefetch per
-    row 14.3 ns/row, one per cache line 17.9 ns/row, none 20.3 ns/row."""
-    prefetch(address)  # type: ignore[call-arg]
+    """Prefetch every cache line the row at ``address`` touches (five for a 256-byte row that
+    starts mid-line, as rows of TensorFlow's checkpoint layout do: the data begins 8 bytes into
+    the file). 26 x 1024 rows gathered from a mapped checkpoint table, 2 threads, 16 ids ahead:
+    first line only 1,531-1,886 us, every line 1,424-1,680 us (two interleaved runs)."""
+    for offset in range(0, row_bytes + 63, 64):
+        prefetch(address + offset)  # type: ignore[call-arg]
 
 
 def address_of(array: np.ndarray) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from numba import prange
 
 from embserve.kernels._jit import jit, jit_inline, jit_parallel
-from embserve.kernels._native import PREFETCH_ROWS, prefetch, prefetch_row, table_at
+from embserve.kernels._native import PREFETCH_ROWS, prefetch_row, table_at
 
 __all__ = ["gather_tables_parallel", "gather_tables_serial"]
 
@@ -75,9 +75,7 @@ def gather_tables_serial(addresses, rows, ids, out):  # type: ignore[no-untyped-
         row_bytes = out.shape[2] * 4
         for f in range(addresses.shape[0]):
             for i in range(f * n, (f + 1) * n):
-                start = addresses[f] + ids[i] * row_bytes
-                for offset in range(0, row_bytes + 63, 64):
-                    prefetch(start + offset)  # type: ignore[call-arg]
+                prefetch_row(addresses[f] + ids[i] * row_bytes, row_bytes)
     bad = _first_bad(rows, ids, n)
     if bad >= 0:
         return bad
