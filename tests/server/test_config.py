@@ -338,3 +338,12 @@ def test_flatten_matches_embserve_nest() -> None:
     theirs = nest.flatten_with_paths(structure)
     assert list(ours) == [p for p, _ in theirs]
     assert all(ours[p] is leaf for p, leaf in theirs)
+
+
+def test_huge_pages_option(tmp_path: Path) -> None:
+    path = tmp_path / "serving.toml"
+    path.write_text(GOOD.replace("inline_max_body_bytes = 0", "huge_pages = true"))
+    assert load_config(path).server == ServerOptions(huge_pages=True)
+    path.write_text(GOOD.replace("inline_max_body_bytes = 0", 'huge_pages = "yes"'))
+    with pytest.raises(ServingConfigError, match="huge_pages"):
+        load_config(path)

@@ -44,6 +44,7 @@ from google.protobuf.message import DecodeError
 
 from embserve.checkpoint import crc32c
 from embserve.checkpoint._files import atomic_write
+from embserve.checkpoint._mapping import map_shard
 from embserve.checkpoint._wire import Malformed, corrupt, decode_varint, encode_varint
 from embserve.checkpoint.dtypes import (
     SUPPORTED,
@@ -180,7 +181,7 @@ class BundleReader:
             data_path(self.prefix, i, self.num_shards) for i in range(self.num_shards)
         ]
         self._shard_sizes = [self._stat_shard(p) for p in self.data_paths]
-        self._maps: list[mmap.mmap | bytes | None] = [None] * self.num_shards
+        self._maps: list[mmap.mmap | memoryview | bytes | None] = [None] * self.num_shards
         self._lock = threading.Lock()
         # (shard, offset, size, stored crc) of byte ranges whose checksum has been verified.
         self._verified: set[tuple[int, int, int, int]] = set()
@@ -392,8 +393,9 @@ class BundleReader:
 
     # -- mapping -------------------------------------------------------------------------------
 
-    def _buffer(self, shard: int) -> mmap.mmap | bytes:
-        """The shard's bytes, memory-mapped once (an empty shard cannot be mapped)."""
+    def _buffer(self, shard: int) -> mmap.mmap | memoryview | bytes:
+        """The shard's bytes, memory-mapped once (an empty shard cannot be mapped), at a 2 MiB
+        boundary where the platform allows (see :mod:`embserve.checkpoint._mapping`)."""
         buf = self._maps[shard]
         if buf is not None:
             return buf
@@ -411,7 +413,7 @@ class BundleReader:
                                 f"shard changed since the index was read: {size} bytes, expected "
                                 f"{self._shard_sizes[shard]}",
                             )
-                        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+                        buf = map_shard(f.fileno(), size) if size else b""
                 except FileNotFoundError:
                     raise CheckpointNotFoundError(
                         f"checkpoint data shard missing: {path!r}"
@@ -423,11 +425,14 @@ class BundleReader:
         """Drop the memory maps; arrays already returned stay valid until they are released."""
         with self._lock:
             for i, buf in enumerate(self._maps):
-                if isinstance(buf, mmap.mmap):
-                    # While numpy views still use the map, close() raises BufferError; the map
-                    # is then released together with the last view.
+                if isinstance(buf, mmap.mmap | memoryview):
+                    # While numpy views still use the map, close() / release() raise
+                    # BufferError; the map is then released together with the last view.
                     with contextlib.suppress(BufferError):
-                        buf.close()
+                        if isinstance(buf, mmap.mmap):
+                            buf.close()
+                        else:
+                            buf.release()
                 self._maps[i] = None
 
     def __enter__(self) -> BundleReader:

@@ -30,6 +30,8 @@ A TOML file, read with the standard library's :mod:`tomllib`::
     [server]                      # optional tuning
     inline_max_body_bytes = 262144  # predict bodies up to this size are answered on the event
                                     # loop, larger ones in a thread pool (0: always the pool)
+    huge_pages = false            # true: move each loaded version's tables onto 2 MiB pages
+                                  # before serving it (faster lookups; seconds per GiB to load)
 
 **The Python form.** When the model's features are already written as a ``feature_config``
 structure in Python, name it instead of listing tables and features, either in the file::
@@ -97,7 +99,7 @@ _FEATURE_KEYS = (
     "validate_weights_and_indices",
 )
 _LIMIT_KEYS = ("max_body_bytes", "max_batch", "max_ids_per_request")
-_SERVER_KEYS = ("inline_max_body_bytes",)
+_SERVER_KEYS = ("inline_max_body_bytes", "huge_pages")
 
 
 class ServingConfigError(es.ConfigError):
@@ -153,9 +155,13 @@ class ServerOptions:
         inline_max_body_bytes: predict bodies up to this size are decoded, looked up and
             encoded on the event loop; larger ones in the thread pool (0: always the pool).
             Small requests are GIL-bound Python, where a pool thread costs more than it saves.
+        huge_pages: after restoring a version, move its tables onto 2 MiB pages before serving
+            it (:func:`embserve.checkpointing.collapse_huge_pages`: faster lookups on large
+            tables, seconds per GiB at load time).
     """
 
     inline_max_body_bytes: int = 256 << 10
+    huge_pages: bool = False
 
 
 @dataclass(frozen=True)
@@ -527,7 +533,10 @@ def _server(data: Mapping[str, Any], c: _Checker) -> ServerOptions:
         "server",
         "inline_max_body_bytes",
     )
-    return ServerOptions(inline_max_body_bytes=inline)
+    huge = raw.get("huge_pages", False)
+    if not isinstance(huge, bool):
+        raise c.fail(f"must be true or false, got {huge!r}", "server", "huge_pages")
+    return ServerOptions(inline_max_body_bytes=inline, huge_pages=huge)
 
 
 def parse_config(

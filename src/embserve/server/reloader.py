@@ -48,7 +48,7 @@ import numpy as np
 
 import embserve as es
 from embserve.checkpoint import BundleReader
-from embserve.checkpointing import find_embedding_tables
+from embserve.checkpointing import collapse_huge_pages, find_embedding_tables
 
 if TYPE_CHECKING:
     from embserve.server.config import ServingConfig
@@ -287,6 +287,15 @@ def make_loader(config: ServingConfig) -> Loader:
             es.train.Checkpoint(**{config.object_name: model}).restore(prefix)
         except es.CheckpointMismatchError as exc:
             raise es.CheckpointMismatchError(f"{exc}{_where_embeddings_are(prefix)}") from exc
+        if config.server.huge_pages:
+            start = time.perf_counter()
+            moved = collapse_huge_pages(model)
+            _log.info(
+                "%s: %.2f GiB of tables moved to 2 MiB pages in %.1f s",
+                prefix,
+                moved / 2**30,
+                time.perf_counter() - start,
+            )
         smoke_check(model, config.features)
         return model
 

@@ -1,0 +1,90 @@
+"""Shard maps at 2 MiB boundaries, and moving restored tables onto huge pages."""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import embserve as es
+from embserve.checkpoint import BundleReader, BundleWriter
+from embserve.checkpoint._mapping import HUGE_PAGE, collapse_huge_pages, huge_page_bytes, map_shard
+from embserve.checkpointing import collapse_huge_pages as collapse_tables
+
+LINUX = sys.platform.startswith("linux")
+
+
+def test_map_shard_reads_the_file_from_an_aligned_address(tmp_path: Path) -> None:
+    data = np.random.default_rng(0).integers(0, 256, 3 * HUGE_PAGE + 123, dtype=np.uint8)
+    path = tmp_path / "shard"
+    path.write_bytes(data.tobytes())
+    with open(path, "rb") as f:
+        buf = map_shard(f.fileno(), data.size)
+    view = np.frombuffer(buf, np.uint8)
+    np.testing.assert_array_equal(view, data)
+    if LINUX:
+        assert isinstance(buf, memoryview)
+        assert view.ctypes.data % HUGE_PAGE == 0
+    with open(path, "rb") as f:  # below one huge page: a plain map
+        small = map_shard(f.fileno(), 1000)
+    assert bytes(small[:1000]) == data[:1000].tobytes()
+
+
+def test_restored_tables_stay_valid_after_close_and_can_be_collapsed(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    big = rng.standard_normal((12_000, 64)).astype(np.float32)  # ~2.9 MiB: spans huge pages
+    small = rng.standard_normal((10, 4)).astype(np.float32)
+    prefix = tmp_path / "ckpt"
+    with BundleWriter(prefix) as w:
+        w.add("a/.ATTRIBUTES/VARIABLE_VALUE", small)
+        w.add("b/.ATTRIBUTES/VARIABLE_VALUE", big)
+    reader = BundleReader(prefix)
+    table = reader.get_tensor("b/.ATTRIBUTES/VARIABLE_VALUE")
+    info = reader.info("b/.ATTRIBUTES/VARIABLE_VALUE")
+    if LINUX:  # file offset and address agree modulo 2 MiB: huge pages can map it
+        assert (table.ctypes.data - info.offset) % HUGE_PAGE == 0
+    reader.close()  # the arrays keep the map alive
+    np.testing.assert_array_equal(table, big)
+    moved = collapse_huge_pages(table)
+    assert moved in (0, HUGE_PAGE)  # 0 where the platform or filesystem refuses
+    np.testing.assert_array_equal(table, big)
+    assert huge_page_bytes() >= 0
+    assert collapse_huge_pages(small) == 0  # smaller than a huge page
+    del table
+    gc.collect()  # the last view goes: the map (reservation and file) is unmapped
+
+
+def test_collapse_tables_of_a_restored_serving_object(tmp_path: Path) -> None:
+    table = es.TableConfig(20_000, 64, name="t")
+    writer = es.TPUEmbeddingForServing({"f": es.FeatureConfig(table)}, None)
+    writer.build()
+    es.train.Checkpoint(embedding=writer).write(str(tmp_path / "ckpt"))
+    expected = writer.embedding_tables[table].copy()
+    table2 = es.TableConfig(20_000, 64, name="t")
+    reader = es.TPUEmbeddingForServing({"f": es.FeatureConfig(table2)}, None)
+    es.train.Checkpoint(embedding=reader).restore(str(tmp_path / "ckpt"))
+    ids = np.arange(0, 20_000, 7)
+    before = reader({"f": ids})["f"].copy()
+    moved = collapse_tables(reader)
+    assert moved >= 0
+    np.testing.assert_array_equal(reader({"f": ids})["f"], before)
+    np.testing.assert_array_equal(before, expected[ids])
+
+
+@pytest.mark.skipif(not LINUX, reason="the aligned map is Linux-only")
+def test_plain_mmap_escape_hatch(tmp_path: Path) -> None:
+    path = tmp_path / "shard"
+    path.write_bytes(b"x" * (3 * HUGE_PAGE))
+    code = (
+        "from embserve.checkpoint._mapping import map_shard; "
+        f"f = open({str(path)!r}, 'rb'); "
+        f"print(type(map_shard(f.fileno(), {3 * HUGE_PAGE})).__name__)"
+    )
+    env = {**os.environ, "EMBSERVE_PLAIN_MMAP": "1"}
+    got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert got.stdout.strip() == "mmap", got.stderr
