@@ -19,9 +19,12 @@ Contestants:
 
 - embserve through its public serving API: ``mid = es.TPUEmbeddingForServing(feature_config,
   optimizer=None)``, ``es.train.Checkpoint(embedding=mid).restore(prefix)`` (tables become
-  memory-mapped views of the checkpoint), ``mid(features, weights)``;
-- PyTorch ``embedding_bag`` / ``embedding`` (the ``bench`` extra) and vectorised NumPy, on views
-  of the same checkpoint pages;
+  views of the checkpoint mapped at 2 MiB boundaries), ``collapse_huge_pages(mid)`` (as
+  ``embserve serve`` does with ``huge_pages = true``; ``EMBSERVE_BENCH_HUGE_PAGES=0`` skips it),
+  ``mid(features, weights)``; plus ``embserve (4 KiB pages)``, the same lookups on torch's maps;
+- PyTorch ``embedding_bag`` / ``embedding`` (the ``bench`` extra) and vectorised NumPy, on
+  ``np.memmap`` s of the same checkpoint file at the offsets its index gives (the zero-copy
+  route without embserve; 4 KiB page-table entries);
 - TensorFlow's ``TPUEmbeddingForServing`` when ``--tf-python`` names a TF 2.21 venv's python: it
   restores the same checkpoint (into its own memory) and is timed through ``tf.function`` and
   eagerly (``_tf_worker.py``, which needs neither torch nor embserve).
@@ -1465,8 +1468,13 @@ def _report(
         "rows the output needs × 256 B / median. Zipf ids: rank r ∝ r^-1.05, ranks permuted "
         "over the table. embserve = `TPUEmbeddingForServing(feature_config, optimizer=None)` "
         "restored with `es.train.Checkpoint(embedding=mid).restore(prefix)` from a checkpoint "
-        "in /dev/shm (tables memory-mapped; every contestant reads the same pages), called as "
+        "in /dev/shm (tables memory-mapped at 2 MiB boundaries), then "
+        "`embserve.checkpointing.collapse_huge_pages(mid)` (2 MiB pages; `[server] huge_pages` "
+        "in `embserve serve`), called as "
         "`mid(features, weights)`: dense ids for one-hot (a plain gather, SEMANTICS.md §4.1); "
+        "embserve (4 KiB pages) = the same lookups on the np.memmap tables torch reads; "
+        "torch, numpy and the machine rows read the same physical pages through np.memmap of "
+        "the data file at the index's offsets (4 KiB page-table entries); "
         "embserve (ragged) = the one-hot ids as 1-id ragged bags, combiner sum. TF = "
         "`tf.tpu.experimental.embedding.TPUEmbeddingForServing` restored from the same "
         "checkpoint (into its own variables), inputs as tf.Tensor / tf.RaggedTensor, called "
