@@ -1614,7 +1614,7 @@ class TestFusedDense:
         }
         got = emb(inputs)
         assert list(got) == ["f2", "f0", "f1"]
-        assert emb._plan._dense[("f2", "f0", "f1")] is not None  # the fused path ran
+        assert emb._plan._dense[2][("f2", "f0", "f1")] is not None  # the fused path ran
         want = reference_serving_lookup(inputs, None, emb.embedding_tables, fc)
         for k in inputs:
             assert got[k].shape == (*shape, 4)
@@ -1630,6 +1630,9 @@ class TestFusedDense:
             emb({"f0": np.array([i, i]), "f1": np.array([i, i])})
         np.testing.assert_array_equal(one, saved["f1"])
 
+    @pytest.mark.skipif(
+        not __import__("embserve.kernels.arena").kernels.arena.REUSE, reason="no reuse here"
+    )
     def test_dropped_results_let_the_next_call_reuse_memory(self):
         emb, _ = self._model()
         ids = {"f0": np.arange(30), "f1": np.arange(30)}
@@ -1668,3 +1671,23 @@ class TestFusedDense:
             {f"t{i}": {"parameters": np.full((50, 4), float(i), np.float32)} for i in range(3)}
         )
         assert emb2({"f0": np.array([1]), "f2": np.array([2])})["f2"].tolist() == [[2.0] * 4]
+
+    def test_key_orders_chosen_by_callers_keep_the_cache_bounded(self):
+        import itertools
+
+        from embserve import lookup
+
+        emb, _ = self._model()
+        ids = np.array([1, 2])
+        for order in itertools.islice(itertools.permutations(["f0", "f1", "f2"]), 6):
+            for n in range(1, 4):
+                emb({k: ids for k in order[:n]})
+        assert len(emb._plan._dense[2]) <= lookup._MAX_DENSE_GROUPS
+
+    def test_an_unsupported_combiner_fails_the_same_on_both_paths(self):
+        emb, fc = self._model()
+        fc["f0"].table.combiner = "max"
+        with pytest.raises(es.InputError, match="combiner 'max'"):
+            emb({"f0": np.array([1]), "f1": np.array([2])})
+        with pytest.raises(es.InputError, match="combiner 'max'"):
+            emb({"f0": [1]})

@@ -194,8 +194,8 @@ class _Tracked:
     __slots__ = ()
 
     def __setattr__(self, name: str, value: Any) -> None:
-        CHANGES[0] += 1
         object.__setattr__(self, name, value)
+        CHANGES[0] += 1  # after the store: a reader that sees the new count sees the new value
 
 
 class TableConfig(_Tracked):

@@ -164,4 +164,6 @@ class TPUEmbeddingForServing:
             self.build()
         return self._plan.run(features, weights, self._tables)
 
-    __call__ = embedding_lookup  # the same method (one Python call less per lookup)
+    def __call__(self, features: Any, weights: Any | None = None) -> Any:
+        """Same as :meth:`embedding_lookup`."""
+        return self.embedding_lookup(features, weights)

@@ -63,6 +63,8 @@ _TABLE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _F32 = np.dtype(np.float32)
 _FAST_ID_DTYPES = frozenset((np.dtype(np.int32), np.dtype(np.int64)))
 _MISSING: Any = object()
+# Key orders remembered per plan for the fused dense path (each group may hold output buffers).
+_MAX_DENSE_GROUPS = 16
 _NDARRAY = {np.ndarray}
 _dtype_of = operator.attrgetter("dtype")
 
@@ -466,15 +468,7 @@ class LookupPlan:
     lookup call. ``TPUEmbeddingForServing`` keeps one plan for its lifetime.
     """
 
-    __slots__ = (
-        "_cache",
-        "_dense",
-        "_dense_changes",
-        "_dense_tables",
-        "features",
-        "paths",
-        "stop_paths",
-    )
+    __slots__ = ("_cache", "_dense", "features", "paths", "stop_paths")
 
     def __init__(self, feature_config: Any) -> None:
         flat = nest.flatten_with_paths(feature_config)
@@ -491,24 +485,27 @@ class LookupPlan:
         # path -> the _Feature of the last call, reused while the same table object is passed:
         # building it (table checks, names, combiner) cost ~1.5 µs per feature per call.
         self._cache: dict[str, _Feature] = {}
-        # key order of a flat dict of dense ids -> its fused group (None: not eligible), valid
-        # for the tables mapping in _dense_tables and while no config changed.
-        self._dense: dict[tuple[str, ...], _DenseGroup | None] = {}
-        self._dense_tables: Any = None
-        self._dense_changes = -1
+        # (tables mapping, config change count, {key order of a flat dict of dense ids: fused
+        # group or None when not eligible}): replaced whole, never edited in place for another
+        # mapping, so a group built from old tables cannot land among the new ones.
+        self._dense: tuple[Any, int, dict[tuple[str, ...], _DenseGroup | None]] = (None, -1, {})
 
     def forget_tables(self) -> None:
         """Drop cached references to tables (after a restore replaced them)."""
         self._cache.clear()
-        self._dense.clear()
-        self._dense_tables = None
+        self._dense = (None, -1, {})
 
     def _dense_group(self, keys: tuple[str, ...], tables: Mapping[TableConfig, Any]) -> Any:
         """The fused group for ``keys``, or None when a feature needs the general path."""
         prepared: list[np.ndarray] = []
         for key in keys:
             cfg = self.features.get(key) if type(key) is str else None
-            if cfg is None or cfg.max_sequence_length > 0 or cfg.table not in tables:
+            if (
+                cfg is None
+                or cfg.max_sequence_length > 0
+                or cfg.table not in tables
+                or cfg.table.combiner not in _COMBINERS  # the general path raises
+            ):
                 return None
             try:
                 table = _prepare_table(tables[cfg.table], cfg.table)
@@ -523,14 +520,16 @@ class LookupPlan:
         """All features dense, one shape, int32/int64 ids: one kernel call for the whole request
         (ids checked inside it). None when the call does not qualify or an id is out of range;
         the general path then runs (and raises the error naming feature, row and position)."""
-        if tables is not self._dense_tables or self._dense_changes != _config.CHANGES[0]:
-            self._dense.clear()
-            self._dense_tables = tables
-            self._dense_changes = _config.CHANGES[0]
+        state = self._dense
+        if state[0] is not tables or state[1] != _config.CHANGES[0]:
+            state = self._dense = (tables, _config.CHANGES[0], {})
+        groups = state[2]
         keys = tuple(inputs)
-        group = self._dense.get(keys, _MISSING)
+        group = groups.get(keys, _MISSING)
         if group is _MISSING:
-            group = self._dense[keys] = self._dense_group(keys, tables)
+            if len(groups) >= _MAX_DENSE_GROUPS:
+                groups.clear()  # clients choose key orders: keep the cache bounded
+            group = groups[keys] = self._dense_group(keys, tables)
         if group is None:
             return None
         values = list(inputs.values())

@@ -5,8 +5,9 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pytest
 
-from embserve.kernels.arena import OutputArena
+from embserve.kernels.arena import REUSE, OutputArena
 
 
 def _addr(a: np.ndarray) -> int:
@@ -14,6 +15,7 @@ def _addr(a: np.ndarray) -> int:
     return int(a.ctypes.data)
 
 
+@pytest.mark.skipif(not REUSE, reason="reuse is off on this interpreter (see arena.REUSE)")
 def test_free_buffer_is_reused_and_kept_results_are_not_overwritten() -> None:
     arena = OutputArena()
     first = arena.take((100,), np.float32)
@@ -31,6 +33,7 @@ def test_free_buffer_is_reused_and_kept_results_are_not_overwritten() -> None:
     assert (kept == 2.0).all()
 
 
+@pytest.mark.skipif(not REUSE, reason="reuse is off on this interpreter")
 def test_larger_request_gets_new_memory_and_small_ones_reuse_it() -> None:
     arena = OutputArena(keep=1)
     arena.take((10,), np.float32)
@@ -70,6 +73,7 @@ def test_concurrent_takers_never_share_a_buffer() -> None:
     assert not errors
 
 
+@pytest.mark.skipif(not REUSE, reason="reuse is off on this interpreter")
 def test_exact_shape_returns_the_buffer_and_a_smaller_one_a_view_of_it() -> None:
     arena = OutputArena()
     out = arena.take((4, 3, 2), np.float32)
@@ -83,3 +87,13 @@ def test_exact_shape_returns_the_buffer_and_a_smaller_one_a_view_of_it() -> None
     assert smaller.shape == (5, 2)
     assert smaller.flags.c_contiguous
     assert _addr(smaller) == address
+
+
+def test_a_small_request_does_not_pin_a_much_larger_buffer() -> None:
+    arena = OutputArena()
+    big = arena.take((4000,), np.float32)
+    address = _addr(big)
+    del big
+    small = arena.take((10,), np.float32)
+    assert _addr(small) != address
+    assert small.base is None or small.base.size < 4000

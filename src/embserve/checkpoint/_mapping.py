@@ -18,6 +18,7 @@ import ctypes
 import ctypes.util
 import mmap
 import os
+import platform
 import sys
 from typing import Any
 
@@ -35,7 +36,8 @@ _MAP_FAILED = ctypes.c_void_p(-1).value
 
 
 def _load_libc() -> Any:
-    if not sys.platform.startswith("linux"):
+    # The flag values below are Linux's on x86-64 and arm64 (other architectures differ).
+    if not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "aarch64"):
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -50,6 +52,8 @@ def _load_libc() -> Any:
         ctypes.c_int,
         ctypes.c_long,
     ]
+    libc.munmap.restype = ctypes.c_int
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
     libc.madvise.restype = ctypes.c_int
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     return libc
@@ -72,11 +76,16 @@ def map_shard(fileno: int, size: int) -> mmap.mmap | memoryview:
     """
     if _LIBC is None or size < HUGE_PAGE:
         return mmap.mmap(fileno, 0, access=mmap.ACCESS_READ)
-    reserve = mmap.mmap(-1, size + HUGE_PAGE, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
+    try:
+        reserve = mmap.mmap(-1, size + HUGE_PAGE, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
+    except OSError:  # address space limits: the plain map may still fit
+        return mmap.mmap(fileno, 0, access=mmap.ACCESS_READ)
     base = _address(reserve)
     start = (base + HUGE_PAGE - 1) // HUGE_PAGE * HUGE_PAGE
     placed = _LIBC.mmap(start, size, _PROT_READ, _MAP_SHARED | _MAP_FIXED, fileno, 0)
     if placed in (None, _MAP_FAILED) or placed != start:
+        if placed not in (None, _MAP_FAILED):
+            _LIBC.munmap(placed, size)  # placed elsewhere (cannot happen with MAP_FIXED)
         reserve.close()
         return mmap.mmap(fileno, 0, access=mmap.ACCESS_READ)
     return memoryview(reserve)[start - base : start - base + size]

@@ -426,8 +426,9 @@ class BundleReader:
         with self._lock:
             for i, buf in enumerate(self._maps):
                 if isinstance(buf, mmap.mmap | memoryview):
-                    # While numpy views still use the map, close() / release() raise
-                    # BufferError; the map is then released together with the last view.
+                    # While numpy views still use an mmap, close() raises BufferError; a
+                    # memoryview's release() succeeds (numpy holds its own view of the
+                    # reservation). Either way the mapping lives until the last array goes.
                     with contextlib.suppress(BufferError):
                         if isinstance(buf, mmap.mmap):
                             buf.close()

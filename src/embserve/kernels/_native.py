@@ -116,6 +116,15 @@ def sum_rows(
     """
     if not isinstance(nvec, types.IntegerLiteral) or not isinstance(weighted, types.BooleanLiteral):
         return None
+    # The IR indexes ids / weights by element from their data pointers: C-contiguous signed ids
+    # and float32 weights only (anything else is a compile error, never a wrong read).
+    for array, allowed in ((ids, (types.int32, types.int64)), (weights, None)):
+        if not isinstance(array, types.Array) or array.layout != "C" or array.ndim != 1:
+            return None
+        if allowed is not None and array.dtype not in allowed:
+            return None
+    if weighted.literal_value and weights.dtype != types.float32:
+        return None
     n_vec = nvec.literal_value
     use_weights = weighted.literal_value
     sig = types.void(table, row_bytes, ids, weights, start, end, out, weighted, nvec)

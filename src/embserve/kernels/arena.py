@@ -22,9 +22,24 @@ import numpy as np
 
 __all__ = ["OutputArena"]
 
-# References a pooled buffer has while it is free, as seen by ``sys.getrefcount`` in ``take``
-# right after popping it from the pool: the local variable and getrefcount's own argument.
-_FREE_REFS = 2
+
+def _free_refs_probe() -> int:
+    """``sys.getrefcount`` of a buffer just popped from a pool, as ``take`` sees it: 2 on
+    CPython 3.11-3.13 (the local variable and the call's argument)."""
+    pool = [np.empty(1)]
+    buf = pool.pop()
+    return sys.getrefcount(buf)
+
+
+# Reuse is sound only where the reference count is exact and the GIL makes pop() atomic. CPython
+# 3.14 borrows local references (getrefcount drops by one, so a buffer one result still uses
+# would look free) and free-threaded builds count approximately: there every take allocates.
+_FREE_REFS = _free_refs_probe()
+REUSE = _FREE_REFS == 2 and bool(getattr(sys, "_is_gil_enabled", lambda: True)())
+
+# A pooled buffer serves a request only if it is at most this many times larger: a batch-1 row
+# a caller keeps must not pin a buffer sized for a batch of thousands.
+_MAX_OVERSIZE = 4
 
 
 class OutputArena:
@@ -32,7 +47,8 @@ class OutputArena:
 
     Thread-safe without a lock: a buffer is popped from the pool (atomic under the GIL) before
     its reference count is read, so no other thread can reach it in between except through a
-    live result, which the count would show.
+    live result, which the count would show. Where that reasoning does not hold (see
+    :data:`REUSE`) every call allocates.
 
     Args:
         keep: how many buffers to retain (one per concurrent caller is enough to never allocate).
@@ -41,7 +57,7 @@ class OutputArena:
 
     __slots__ = ("_keep", "_max_bytes", "_pool")
 
-    def __init__(self, keep: int = 2, max_bytes: int = 256 << 20) -> None:
+    def __init__(self, keep: int = 2, max_bytes: int = 128 << 20) -> None:
         self._keep = keep
         self._max_bytes = max_bytes
         self._pool: list[np.ndarray] = []
@@ -49,6 +65,8 @@ class OutputArena:
     def take(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         """A C-ordered array of ``shape`` and ``dtype`` with undefined contents: a free pooled
         buffer (or a view of its start) when one fits, else newly allocated memory."""
+        if not REUSE:
+            return np.empty(shape, dtype)
         pool = self._pool
         try:
             buf = pool.pop()
@@ -60,10 +78,10 @@ class OutputArena:
                     pool.append(buf)
                     return buf
                 count = math.prod(shape)
-                if buf.size >= count:
+                if count <= buf.size <= _MAX_OVERSIZE * count:
                     pool.append(buf)
                     return buf.reshape(-1)[:count].reshape(shape)
-                # free but too small: the new buffer below takes its place
+                # free but too small or far too large: the new buffer below takes its place
             elif len(pool) < self._keep:
                 pool.insert(0, buf)  # busy (a result still uses it): look again later
         fresh = np.empty(shape, dtype)
