@@ -88,3 +88,21 @@ def test_plain_mmap_escape_hatch(tmp_path: Path) -> None:
     env = {**os.environ, "EMBSERVE_PLAIN_MMAP": "1"}
     got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert got.stdout.strip() == "mmap", got.stderr
+
+
+def test_checksums_and_copies_read_through_the_aligned_map(tmp_path: Path) -> None:
+    """Verification, copy=True reads and corruption errors on a shard large enough to take the
+    aligned-map path."""
+    big = np.random.default_rng(2).standard_normal((20_000, 64)).astype(np.float32)  # 5 MiB
+    prefix = tmp_path / "ckpt"
+    with BundleWriter(prefix) as w:
+        info = w.add("t/.ATTRIBUTES/VARIABLE_VALUE", big)
+    with BundleReader(prefix, verify=True) as r:
+        np.testing.assert_array_equal(r.get_tensor("t/.ATTRIBUTES/VARIABLE_VALUE"), big)
+        np.testing.assert_array_equal(r.get_tensor("t/.ATTRIBUTES/VARIABLE_VALUE", copy=True), big)
+    data = Path(f"{prefix}.data-00000-of-00001")
+    raw = bytearray(data.read_bytes())
+    raw[info.offset + 3_000_000] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    with BundleReader(prefix) as r, pytest.raises(es.CorruptCheckpointError, match="checksum"):
+        r.get_tensor("t/.ATTRIBUTES/VARIABLE_VALUE", verify=True)
