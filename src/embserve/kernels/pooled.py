@@ -51,26 +51,16 @@ def _vector_dim(table):  # type: ignore[no-untyped-def]
 
 
 @jit_inline
-def _sum_bag(base, row_bytes, ids, start, end, target, dim):  # type: ignore[no-untyped-def]
-    """Bag sum into the row at address ``target``, in column blocks of 64 then 16 floats."""
+def _sum_bag(base, row_bytes, ids, weights, start, end, target, dim, weighted):  # type: ignore[no-untyped-def]
+    """Bag sum into the row at address ``target``, in column blocks of 64 then 16 floats; each
+    row scaled by its weight first when ``weighted`` (a literal: callers write True or False,
+    which numba carries into this inlined body and on to :func:`sum_rows`)."""
     col = 0
     while dim - col >= 64:
-        sum_rows(base + 4 * col, row_bytes, ids, ids, start, end, target + 4 * col, False, 8)  # type: ignore[call-arg]
+        sum_rows(base + 4 * col, row_bytes, ids, weights, start, end, target + 4 * col, weighted, 8)  # type: ignore[call-arg]
         col += 64
     while col < dim:
-        sum_rows(base + 4 * col, row_bytes, ids, ids, start, end, target + 4 * col, False, 2)  # type: ignore[call-arg]
-        col += 16
-
-
-@jit_inline
-def _sum_bag_weighted(base, row_bytes, ids, weights, start, end, target, dim):  # type: ignore[no-untyped-def]
-    """:func:`_sum_bag` with each row scaled by its weight before it is added."""
-    col = 0
-    while dim - col >= 64:
-        sum_rows(base + 4 * col, row_bytes, ids, weights, start, end, target + 4 * col, True, 8)  # type: ignore[call-arg]
-        col += 64
-    while col < dim:
-        sum_rows(base + 4 * col, row_bytes, ids, weights, start, end, target + 4 * col, True, 2)  # type: ignore[call-arg]
+        sum_rows(base + 4 * col, row_bytes, ids, weights, start, end, target + 4 * col, weighted, 2)  # type: ignore[call-arg]
         col += 16
 
 
@@ -86,7 +76,7 @@ def _bags(table, ids, splits, combiner, out, b0, b1, acc):  # type: ignore[no-un
         start = splits[b]
         end = splits[b + 1]
         if vector:
-            _sum_bag(base, row_bytes, ids, start, end, out_base + b * row_bytes, dim)
+            _sum_bag(base, row_bytes, ids, ids, start, end, out_base + b * row_bytes, dim, False)
             n = end - start
             if n > 0 and combiner != SUM:
                 o = out[b]
@@ -124,9 +114,8 @@ def _bags_weighted(table, ids, weights, splits, combiner, out, b0, b1, acc):  # 
     for b in range(b0, b1):
         end = splits[b + 1]
         if vector:
-            _sum_bag_weighted(
-                base, row_bytes, ids, weights, splits[b], end, out_base + b * row_bytes, dim
-            )
+            target = out_base + b * row_bytes
+            _sum_bag(base, row_bytes, ids, weights, splits[b], end, target, dim, True)
             if combiner != SUM:
                 wsum = np.float32(0)
                 for k in range(splits[b], end):
