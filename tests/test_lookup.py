@@ -1691,3 +1691,11 @@ class TestFusedDense:
             emb({"f0": np.array([1]), "f1": np.array([2])})
         with pytest.raises(es.InputError, match="combiner 'max'"):
             emb({"f0": [1]})
+
+    def test_an_empty_batch_gives_empty_outputs(self):
+        emb, _ = self._model()
+        empty = np.zeros(0, np.int64)
+        got = emb({"f0": empty, "f1": empty})
+        assert got["f0"].shape == (0, 4)
+        assert got["f1"].shape == (0, 4)
+        assert emb({"f0": np.zeros((3, 0), np.int32)})["f0"].shape == (3, 0, 4)

@@ -369,4 +369,5 @@ def collapse_huge_pages(embedding: TPUEmbeddingForServing) -> int:
     ``huge_pages = true`` under ``[server]``). Returns 0 where the platform or filesystem
     refuses; lookups are correct either way.
     """
-    return sum(_collapse(table) for table in embedding.embedding_tables.values())
+    # The tables it holds now: an object not yet restored or built has none (and is not built).
+    return sum(_collapse(table) for table in embedding._tables.values())

@@ -70,6 +70,9 @@ def test_collapse_tables_of_a_restored_serving_object(tmp_path: Path) -> None:
     es.train.Checkpoint(embedding=reader).restore(str(tmp_path / "ckpt"))
     ids = np.arange(0, 20_000, 7)
     before = reader({"f": ids})["f"].copy()
+    unrestored = es.TPUEmbeddingForServing({"f": es.FeatureConfig(es.TableConfig(9, 4))}, None)
+    assert collapse_tables(unrestored) == 0
+    assert not unrestored._built  # nothing to collapse, and no tables initialised for it
     moved = collapse_tables(reader)
     assert moved >= 0
     np.testing.assert_array_equal(reader({"f": ids})["f"], before)

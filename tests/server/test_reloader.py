@@ -318,3 +318,16 @@ def test_smoke_check(tmp_path: Path) -> None:
     smoke_check(model, config.features)
     with pytest.raises(SmokeCheckError, match="feature 'user'"):
         smoke_check(cast(Any, _WrongModel(model)), config.features)
+
+
+def test_huge_pages_option_loads_and_serves_the_same_rows(tmp_path: Path) -> None:
+    directory = tmp_path / "ckpts"
+    tables = random_tables(1)
+    save_version(directory, 1, tables)
+    config = load_config(
+        write_config(tmp_path / "serving.toml", directory, server="huge_pages = true\n")
+    )
+    assert config.server.huge_pages
+    reloader = Reloader(str(directory), make_loader(config), metrics=ServerMetrics())
+    assert reloader.poll() is not None
+    np.testing.assert_array_equal(_users_row(reloader, 9), tables["users"][9])
