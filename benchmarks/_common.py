@@ -6,6 +6,7 @@ The scripts run as ``python benchmarks/<name>.py``, so this module is imported a
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 __all__ = [
@@ -58,3 +59,12 @@ def insert_results(section: str) -> None:
         old = header + "\n" + old
     head, tail = old.split(RESULTS_MARKER, 1)
     RESULTS_PATH.write_text(head + RESULTS_MARKER + "\n\n" + section + "\n" + tail.lstrip("\n"))
+
+
+def publish(section: str, write: bool) -> None:
+    """Print a finished report and, with ``--write``, insert it in RESULTS.md (saying so on
+    stderr, so stdout stays the report alone)."""
+    print(section)
+    if write:
+        insert_results(section)
+        print(f"wrote {RESULTS_PATH}", file=sys.stderr, flush=True)

@@ -23,7 +23,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import ctypes
 import datetime as dt
 import os
 import platform
@@ -33,68 +32,25 @@ import time
 from typing import Any
 
 import numpy as np
-from _common import cpu_model, git_commit, insert_results
+from _common import cpu_model, git_commit, publish
 
 import embserve as es
+from embserve.checkpoint._mapping import collapse_huge_pages, huge_page_bytes, map_shard
 
 DIM = 64
-HUGE = 2 << 20
-MADV_HUGEPAGE = 14
-MADV_COLLAPSE = 25
-PROT_NONE, PROT_READ = 0, 1
-MAP_SHARED, MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS = 0x01, 0x02, 0x10, 0x20
-
-
-def _libc() -> Any:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [
-        ctypes.c_void_p,
-        ctypes.c_size_t,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_long,
-    ]
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    return libc
 
 
 def _map_collapsed(path: str, nbytes: int) -> tuple[np.ndarray, float, str]:
-    """The file mapped read-only at a 2 MiB-aligned address and collapsed into huge pages.
-
-    Returns the table view, the seconds the collapse took and a note. The mapping lives until
-    the process exits (this is a measuring script; embserve itself does not do this yet).
-    """
-    libc = _libc()
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        reserve = libc.mmap(None, nbytes + HUGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
-        aligned = (reserve + HUGE - 1) // HUGE * HUGE
-        address = libc.mmap(aligned, nbytes, PROT_READ, MAP_SHARED | MAP_FIXED, fd, 0)
-    finally:
-        os.close(fd)
-    if address in (None, ctypes.c_void_p(-1).value) or address != aligned:
-        raise OSError(ctypes.get_errno(), "mmap at an aligned address failed")
+    """The file mapped the way embserve maps checkpoint shards (2 MiB-aligned), then collapsed
+    onto huge pages; returns the table view, the seconds the collapse took and a note."""
+    with open(path, "rb") as f:
+        buffer = map_shard(f.fileno(), nbytes)
+    table = np.frombuffer(buffer, np.float32).reshape(-1, DIM)
     start = time.perf_counter()
-    libc.madvise(address, nbytes // HUGE * HUGE, MADV_HUGEPAGE)
-    failed = libc.madvise(address, nbytes // HUGE * HUGE, MADV_COLLAPSE)
+    moved = collapse_huge_pages(table)
     seconds = time.perf_counter() - start
-    note = "collapsed" if not failed else f"MADV_COLLAPSE failed: {os.strerror(ctypes.get_errno())}"
-    raw = (ctypes.c_char * nbytes).from_address(address)
-    table = np.frombuffer(raw, np.float32).reshape(-1, DIM)
-    table.flags.writeable = False
+    note = f"{moved / 2**30:.2f} GiB collapsed" if moved else "MADV_COLLAPSE refused"
     return table, seconds, note
-
-
-def _pmd_mapped_kib() -> int:
-    """ShmemPmdMapped of this process: how much of the mapped file uses 2 MiB entries."""
-    with open("/proc/self/smaps_rollup", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("ShmemPmdMapped:"):
-                return int(line.split()[1])
-    return 0
 
 
 def main() -> int:
@@ -120,7 +76,7 @@ def main() -> int:
         collapsed, collapse_s, note = _map_collapsed(path, nbytes)
         tables["2 MiB pages (mapped file, collapsed)"] = collapsed
         tables["2 MiB pages (anonymous copy)"] = np.array(tables["4 KiB pages (np.memmap)"])
-        pmd_kib = _pmd_mapped_kib()
+        huge = huge_page_bytes()
 
         config = es.TableConfig(vocabulary_size=rows, dim=DIM, name="t")
         onehot_fc = {f"f{i:02d}": es.FeatureConfig(table=config) for i in range(26)}
@@ -164,8 +120,8 @@ def main() -> int:
             f"- nproc {os.cpu_count()}, CPU {cpu_model()}, python {platform.python_version()}, "
             f"kernel {platform.release()}, embserve tree: git {git_commit()}",
             f"- one {nbytes / 2**30:.2f} GiB float32 table ({rows:,} × {DIM}) in /dev/shm; "
-            f"MADV_COLLAPSE: {note} in {collapse_s:.1f} s, {pmd_kib / 2**20:.2f} GiB "
-            "PMD-mapped afterwards",
+            f"MADV_COLLAPSE: {note} in {collapse_s:.1f} s, {huge / 2**30:.2f} GiB "
+            "on 2 MiB pages afterwards (this process)",
             f"- {args.rounds} interleaved rounds × 8 distinct batches per cell; outputs of the "
             "three mappings checked equal",
             "",
@@ -189,9 +145,7 @@ def main() -> int:
             "",
         ]
         report = "\n".join(lines)
-        print(report)
-        if args.write:
-            insert_results(report)
+        publish(report, args.write)
     finally:
         for name in os.listdir(directory):
             os.unlink(os.path.join(directory, name))

@@ -68,7 +68,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import RESULTS_PATH, cpu_model, git_commit, insert_results
+from _common import cpu_model, git_commit, publish
 
 ROWS = 16_000_000
 DIM = 64
@@ -639,10 +639,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         _log(f"removed {workdir}")
-    print(section)
-    if args.write:
-        insert_results(section)
-        _log(f"wrote {RESULTS_PATH}")
+    publish(section, args.write)
     return 0
 
 

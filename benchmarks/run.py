@@ -88,7 +88,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import RESULTS_PATH, cpu_model, git_commit, insert_results
+from _common import RESULTS_PATH, cpu_model, git_commit, publish
 
 DIM = 64
 ROW_BYTES = DIM * 4  # one float32 row of 64 = 256 bytes
@@ -1988,10 +1988,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.plots_dir = os.fspath(Path(__file__).with_name("plots"))
     command = " ".join([".venv/bin/python", "benchmarks/run.py", *sys.argv[1:]])
     section = _sweep_run(args, command) if args.sweep else _main_run(args, command)
-    print(section)
-    if args.write:
-        insert_results(section)
-        _log(f"wrote {RESULTS_PATH}")
+    publish(section, args.write)
     return 0
 
 

@@ -72,7 +72,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import RESULTS_PATH, cpu_model, git_commit, insert_results
+from _common import cpu_model, git_commit, publish
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 HOST = "127.0.0.1"
@@ -1151,10 +1151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         request_parts=parts,
         setup=setup,
     )
-    print(section)
-    if args.write:
-        insert_results(section)
-        _log(f"wrote {RESULTS_PATH}")
+    publish(section, args.write)
     return 0
 
 
