@@ -450,10 +450,9 @@ class _DenseGroup:
     no sequence length, float32 tables of one ``dim``. Holds the prepared tables (keeping their
     memory alive for the addresses) and one output arena for the whole call."""
 
-    __slots__ = ("addresses", "arena", "dim", "keys", "rows", "tables")
+    __slots__ = ("addresses", "arena", "dim", "rows", "tables")
 
-    def __init__(self, keys: tuple[str, ...], tables: list[np.ndarray]) -> None:
-        self.keys = keys
+    def __init__(self, tables: list[np.ndarray]) -> None:
         self.tables = tables
         self.addresses = np.array([address_of(t) for t in tables], dtype=np.int64)
         self.rows = np.array([t.shape[0] for t in tables], dtype=np.int64)
@@ -500,21 +499,16 @@ class LookupPlan:
         prepared: list[np.ndarray] = []
         for key in keys:
             cfg = self.features.get(key) if type(key) is str else None
-            if (
-                cfg is None
-                or cfg.max_sequence_length > 0
-                or cfg.table not in tables
-                or cfg.table.combiner not in _COMBINERS  # the general path raises
-            ):
+            if cfg is None or cfg.max_sequence_length > 0 or cfg.table not in tables:
                 return None
-            try:
-                table = _prepare_table(tables[cfg.table], cfg.table)
+            try:  # the general path's per-feature state: prepared table, combiner checked
+                table = self._feature(key, cfg, tables[cfg.table]).table
             except InputError:
-                return None  # the general path raises it
+                return None  # the general path raises it, in its order
             if table.dtype != _F32 or (prepared and table.shape[1] != prepared[0].shape[1]):
                 return None
             prepared.append(table)
-        return _DenseGroup(keys, prepared) if prepared else None
+        return _DenseGroup(prepared) if prepared else None
 
     def _run_dense(self, inputs: dict[Any, Any], tables: Mapping[TableConfig, Any]) -> Any:
         """All features dense, one shape, int32/int64 ids: one kernel call for the whole request
