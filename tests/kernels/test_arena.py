@@ -97,3 +97,17 @@ def test_a_small_request_does_not_pin_a_much_larger_buffer() -> None:
     small = arena.take((10,), np.float32)
     assert _addr(small) != address
     assert small.base is None or small.base.size < 4000
+
+
+def test_without_exact_refcounts_every_take_allocates(monkeypatch: pytest.MonkeyPatch) -> None:
+    from embserve.kernels import arena as arena_module
+
+    monkeypatch.setattr(arena_module, "REUSE", False)
+    arena = OutputArena()
+    first = arena.take((64,), np.float32)
+    address = _addr(first)
+    keep = first  # hold it so malloc cannot hand the same address back
+    del first
+    assert _addr(arena.take((64,), np.float32)) != address
+    assert len(arena._pool) == 0
+    del keep

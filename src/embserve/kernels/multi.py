@@ -18,6 +18,7 @@ from numba import prange
 
 from embserve.kernels._jit import jit, jit_inline, jit_parallel
 from embserve.kernels._native import PREFETCH_ROWS, prefetch_row, table_at
+from embserve.kernels.sequence import _gather_range
 
 __all__ = ["gather_tables_parallel", "gather_tables_serial"]
 
@@ -47,19 +48,10 @@ def _first_bad(rows, ids, n):  # type: ignore[no-untyped-def]
 
 @jit_inline
 def _copy_rows(addresses, rows, ids, out, f, i0, i1):  # type: ignore[no-untyped-def]
-    dim = out.shape[2]
+    """Rows ``i0 .. i1`` of feature ``f``: the single-table gather on its slice of the call."""
     n = out.shape[1]
-    row_bytes = dim * 4
-    base = addresses[f]
-    table = table_at(base, rows[f], dim)
-    first = f * n
-    for i in range(i0, i1):
-        if i + PREFETCH_ROWS < n:
-            prefetch_row(base + ids[first + i + PREFETCH_ROWS] * row_bytes, row_bytes)
-        row = table[ids[first + i]]
-        o = out[f, i]
-        for d in range(dim):
-            o[d] = row[d]
+    table = table_at(addresses[f], rows[f], out.shape[2])
+    _gather_range(table, ids[f * n : (f + 1) * n], out[f], i0, i1)
 
 
 @jit
