@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["HUGE_PAGE", "collapse_huge_pages", "map_shard"]
+__all__ = ["HUGE_PAGE", "collapse_huge_pages", "huge_page_bytes", "map_shard"]
 
 HUGE_PAGE = 2 << 20
 _MADV_HUGEPAGE = 14
@@ -39,6 +39,8 @@ def _load_libc() -> Any:
     # The flag values below are Linux's on x86-64 and arm64 (other architectures differ).
     if not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "aarch64"):
         return None
+    if os.environ.get("EMBSERVE_PLAIN_MMAP", "") not in ("", "0"):
+        return None  # escape hatch: plain mmap everywhere, no collapsing
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     except OSError:
@@ -125,7 +127,3 @@ def huge_page_bytes() -> int:
     except OSError:
         return 0
     return total
-
-
-if os.environ.get("EMBSERVE_PLAIN_MMAP", "") not in ("", "0"):
-    _LIBC = None  # escape hatch: plain mmap everywhere
