@@ -85,8 +85,10 @@ SEED = 20_260_105
 BATCHES = (1, 256)
 WORKER_COUNTS = (1, 2)
 SERVERS = ("embserve", "bare")
-#: Distinct request bodies cycled per batch size (batch 256 bodies are ~90 KB each).
-N_BODIES = {1: 512, 256: 16}
+#: Distinct request bodies cycled per batch size (batch 256 bodies are ~90 KB each, batch 1024
+#: ~360 KB: over the server's 256 KiB inline_max_body_bytes, so answered in its thread pool).
+N_BODIES = {1: 512, 256: 16, 1024: 4}
+MAX_BATCH = max(N_BODIES)
 WARMUP_REQUESTS = 3  # per client and cell, untimed, on the cell's connection
 START_TIMEOUT_S = 180.0  # 4 servers importing numba / embserve at once on 2 busy cores
 IO_TIMEOUT_S = 60.0
@@ -104,6 +106,8 @@ class Sizes:
     clients: int
     max_requests: int
     warmup_seconds: float
+    worker_counts: tuple[int, ...] = WORKER_COUNTS
+    batches: tuple[int, ...] = BATCHES
 
 
 FULL = Sizes(
@@ -276,14 +280,16 @@ def _write_config(path: Path, checkpoint_dir: Path, vocab: int) -> None:
     path.write_text("\n".join(lines))
 
 
-def _make_bodies(vocab: int) -> tuple[dict[int, list[bytes]], dict[int, list[dict[str, int]]]]:
+def _make_bodies(
+    vocab: int, batches: Sequence[int]
+) -> tuple[dict[int, list[bytes]], dict[int, list[dict[str, int]]]]:
     """Request bodies per batch size (row form), and their instances for checking answers."""
     rng = np.random.default_rng(SEED + 1)
     perms = [rng.permutation(vocab) for _ in range(N_FEATURES)]
     names = _feature_names()
     bodies: dict[int, list[bytes]] = {}
     first: dict[int, list[dict[str, int]]] = {}
-    for batch in BATCHES:
+    for batch in batches:
         n = N_BODIES[batch]
         ids = np.stack([_zipf_ids(rng, vocab, p, n * batch) for p in perms], axis=1)
         ids = ids.reshape(n, batch, N_FEATURES)
@@ -316,6 +322,7 @@ class Server:
     port: int
     proc: subprocess.Popen[bytes]
     log_path: Path
+    threads: int = 0  # most OS threads of its process tree seen after a cell
 
     @property
     def label(self) -> str:
@@ -340,7 +347,7 @@ def _start_server(kind: str, workers: int, config: Path, tmp: Path) -> Server:
         argv = [sys.executable, str(Path(__file__).resolve()), "--bare-server"]
         argv += ["--workers", str(workers), "--port", str(port)]
         env[BARE_ENV] = json.dumps(
-            {"features": _feature_names(), "dim": DIM, "max_batch": max(BATCHES)}
+            {"features": _feature_names(), "dim": DIM, "max_batch": MAX_BATCH}
         )
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -421,6 +428,31 @@ def _tree_cpu_seconds(root: int) -> float:
     return total / CLK_TCK
 
 
+def _tree_threads(root: int) -> int:
+    """OS threads of ``root`` and its live descendants (``Threads:`` in /proc/PID/status).
+
+    Counted after a cell: idle OpenMP teams and thread-pool workers outlive the requests that
+    started them, so this is how many threads the load made the server keep.
+    """
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        children.setdefault(int(stat[stat.rindex(")") + 2 :].split()[1]), []).append(int(entry))
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
+            total += int(next(line for line in f if line.startswith("Threads:")).split()[1])
+        stack.extend(children.get(pid, []))
+    return total
+
+
 def _check_answers(
     servers: Sequence[Server],
     bodies: dict[int, list[bytes]],
@@ -435,7 +467,7 @@ def _check_answers(
     names = _feature_names()
     sizes: dict[tuple[str, int], int] = {}
     for server in servers:
-        for batch in BATCHES:
+        for batch in bodies:
             status, raw = _get(server.port, "POST", PREDICT, bodies[batch][0])
             if status != 200:
                 raise RuntimeError(f"{server.label} answered {status}: {raw[:500]!r}")
@@ -623,6 +655,7 @@ class Clients:
         results: list[ClientResult] = [r[1] for r in self._gather(seconds + 2 * IO_TIMEOUT_S)]
         server_cpu = _tree_cpu_seconds(server.proc.pid) - cpu0
         wall = max(r.finished for r in results) - min(r.started for r in results)
+        server.threads = max(server.threads, _tree_threads(server.proc.pid))
         return results, server_cpu, wall
 
     def stop(self) -> None:
@@ -677,7 +710,7 @@ def _measure(
     servers: dict[tuple[str, int], Server], clients: Clients, sizes: Sizes, budget_s: float
 ) -> tuple[dict[tuple[str, int, int], Cell], int, list[str]]:
     """Warm-up cells, then interleaved rounds; returns the cells, rounds done and notes."""
-    keys = [(k, w, b) for w in WORKER_COUNTS for b in BATCHES for k in SERVERS]
+    keys = [(k, w, b) for w in sizes.worker_counts for b in sizes.batches for k in SERVERS]
     cells = {key: Cell(*key) for key in keys}
     notes: list[str] = []
     _log(f"warm-up: {sizes.warmup_seconds} s per cell, untimed")
@@ -812,12 +845,12 @@ def _parts(
     config = load_config(str(config_path))
     app = create_app(config)
     os.environ[BARE_ENV] = json.dumps(
-        {"features": _feature_names(), "dim": DIM, "max_batch": max(BATCHES)}
+        {"features": _feature_names(), "dim": DIM, "max_batch": MAX_BATCH}
     )
     bare = bare_app()
     names = _feature_names()
     arrays = [
-        np.random.default_rng(SEED).standard_normal((max(BATCHES), DIM), dtype=np.float32)
+        np.random.default_rng(SEED).standard_normal((MAX_BATCH, DIM), dtype=np.float32)
         for _ in names
     ]
     loop = asyncio.new_event_loop()
@@ -828,7 +861,7 @@ def _parts(
         metrics = app.state.metrics
         codec = RestCodec(config.features, config.limits)
         results: dict[str, dict[int, float]] = {}
-        for batch in BATCHES:
+        for batch in bodies:
             n = (200 if quick else 2000) if batch == 1 else (3 if quick else 20)
             body = bodies[batch][0]
             request = codec.decode(body)
@@ -882,14 +915,15 @@ def _parts(
 
 
 def _parts_table(parts: Sequence[tuple[str, dict[int, float]]]) -> str:
+    batches = list(parts[0][1])
     rows = [
-        "| part | batch 1 µs | batch 256 µs |",
-        "| --- | ---: | ---: |",
+        "| part | " + " | ".join(f"batch {b} µs" for b in batches) + " |",
+        "| --- |" + " ---: |" * len(batches),
     ]
     for label, per_batch in parts:
         cells = " | ".join(
             f"{per_batch[b]:,.1f}" if per_batch[b] < 100 else f"{per_batch[b]:,.0f}"
-            for b in BATCHES
+            for b in batches
         )
         rows.append(f"| {label} | {cells} |")
     return "\n".join(rows)
@@ -924,10 +958,15 @@ def _machine_facts() -> str:
     with open("/proc/meminfo") as f:
         mem_kib = int(next(line for line in f if line.startswith("MemTotal")).split()[1])
     commit = git_commit()
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            thp = f.read().strip()
+    except OSError:
+        thp = "?"
     return "\n".join(
         [
             f"- nproc {os.cpu_count()} ({len(os.sched_getaffinity(0))} usable), CPU {model}, "
-            f"RAM {mem_kib / 2**20:.1f} GiB",
+            f"RAM {mem_kib / 2**20:.1f} GiB, transparent huge pages `{thp}`",
             "- " + ", ".join(f"{k} {v}" for k, v in _versions().items()),
             f"- embserve tree: git {commit}",
         ]
@@ -969,8 +1008,8 @@ def _ratio_table(cells: dict[tuple[str, int, int], Cell]) -> tuple[str, list[str
         "| ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     verdicts = []
-    for workers in WORKER_COUNTS:
-        for batch in BATCHES:
+    for workers in sorted({w for _, w, _ in cells}):
+        for batch in sorted({b for _, _, b in cells}):
             e, b = cells[("embserve", workers, batch)], cells[("bare", workers, batch)]
             if not e.rates or not b.rates:
                 continue
@@ -1019,8 +1058,9 @@ def _report(
         "",
         f"26 one-hot features, 26 tables of {sizes.vocab:,} × {DIM} float32 (TensorFlow "
         "checkpoint written by embserve; ids Zipf-like, rank r ∝ r^-1.05, ranks permuted over "
-        f"each table; {N_BODIES[1]} distinct batch-1 and {N_BODIES[256]} distinct batch-256 "
-        "bodies cycled, row form `instances`). embserve = `embserve serve CONFIG --workers N "
+        "each table; "
+        + ", ".join(f"{N_BODIES[b]} distinct batch-{b}" for b in sizes.batches)
+        + " bodies cycled, row form `instances`). embserve = `embserve serve CONFIG --workers N "
         "--no-access-log`; bare = Starlette + orjson on uvicorn, same worker count, parses the "
         "request and answers the same JSON shape and size, no lookup. Load: "
         f"{sizes.clients} client processes, one keep-alive connection each, requests back to "
@@ -1076,6 +1116,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, help="seconds per cell and round (full: 4)")
     parser.add_argument("--clients", type=int, help="client processes (full: 4)")
     parser.add_argument("--max-requests", type=int, help="per client and cell (full: 200,000)")
+    parser.add_argument(
+        "--worker-counts",
+        type=lambda text: tuple(int(x) for x in text.split(",")),
+        help="comma-separated worker counts to run (full: 1,2)",
+    )
+    parser.add_argument(
+        "--batches",
+        type=lambda text: tuple(int(x) for x in text.split(",")),
+        help=f"comma-separated batch sizes, of {sorted(N_BODIES)} (full: 1,256)",
+    )
     parser.add_argument("--max-minutes", type=float, default=15.0, help="time budget (15)")
     parser.add_argument("--bare-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -1092,10 +1142,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             "seconds": args.seconds,
             "clients": args.clients,
             "max_requests": args.max_requests,
+            "worker_counts": args.worker_counts,
+            "batches": args.batches,
         }.items()
         if v is not None
     }
     sizes = Sizes(**{**sizes.__dict__, **overrides})
+    if not set(sizes.batches) <= set(N_BODIES):
+        parser.error(f"--batches: each must be one of {sorted(N_BODIES)}")
     command = " ".join([".venv/bin/python", "benchmarks/serve_load.py", *sys.argv[1:]])
     started = time.monotonic()
     load_before = os.getloadavg()[0]
@@ -1108,11 +1162,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             prefix = _write_checkpoint(tmp / "ckpts", tables)
             ckpt_bytes = sum(p.stat().st_size for p in (tmp / "ckpts").iterdir())
             _write_config(tmp / "serving.toml", tmp / "ckpts", sizes.vocab)
-            bodies, first = _make_bodies(sizes.vocab)
+            bodies, first = _make_bodies(sizes.vocab, sizes.batches)
             write_s = time.perf_counter() - t0
             _log(f"checkpoint {prefix}: {ckpt_bytes / 1e6:.0f} MB in {write_s:.1f} s")
             t0 = time.perf_counter()
-            for workers in WORKER_COUNTS:
+            for workers in sizes.worker_counts:
                 for kind in SERVERS:
                     servers[(kind, workers)] = _start_server(
                         kind, workers, tmp / "serving.toml", tmp
@@ -1124,6 +1178,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             answer_bytes = _check_answers(list(servers.values()), bodies, first, tables)
             budget = args.max_minutes * 60 - (time.monotonic() - started)
             cells, rounds_done, notes = _measure(servers, clients, sizes, budget)
+            notes.append(
+                "most OS threads per server process tree after a cell (idle pool and OpenMP "
+                "threads included): "
+                + ", ".join(f"{s.label} {s.threads}" for s in servers.values())
+            )
         finally:
             clients.stop()
             _stop_servers(list(servers.values()))
@@ -1137,7 +1196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     setup = (
         f"- checkpoint: {ckpt_bytes / 1e6:,.0f} MB, tables generated and written in "
-        f"{write_s:.1f} s; 4 servers started and loaded in {start_s:.1f} s (at once)\n"
+        f"{write_s:.1f} s; {len(SERVERS) * len(sizes.worker_counts)} servers started and loaded "
+        f"in {start_s:.1f} s (at once)\n"
         f"- whole run: {time.monotonic() - started:.0f} s"
     )
     section = _report(
