@@ -474,13 +474,24 @@ class _BrokenModel:
         raise RuntimeError("kaboom")
 
 
-def test_a_bug_is_500_and_counted(config: ServingConfig) -> None:
+def test_a_bug_is_500_and_counted(config: ServingConfig, caplog: pytest.LogCaptureFixture) -> None:
+    """A bug answers a bare 500 (its type and message are for the log, not for clients, as in
+    Starlette's ServerErrorMiddleware), is logged with its traceback, and is counted."""
     metrics = ServerMetrics()
     app = create_app(config, model_loader=lambda prefix: cast(Any, _BrokenModel()), metrics=metrics)
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app, raise_server_exceptions=False) as client, caplog.at_level("ERROR"):
         response = client.post(PREDICT, json={"instances": [{"user": 1}]})
         assert response.status_code == 500
-        assert response.json() == {"error": "internal error: RuntimeError: kaboom"}
+        assert response.json() == {"error": "Internal Server Error"}
+        assert "kaboom" not in response.text
+        assert "RuntimeError" not in response.text
+        logged = [r for r in caplog.records if r.name == "embserve.server" and r.exc_info]
+        assert len(logged) == 1
+        assert "POST /v1/models/rec:predict" in logged[0].getMessage()
+        exc_info = logged[0].exc_info
+        assert exc_info is not None
+        assert isinstance(exc_info[1], RuntimeError)
+        assert str(exc_info[1]) == "kaboom"
         text = client.get("/metrics").text
         route = "/v1/models/{name}:predict"
         assert _metric(text, "embserve_internal_errors_total", route=route) == 1

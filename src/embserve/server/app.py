@@ -16,7 +16,9 @@ route                                             answer
 feature and what is wrong: unknown feature, wrong JSON type, id out of range, too many ids or
 examples), 404 for an unknown model, version or route, 413 for a body over
 ``limits.max_body_bytes`` (read with that cap, never whole), 503 while no version is loaded.
-Bad input never gets a 500: a 500 means a bug, is logged with its traceback and counted in
+Bad input never gets a 500: a 500 means a bug. Its answer is a bare
+``{"error": "Internal Server Error"}`` (the exception's type and message could tell a client
+about the server's insides); the detail is logged with its traceback and counted in
 ``embserve_internal_errors_total``.
 
 **Concurrency.** A predict request reads the served :class:`~.reloader.LoadedVersion` once,
@@ -141,10 +143,13 @@ class _Service:
                 # The client left mid-upload: nobody to answer, and no bug. Counted as 499,
                 # nginx's "client closed request".
                 response = _error(_CLIENT_CLOSED, "client closed the request")
-            except Exception as exc:
+            except Exception:
+                # A bug: the detail goes to the log (with the traceback) and the metric, never
+                # to the client, whom it would tell about the server's insides (Starlette's
+                # ServerErrorMiddleware does the same).
                 _log.exception("internal error answering %s %s", request.method, request.url.path)
                 self.metrics.count_internal_error(route)
-                response = _error(500, f"internal error: {type(exc).__name__}: {exc}")
+                response = _error(500, "Internal Server Error")
             self.metrics.observe_request(route, response.status_code, time.perf_counter() - started)
             return response
 
