@@ -134,6 +134,25 @@ def test_predict_several_bags_per_example(
         np.testing.assert_array_equal(out[i, len(want) :], 0.0)
 
 
+def test_ids_object_without_weights_sends_no_weights(
+    client: TestClient, v1_tables: dict[str, np.ndarray]
+) -> None:
+    """``{"ids": ...}`` without "weights" is the plain bag: a sequence feature (which refuses
+    weights) takes it, and a bag feature gives what the plain list gives."""
+    body = {"instances": [{"recent": {"ids": [1, 2]}}, {"recent": [4]}]}
+    predictions = _predict(client, body)["predictions"]
+    np.testing.assert_allclose(predictions[0]["recent"], expected(v1_tables, "recent", [1, 2]))
+    np.testing.assert_allclose(predictions[1]["recent"], expected(v1_tables, "recent", [4]))
+    outputs = _predict(client, {"inputs": {"recent": [{"ids": [[3]]}, {"ids": [[1], [2, 3]]}]}})
+    assert np.asarray(outputs["outputs"]["recent"]).shape == (2, 2, 3)  # bags of a sequence
+    plain = _predict(client, {"inputs": {"hist": [[1, 2], [3]]}})
+    wrapped = _predict(client, {"inputs": {"hist": [{"ids": [1, 2]}, [3]]}})
+    assert wrapped == plain
+    # Weights the client did send still reach the lookup, which refuses them here.
+    message = _error(client, {"inputs": {"recent": [{"ids": [1]}, {"ids": [2], "weights": [1]}]}})
+    assert "sequence feature" in message
+
+
 def test_predict_versioned_url(client: TestClient) -> None:
     url = f"/v1/models/{MODEL}/versions/1:predict"
     assert _predict(client, {"instances": [{"user": 1}]}, url)["predictions"]

@@ -21,8 +21,10 @@ Per feature and example, the value is one of:
 
 A feature whose examples are all single ids is looked up as dense ids; bags (and single ids
 mixed with bags, which are bags of one) become an ``es.RaggedTensor``, several bags per example
-an ``es.SparseTensor`` of rank 3, padded with empty bags (which give zeros). Unweighted
-examples in a batch with weighted ones weigh 1.0, which changes nothing for any combiner. A
+an ``es.SparseTensor`` of rank 3, padded with empty bags (which give zeros). Weights reach the
+lookup only when the client sent some: ``{"ids": [1, 2]}`` alone is the plain bag ``[1, 2]``
+(so a sequence feature, which refuses weights, takes it), and unweighted examples in a batch
+with weighted ones weigh 1.0, which changes nothing for any combiner. A
 request may name any subset of the model's features; every instance must name the same ones.
 
 **Responses** follow the form asked: ``{"predictions": [{"user": [...], "history": [...]},
@@ -427,6 +429,10 @@ class RestCodec:
                     f"{_where(name, columnar, i)}: expected {_EXPECTED}, got {json_type(v)} "
                     f"({_short(v)})",
                 )
+        # Only weights the client sent reach the lookup: {"ids": ...} alone is a plain bag (a
+        # sequence feature refuses weights, even all-1.0 ones).
+        if all(w is None for w in weight_parts):
+            return self._bags(name, rows, None, columnar)
         return self._bags(name, rows, weight_parts, columnar)
 
     def _weighted(
