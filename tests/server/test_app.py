@@ -164,6 +164,82 @@ def test_predict_versioned_url(client: TestClient) -> None:
     _error(client, {"instances": [{"user": 1}]}, 404, f"/v1/models/{MODEL}/versions/x:predict")
 
 
+# Unicode digits (superscript two, circled one, Arabic-Indic one, full-width one) pass
+# str.isdigit(); only ASCII digits name a version.
+UNICODE_DIGITS = ["%C2%B2", "%E2%91%A0", "%D9%A1", "%EF%BC%91"]
+
+
+@pytest.mark.parametrize("version", UNICODE_DIGITS)
+@pytest.mark.parametrize("route", ["predict", "status", "metadata"])
+def test_version_of_unicode_digits_is_404(client: TestClient, version: str, route: str) -> None:
+    url = {
+        "predict": f"/v1/models/{MODEL}/versions/{version}:predict",
+        "status": f"/v1/models/{MODEL}/versions/{version}",
+        "metadata": f"/v1/models/{MODEL}/versions/{version}/metadata",
+    }[route]
+    if route == "predict":
+        response = client.post(url, json={"instances": [{"user": 1}]})
+    else:
+        response = client.get(url)
+    assert response.status_code == 404, response.text
+    assert set(response.json()) == {"error"}
+
+
+@pytest.mark.parametrize(
+    ("version", "status"),
+    [
+        ("9" * 4301, 400),  # past Python's 4,300-digit int() limit
+        ("9" * 20, 400),
+        (str(2**63), 400),  # one past int64
+        (str(2**63 - 1), 404),  # a valid version, not served
+        ("0" * 30 + "1", 200),  # leading zeros: version 1, as TF Serving's SimpleAtoi reads it
+        ("+1", 404),
+        ("-1", 404),
+        ("1.0", 404),
+        (" 1", 404),
+    ],
+)
+def test_version_numbers(client: TestClient, version: str, status: int) -> None:
+    for method, url in [
+        ("POST", f"/v1/models/{MODEL}/versions/{version}:predict"),
+        ("GET", f"/v1/models/{MODEL}/versions/{version}"),
+        ("GET", f"/v1/models/{MODEL}/versions/{version}/metadata"),
+    ]:
+        body = {"instances": [{"user": 1}]} if method == "POST" else None
+        response = client.request(method, url, json=body)
+        assert response.status_code == status, (url, response.text)
+        if status == 400:
+            message = response.json()["error"]
+            assert "int64" in message
+            assert len(message) < 300  # the digits are not echoed whole
+
+
+@pytest.mark.parametrize("depth", [960, 970, 1000, 1030, 10_000])
+def test_deeply_nested_json_is_400(client: TestClient, depth: int) -> None:
+    """Nesting past what a request can mean is refused with a short message, at any depth
+    (orjson parses up to 1,024 levels; wording a message about such a value must not recurse)."""
+    deep = "[" * depth + "1" + "]" * depth
+    bodies = [
+        f'{{"instances": [{{"user": {deep}}}]}}',
+        f'{{"instances": [{{"hist": {deep}}}]}}',
+        f'{{"inputs": {{"hist": [[1], {deep}]}}}}',
+        f'{{"inputs": {{"hist": [[[1]], {deep}]}}}}',
+        f'{{"inputs": {{"hist": [{{"ids": [1], "weights": {deep}}}]}}}}',
+        f'{{"inputs": {{"hist": [{{"ids": {deep}}}]}}}}',
+        f'{{"inputs": {{"hist": [{{"ids": [1, 2], "weights": [1, {deep}]}}]}}}}',
+        f'{{"inputs": {{"hist": [{{"ids": [[1]], "weights": [{deep}]}}]}}}}',
+        f'{{"inputs": {{"user": [{{"x": {deep}}}]}}}}',
+        f'{{"instances": {deep}}}',
+        f'{{"inputs": {deep}}}',
+        f'{{"signature_name": {deep}, "instances": []}}',
+        deep,
+    ]
+    for body in bodies:
+        response = client.post(PREDICT, content=body.encode())
+        assert response.status_code == 400, (body[:60], response.text[:300])
+        assert len(response.json()["error"]) < 1000
+
+
 def test_thread_pool_path_answers_the_same(
     tmp_path: Path, ckpt_dir: Path, client: TestClient
 ) -> None:

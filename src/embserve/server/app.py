@@ -76,6 +76,8 @@ ROUTES = {
     "metrics": "/metrics",
 }
 _UNMATCHED = "unmatched"
+_INT64_MAX = 2**63 - 1
+_INT64_DIGITS = len(str(_INT64_MAX))
 _CLIENT_CLOSED = 499
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -85,6 +87,11 @@ def _json(payload: Any, status: int = 200, headers: Mapping[str, str] | None = N
     return Response(
         orjson.dumps(payload), status_code=status, media_type="application/json", headers=headers
     )
+
+
+def _cut(text: str, limit: int = 40) -> str:
+    """``text`` cut to ``limit`` characters for a message (URLs can be kilobytes long)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
@@ -176,16 +183,27 @@ class _Service:
         return loaded
 
     def _version(self, request: Request) -> int | None:
-        raw = request.path_params.get("version")
+        """The URL's version: ASCII digits within int64 (TF Serving's ``\\d+`` and
+        ``SimpleAtoi``).
+
+        Anything else is a 404 (the route does not exist), digits beyond int64 a 400.
+        ``str.isdigit`` alone also passes Unicode digits: ``²`` and ``①`` then failed in
+        ``int()`` (a 500) and ``١`` or ``１`` were read as version 1; and ``int()`` refuses
+        strings over 4,300 digits.
+        """
+        raw: str | None = request.path_params.get("version")
         if raw is None:
             return None
-        if not raw.isdigit():
+        if not (raw.isascii() and raw.isdigit()):
             raise RequestError(
                 404,
-                f"Servable not found for request: Specific({self.config.name}, {raw}) "
-                "(versions are numbers)",
+                f"Servable not found for request: Specific({self.config.name}, "
+                f"{_cut(raw)}) (versions are numbers)",
             )
-        return int(raw)
+        digits = raw.lstrip("0") or "0"
+        if len(digits) > _INT64_DIGITS or int(digits) > _INT64_MAX:
+            raise RequestError(400, f"Failed to convert version: {_cut(raw)} does not fit in int64")
+        return int(digits)
 
     # -- predict --------------------------------------------------------------------------------
 

@@ -67,6 +67,7 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 _SIGNATURES = ("", "serving_default")
+_NAME_MAX_HINT = 200  # longer unknown feature names get no "did you mean"
 _EXPECTED = (
     'an id (integer), a list of ids, a list of lists of ids, or {"ids": ..., "weights": ...}'
 )
@@ -173,17 +174,49 @@ def _describe_bad_id(value: Any) -> str:
     return f"ids must be integers, got {json_type(value)} ({_short(value)})"
 
 
+#: How much of a client's value a message quotes: 3 levels, 3 items per level, 40 characters.
+_SKETCH_DEPTH, _SKETCH_ITEMS, _SKETCH_CHARS = 3, 3, 40
+
+
 def _short(value: Any) -> str:
-    text = orjson.dumps(value).decode() if _jsonable(value) else repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    """A short JSON-like quote of a client's value, for messages.
+
+    Bounded in time and size whatever the value: a request can nest lists up to orjson's
+    1,024 levels, and ``repr`` or ``orjson.dumps`` of the whole value recursed into a
+    ``RecursionError`` (a 500) from about 970 levels, or copied megabytes to keep 40 characters.
+    """
+    text = _sketch(value, _SKETCH_DEPTH)
+    return text if len(text) <= _SKETCH_CHARS else text[: _SKETCH_CHARS - 3] + "..."
 
 
-def _jsonable(value: Any) -> bool:
-    try:
-        orjson.dumps(value)
-    except TypeError:
-        return False
-    return True
+def _quote(name: str) -> str:
+    """A client's key or name quoted as Python does (``'usr'``), cut to 60 characters."""
+    return repr(name) if len(name) <= 60 else repr(name[:57]) + "..."
+
+
+def _sketch(value: Any, depth: int) -> str:
+    if isinstance(value, str):
+        cut = value[: _SKETCH_CHARS + 1]
+        return orjson.dumps(cut).decode() if len(cut) <= _SKETCH_CHARS else f'"{cut}...'
+    if isinstance(value, (list, dict)):
+        if not value:
+            return "[]" if isinstance(value, list) else "{}"
+        if depth == 0:
+            return "[...]" if isinstance(value, list) else "{...}"
+        if isinstance(value, list):
+            parts = [_sketch(v, depth - 1) for v in value[:_SKETCH_ITEMS]]
+        else:
+            parts = [
+                f"{_sketch(k, 0)}: {_sketch(v, depth - 1)}"
+                for k, v in itertools.islice(value.items(), _SKETCH_ITEMS)
+            ]
+        more = ", ..." if len(value) > _SKETCH_ITEMS else ""
+        left, right = ("[", "]") if isinstance(value, list) else ("{", "}")
+        return left + ", ".join(parts) + more + right
+    if value is None or isinstance(value, (bool, int, float)):
+        # JSON's scalars (orjson parses integers only within 64 bits, so these are short)
+        return orjson.dumps(value).decode() if value == value else "NaN"
+    return type(value).__name__
 
 
 def _int64(flat: Sequence[int]) -> np.ndarray | None:
@@ -249,14 +282,14 @@ class RestCodec:
             if key not in ("instances", "inputs", "signature_name"):
                 raise RequestError(
                     400,
-                    f"unknown key {key!r} in the request; expected 'instances' or 'inputs' "
+                    f"unknown key {_quote(key)} in the request; expected 'instances' or 'inputs' "
                     "(and optionally 'signature_name')",
                 )
         signature = payload.get("signature_name", "")
         if signature not in _SIGNATURES:
+            shown = _quote(signature) if isinstance(signature, str) else _short(signature)
             raise RequestError(
-                400,
-                f"unknown signature_name {signature!r}; this model serves only 'serving_default'",
+                400, f"unknown signature_name {shown}; this model serves only 'serving_default'"
             )
         if "instances" in payload and "inputs" in payload:
             raise RequestError(400, "Only one of 'instances' or 'inputs' can be specified")
@@ -269,11 +302,17 @@ class RestCodec:
     def _check_feature(self, name: str) -> es.FeatureConfig:
         cfg = self.features.get(name)
         if cfg is None:
-            close = difflib.get_close_matches(name, list(self.features), n=1)
+            # difflib is quadratic-ish in the name's length: only names a person could mistype
+            close = (
+                difflib.get_close_matches(name, list(self.features), n=1)
+                if len(name) <= _NAME_MAX_HINT
+                else []
+            )
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise RequestError(
                 400,
-                f"unknown feature {name!r}{hint} (the model's features: {list(self.features)})",
+                f"unknown feature {_quote(name)}{hint} (the model's features: "
+                f"{list(self.features)})",
             )
         return cfg
 
@@ -443,7 +482,7 @@ class RestCodec:
             if key not in ("ids", "weights"):
                 raise RequestError(
                     400,
-                    f'{where}: unknown key {key!r}; a weighted value is {{"ids": ..., '
+                    f'{where}: unknown key {_quote(key)}; a weighted value is {{"ids": ..., '
                     '"weights": ...}',
                 )
         if "ids" not in value:
