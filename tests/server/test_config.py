@@ -347,3 +347,98 @@ def test_huge_pages_option(tmp_path: Path) -> None:
     path.write_text(GOOD.replace("inline_max_body_bytes = 0", 'huge_pages = "yes"'))
     with pytest.raises(ServingConfigError, match="huge_pages"):
         load_config(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Limits and server options added for hardening (issue 10)
+
+
+def _with(limits: str = "", server: str = "") -> str:
+    """GOOD with its [limits] and [server] sections replaced."""
+    head = GOOD.split("[limits]")[0]
+    return head + "[limits]\n" + limits + "\n[server]\n" + server
+
+
+def test_hardening_defaults() -> None:
+    config = parse_config(_with(), checkpoint="x")
+    assert config.limits.max_output_floats == config.limits.max_body_bytes == 8 << 20
+    server = config.server
+    assert server.inline_max_output_floats == 1 << 15
+    assert server.max_concurrent_lookups == 0
+    assert server.header_timeout_s == 10.0
+    assert server.body_timeout_s == 20.0
+    assert server.drain_timeout_s == 25.0
+    assert server.max_connections == 1000
+    assert server.verify_tables is True
+    assert server.copy_tables is False
+    assert ServerOptions() == server
+    assert Limits() == config.limits
+
+
+def test_hardening_keys(tmp_path: Path) -> None:
+    limits = "max_body_bytes = 1000\nmax_output_floats = 5000\n"
+    server = textwrap.dedent(
+        """\
+        inline_max_output_floats = 0
+        max_concurrent_lookups = 3
+        header_timeout_s = 1.5
+        body_timeout_s = 2
+        drain_timeout_s = 7.5
+        max_connections = 12
+        verify_tables = false
+        copy_tables = true
+        """
+    )
+    config = parse_config(_with(limits, server), checkpoint="x")
+    assert config.limits == Limits(max_body_bytes=1000, max_output_floats=5000)
+    assert config.server == ServerOptions(
+        inline_max_output_floats=0,
+        max_concurrent_lookups=3,
+        header_timeout_s=1.5,
+        body_timeout_s=2.0,
+        drain_timeout_s=7.5,
+        max_connections=12,
+        verify_tables=False,
+        copy_tables=True,
+    )
+    assert isinstance(config.server.body_timeout_s, float)
+
+
+def test_derived_defaults_follow_the_keys_they_derive_from() -> None:
+    # max_output_floats: one float per byte of max_body_bytes, unless given.
+    config = parse_config(_with("max_body_bytes = 4096\n"), checkpoint="x")
+    assert config.limits.max_output_floats == 4096
+    assert Limits(max_body_bytes=4096).max_output_floats == 4096
+    # drain_timeout_s: 5 s beyond body_timeout_s, the slowest a request may take to arrive.
+    config = parse_config(_with(server="body_timeout_s = 60\n"), checkpoint="x")
+    assert config.server.drain_timeout_s == 65.0
+    assert ServerOptions(body_timeout_s=60.0).drain_timeout_s == 65.0
+
+
+@pytest.mark.parametrize(
+    ("section", "line", "key", "problem"),
+    [
+        ("limits", "max_output_floats = 0", "limits.max_output_floats", "integer >= 1"),
+        ("limits", "max_output_floats = 1.5", "limits.max_output_floats", "integer >= 1"),
+        ("server", "inline_max_output_floats = -1", "server.inline_max_output_floats", ">= 0"),
+        ("server", "max_concurrent_lookups = -2", "server.max_concurrent_lookups", ">= 0"),
+        ("server", "max_connections = 0", "server.max_connections", "integer >= 1"),
+        ("server", "header_timeout_s = 0", "server.header_timeout_s", "number > 0"),
+        ("server", "body_timeout_s = -1", "server.body_timeout_s", "number > 0"),
+        ("server", "body_timeout_s = nan", "server.body_timeout_s", "number > 0"),
+        ("server", "drain_timeout_s = inf", "server.drain_timeout_s", "number > 0"),
+        ("server", 'drain_timeout_s = "5"', "server.drain_timeout_s", "number > 0"),
+        ("server", "header_timeout_s = true", "server.header_timeout_s", "number > 0"),
+        ("server", 'verify_tables = "yes"', "server.verify_tables", "true or false"),
+        ("server", "copy_tables = 1", "server.copy_tables", "true or false"),
+        ("server", "max_conections = 5", "server.max_conections", "did you mean"),
+    ],
+)
+def test_bad_hardening_keys(section: str, line: str, key: str, problem: str) -> None:
+    text = _with(**{section: line + "\n"})
+    with pytest.raises(ServingConfigError) as info:
+        parse_config(text, source="s.toml")
+    err = info.value
+    assert err.key == key
+    assert problem in err.problem
+    assert err.line == text.splitlines().index(line) + 1

@@ -26,12 +26,28 @@ A TOML file, read with the standard library's :mod:`tomllib`::
     max_body_bytes = 8388608      # larger request bodies get 413
     max_batch = 4096              # more examples in one request get 400
     max_ids_per_request = 1000000 # more ids in one request (all features) get 400
+    max_output_floats = 8388608   # more output floats in one request get 400 (default: one per
+                                  # byte of max_body_bytes)
 
-    [server]                      # optional tuning
-    inline_max_body_bytes = 262144  # predict bodies up to this size are answered on the event
-                                    # loop, larger ones in a thread pool (0: always the pool)
+    [server]                      # optional
+    inline_max_body_bytes = 262144  # predict bodies up to this size are decoded on the event
+                                    # loop, larger ones in a lookup thread (0: never inline)
+    inline_max_output_floats = 32768  # requests whose output (and ids x dim) stay within this
+                                    # are looked up and encoded on the event loop, larger ones
+                                    # in a lookup thread (0: never inline)
+    max_concurrent_lookups = 0    # lookup threads; 0: CPU cores / numba kernel threads
+    header_timeout_s = 10.0       # a connection must send a request's headers within this
+    body_timeout_s = 20.0         # ... and its whole body within this after the headers (408)
+    max_connections = 1000        # open connections per worker process; more are refused (503)
+    drain_timeout_s = 25.0        # at shutdown, requests in flight get this long to finish
+                                  # (default: body_timeout_s + 5)
     huge_pages = false            # true: move each loaded version's tables onto 2 MiB pages
                                   # before serving it (faster lookups; seconds per GiB to load)
+    verify_tables = true          # verify every table's checksum before a version serves
+                                  # (false: serve at once, verify in the background afterwards)
+    copy_tables = false           # true: restore tables into private memory instead of mapping
+                                  # the files (immune to files changed in place; each worker
+                                  # then holds its own copy)
 
 **The Python form.** When the model's features are already written as a ``feature_config``
 structure in Python, name it instead of listing tables and features, either in the file::
@@ -69,6 +85,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import embserve as es
+from embserve.lookup import PARALLEL_MIN_FLOATS
 
 __all__ = [
     "DEFAULT_MODEL_NAME",
@@ -98,8 +115,18 @@ _FEATURE_KEYS = (
     "output_shape",
     "validate_weights_and_indices",
 )
-_LIMIT_KEYS = ("max_body_bytes", "max_batch", "max_ids_per_request")
-_SERVER_KEYS = ("inline_max_body_bytes", "huge_pages")
+_LIMIT_KEYS = ("max_body_bytes", "max_batch", "max_ids_per_request", "max_output_floats")
+_SERVER_INTS = (  # key, minimum
+    ("inline_max_body_bytes", 0),
+    ("inline_max_output_floats", 0),
+    ("max_concurrent_lookups", 0),
+    ("max_connections", 1),
+)
+_SERVER_SECONDS = ("header_timeout_s", "body_timeout_s", "drain_timeout_s")
+_SERVER_BOOLS = ("huge_pages", "verify_tables", "copy_tables")
+_SERVER_KEYS = tuple(k for k, _ in _SERVER_INTS) + _SERVER_SECONDS + _SERVER_BOOLS
+#: drain_timeout_s, when not given, is body_timeout_s plus this (see ServerOptions).
+DRAIN_MARGIN_S = 5.0
 
 
 class ServingConfigError(es.ConfigError):
@@ -140,28 +167,86 @@ class Limits:
         max_body_bytes: larger bodies get 413 (the body is read with this cap, never whole).
         max_batch: more examples (instances, or rows of a column) get 400.
         max_ids_per_request: more ids, summed over the request's features, get 400.
+        max_output_floats: more output floats, summed over the request's features, get 400,
+            counted from the request's shape before anything is allocated (a feature gives
+            ``n × dim`` for ``n`` ids, ``batch × dim`` for one bag per example, ``batch ×
+            bags × dim`` for several, ``batch × max_sequence_length × dim`` for a sequence,
+            ``prod(output_shape) × dim`` with an output_shape). The other limits do not bound
+            it: empty bags cost no ids, so 256 examples, one of them with 20,000 empty bags
+            (a 61 KB body), asked for 256 × 20,000 × 64 floats (1.25 GiB) and 1.27 GB of JSON.
+            ``0`` (the default) means one float per byte of ``max_body_bytes``: 8 Mi floats
+            for the default 8 MiB, i.e. 32 MiB of float32 and about 100 MB of JSON (~12 bytes
+            per float) at most per request, which still fits the largest ordinary request, a
+            full batch of 4,096 examples × 26 features × 64 dims (6.8 M floats).
     """
 
     max_body_bytes: int = 8 << 20
     max_batch: int = 4096
     max_ids_per_request: int = 1_000_000
+    max_output_floats: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_output_floats == 0:
+            object.__setattr__(self, "max_output_floats", self.max_body_bytes)
 
 
 @dataclass(frozen=True)
 class ServerOptions:
-    """How the server runs requests (tuning, not semantics).
+    """How the server runs requests and connections, and loads versions.
 
     Attributes:
-        inline_max_body_bytes: predict bodies up to this size are decoded, looked up and
-            encoded on the event loop; larger ones in the thread pool (0: always the pool).
-            Small requests are GIL-bound Python, where a pool thread costs more than it saves.
+        inline_max_body_bytes: predict bodies up to this size are decoded on the event loop;
+            larger ones are decoded (and looked up, and encoded) in a lookup thread, so parsing
+            megabytes of JSON does not stall every other connection (0: never on the loop).
+        inline_max_output_floats: a decoded request whose output floats, and ids × dim, both
+            stay within this is looked up and encoded on the event loop; a larger one in a
+            lookup thread (0: never on the loop). Small requests are GIL-bound Python, where a
+            thread hop costs more than it saves. The default, 32,768, is the size from which
+            lookups run numba's parallel kernels (``embserve.lookup.PARALLEL_MIN_FLOATS``), so
+            the event loop only ever runs serial kernels; encoding that many floats as JSON
+            takes ~1.3 ms.
+        max_concurrent_lookups: how many lookup threads run at once (the rest queue). ``0``:
+            the usable CPU cores divided by numba's kernel threads (at least 1), because every
+            calling thread starts its own OpenMP team: with anyio's 40 pool threads, 8
+            concurrent callers on 2 cores kept 20 OS threads.
+        header_timeout_s: a connection that has not sent a complete request head this long
+            after it opened (or after the first byte of its next request) is closed; an
+            idle keep-alive connection is closed by uvicorn after 5 s.
+        body_timeout_s: a request whose body has not fully arrived this long after its head
+            gets 408 and its connection is closed. The default, 20 s, lets the largest body
+            (8 MiB) arrive at 3.4 Mbit/s.
+        drain_timeout_s: at shutdown (SIGTERM), requests in flight get this long to finish
+            before they are cancelled. ``0`` (the default) means ``body_timeout_s`` plus 5 s:
+            a request still arriving is cut at ``body_timeout_s`` anyway, and the slowest
+            lookup and encoding the limits allow take well under a second.
+        max_connections: open connections per worker process; a connection beyond it is
+            answered 503 and closed at once. 1,000 keeps well within the usual 1,024 open-file
+            limit and its per-connection buffers (up to 64 KiB each before uvicorn pauses
+            reading) within ~64 MiB.
         huge_pages: after restoring a version, move its tables onto 2 MiB pages before serving
             it (:func:`embserve.checkpointing.collapse_huge_pages`: faster lookups on large
             tables, seconds per GiB at load time).
+        verify_tables: verify every table's checksum before a version serves (about 0.5 s per
+            4 GB); ``False`` serves at once and verifies in the background after the swap.
+        copy_tables: restore tables into private memory instead of memory-mapping the
+            checkpoint files: immune to files changed in place, but each worker process then
+            holds its own copy.
     """
 
     inline_max_body_bytes: int = 256 << 10
+    inline_max_output_floats: int = PARALLEL_MIN_FLOATS
+    max_concurrent_lookups: int = 0
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 20.0
+    drain_timeout_s: float = 0.0
+    max_connections: int = 1000
     huge_pages: bool = False
+    verify_tables: bool = True
+    copy_tables: bool = False
+
+    def __post_init__(self) -> None:
+        if self.drain_timeout_s == 0:
+            object.__setattr__(self, "drain_timeout_s", self.body_timeout_s + DRAIN_MARGIN_S)
 
 
 @dataclass(frozen=True)
@@ -293,6 +378,20 @@ class _Checker:
     def integer(self, value: Any, minimum: int, *where: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise self.fail(f"must be an integer >= {minimum}, got {value!r}", *where)
+        return value
+
+    def seconds(self, value: Any, *where: Any) -> float:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not (math.isfinite(value) and value > 0)
+        ):
+            raise self.fail(f"must be a number > 0 (seconds), got {value!r}", *where)
+        return float(value)
+
+    def boolean(self, value: Any, *where: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(f"must be true or false, got {value!r}", *where)
         return value
 
     def string(self, value: Any, *where: Any) -> str:
@@ -514,12 +613,8 @@ def _limits(data: Mapping[str, Any], c: _Checker) -> Limits:
     if not isinstance(raw, Mapping):
         raise c.fail("must be a table ([limits])", None, "limits")
     c.unknown_keys(raw, _LIMIT_KEYS, "limits")
-    defaults = Limits()
-    values = {
-        key: c.integer(raw.get(key, getattr(defaults, key)), 1, "limits", key)
-        for key in _LIMIT_KEYS
-    }
-    return Limits(**values)
+    # Absent keys take the dataclass defaults (max_output_floats then follows max_body_bytes).
+    return Limits(**{key: c.integer(raw[key], 1, "limits", key) for key in raw})
 
 
 def _server(data: Mapping[str, Any], c: _Checker) -> ServerOptions:
@@ -527,16 +622,18 @@ def _server(data: Mapping[str, Any], c: _Checker) -> ServerOptions:
     if not isinstance(raw, Mapping):
         raise c.fail("must be a table ([server])", None, "server")
     c.unknown_keys(raw, _SERVER_KEYS, "server")
-    inline = c.integer(
-        raw.get("inline_max_body_bytes", ServerOptions().inline_max_body_bytes),
-        0,
-        "server",
-        "inline_max_body_bytes",
-    )
-    huge = raw.get("huge_pages", False)
-    if not isinstance(huge, bool):
-        raise c.fail(f"must be true or false, got {huge!r}", "server", "huge_pages")
-    return ServerOptions(inline_max_body_bytes=inline, huge_pages=huge)
+    values: dict[str, Any] = {}
+    for key, minimum in _SERVER_INTS:
+        if key in raw:
+            values[key] = c.integer(raw[key], minimum, "server", key)
+    for key in _SERVER_SECONDS:
+        if key in raw:
+            values[key] = c.seconds(raw[key], "server", key)
+    for key in _SERVER_BOOLS:
+        if key in raw:
+            values[key] = c.boolean(raw[key], "server", key)
+    # Absent keys take the dataclass defaults (drain_timeout_s then follows body_timeout_s).
+    return ServerOptions(**values)
 
 
 def parse_config(
