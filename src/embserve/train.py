@@ -25,7 +25,7 @@ from embserve.checkpoint import latest_checkpoint as _latest_checkpoint
 from embserve.checkpointing import SAVE_COUNTER, Progress, _load_graph, restore_embedding
 from embserve.checkpointing import write_checkpoint as _write_checkpoint
 from embserve.embedding import TPUEmbeddingForServing
-from embserve.errors import CheckpointMismatchError, CheckpointNotFoundError
+from embserve.errors import CheckpointMismatchError
 
 __all__ = [
     "Checkpoint",
@@ -170,15 +170,6 @@ class Checkpoint:
             return objects[name]
         raise AttributeError(name)
 
-    def _resolve(self, save_path: str | os.PathLike[str]) -> str:
-        path = os.fspath(save_path)
-        if os.path.isdir(path):
-            latest = latest_checkpoint(path)
-            if latest is None:
-                raise CheckpointNotFoundError(f"no checkpoint recorded in directory {path!r}")
-            return latest
-        return path
-
     def read(
         self,
         save_path: str | os.PathLike[str] | None,
@@ -203,7 +194,7 @@ class Checkpoint:
         """
         if save_path is None:
             return CheckpointLoadStatus(None, frozenset(), frozenset())
-        reader = BundleReader(self._resolve(save_path))
+        reader = BundleReader(save_path)  # a directory resolves through resolve_checkpoint
         graph = _load_graph(reader)
         consumed: set[str] = set()
         for name, obj in self._objects.items():

@@ -5,11 +5,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from embserve.checkpoint import latest_checkpoint, read_checkpoint_state, write_checkpoint_state
+import embserve as es
+from embserve.checkpoint import (
+    BundleReader,
+    BundleWriter,
+    latest_checkpoint,
+    read_checkpoint_state,
+    resolve_checkpoint,
+    write_checkpoint_state,
+)
 from embserve.checkpoint.state import CheckpointState
-from embserve.errors import CorruptCheckpointError
+from embserve.errors import CheckpointNotFoundError, CorruptCheckpointError
 
 from ._data import FIXTURES
 
@@ -111,3 +120,61 @@ def test_write_options(tmp_path: Path) -> None:
     assert b".." not in (tmp_path / "d" / "checkpoint").read_bytes()
     with pytest.raises(ValueError, match="2 timestamps for 1"):
         write_checkpoint_state(tmp_path, tmp_path / "x", all_model_checkpoint_timestamps=[1.0, 2.0])
+
+
+# ---------------------------------------------------------------------------------------------
+# resolve_checkpoint: the one "prefix or directory" rule
+
+
+def _bundle(prefix: Path) -> None:
+    with BundleWriter(prefix) as w:
+        w.add("x", np.float32(1))
+
+
+def test_resolve_a_prefix_or_a_directory(tmp_path: Path) -> None:
+    _bundle(tmp_path / "ckpt-1")
+    _bundle(tmp_path / "ckpt-2")
+    write_checkpoint_state(tmp_path, tmp_path / "ckpt-2")
+    assert resolve_checkpoint(tmp_path) == os.path.join(tmp_path, "ckpt-2")
+    assert resolve_checkpoint(tmp_path / "ckpt-1") == str(tmp_path / "ckpt-1")
+    with pytest.raises(CheckpointNotFoundError, match=r"ckpt-9\.index' does not exist"):
+        resolve_checkpoint(tmp_path / "ckpt-9")
+
+
+def test_resolve_says_why_a_directory_has_no_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointNotFoundError, match=r"no 'checkpoint' state file$"):
+        resolve_checkpoint(tmp_path)
+    # Checkpoint.write / Saver(write_state=False) leave prefixes but no state file: name them.
+    for i in range(1, 8):
+        _bundle(tmp_path / f"ckpt-{i}")
+    with pytest.raises(
+        CheckpointNotFoundError,
+        match=r"holds 7 checkpoint\(s\): ckpt-1, ckpt-2, ckpt-3, ckpt-4, ckpt-5, \.\.\.; "
+        r"pass a prefix, e.g. '.*ckpt-7'",
+    ):
+        resolve_checkpoint(tmp_path)
+    (tmp_path / "checkpoint").write_text('model_checkpoint_path: "ckpt-9"\n')
+    with pytest.raises(CheckpointNotFoundError, match=r"names '.*ckpt-9', whose index .* is gone"):
+        resolve_checkpoint(tmp_path)
+    (tmp_path / "checkpoint").write_text("{ not text format")
+    with pytest.raises(CheckpointNotFoundError, match="not a text-format CheckpointState"):
+        resolve_checkpoint(tmp_path)
+    (tmp_path / "checkpoint").write_text('all_model_checkpoint_paths: "ckpt-1"\n')
+    with pytest.raises(CorruptCheckpointError, match="model_checkpoint_path is empty"):
+        resolve_checkpoint(tmp_path)
+
+
+def test_every_reader_resolves_the_same_way(tmp_path: Path) -> None:
+    """BundleReader, es.train's Checkpoint / load_checkpoint / list_variables agree."""
+    _bundle(tmp_path / "ckpt-1")
+    for open_ in (
+        BundleReader,
+        es.train.load_checkpoint,
+        es.train.list_variables,
+        lambda p: es.train.Checkpoint().read(p),
+    ):
+        with pytest.raises(CheckpointNotFoundError, match=r"holds 1 checkpoint\(s\): ckpt-1"):
+            open_(tmp_path)
+    write_checkpoint_state(tmp_path, tmp_path / "ckpt-1")
+    assert BundleReader(tmp_path).prefix == os.path.join(tmp_path, "ckpt-1")
+    assert es.train.load_checkpoint(tmp_path).prefix == os.path.join(tmp_path, "ckpt-1")

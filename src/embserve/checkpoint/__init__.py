@@ -16,7 +16,9 @@ The public surface is small on purpose; the modules hold the details:
   graph (``_CHECKPOINTABLE_OBJECT_GRAPH``), walking edge-name paths to checkpoint keys, and
   building one for a writer; :func:`attribute_key` forms TensorFlow's keys.
 - :func:`latest_checkpoint`, :func:`read_checkpoint_state`, :func:`write_checkpoint_state`
-  (:mod:`.state`): the ``checkpoint`` state file, with ``tf.train.latest_checkpoint``'s rules.
+  (:mod:`.state`): the ``checkpoint`` state file, with ``tf.train.latest_checkpoint``'s rules;
+  :func:`resolve_checkpoint`: the one rule for "a prefix, or a directory meaning its latest
+  checkpoint", with errors that say why there is none.
 
 Lower-level pieces (the ``.index`` table in :mod:`.sstable`, masked CRCs in :mod:`.crc32c`, slice
 keys in :mod:`.slices`) are importable from their modules for tools and tests.
@@ -38,6 +40,7 @@ from embserve.checkpoint.state import (
     CheckpointState,
     latest_checkpoint,
     read_checkpoint_state,
+    resolve_checkpoint,
     write_checkpoint_state,
 )
 
@@ -55,5 +58,6 @@ __all__ = [
     "float32_to_bfloat16",
     "latest_checkpoint",
     "read_checkpoint_state",
+    "resolve_checkpoint",
     "write_checkpoint_state",
 ]

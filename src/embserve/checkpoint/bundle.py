@@ -30,7 +30,6 @@ import math
 import mmap
 import os
 import secrets
-import stat
 import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -43,7 +42,7 @@ import numpy.typing as npt
 from google.protobuf.message import DecodeError
 
 from embserve.checkpoint import crc32c
-from embserve.checkpoint._files import atomic_write
+from embserve.checkpoint._files import atomic_write, open_regular, os_error
 from embserve.checkpoint._mapping import map_shard
 from embserve.checkpoint._wire import Malformed, corrupt, decode_varint, encode_varint
 from embserve.checkpoint.dtypes import (
@@ -58,7 +57,7 @@ from embserve.checkpoint.dtypes import (
 from embserve.checkpoint.protos import tensor_bundle_pb2 as pb
 from embserve.checkpoint.slices import Extent, decode_slice_key, slice_key
 from embserve.checkpoint.sstable import build_table, read_table
-from embserve.checkpoint.state import latest_checkpoint
+from embserve.checkpoint.state import resolve_checkpoint
 from embserve.errors import CheckpointMismatchError, CheckpointNotFoundError
 
 __all__ = [
@@ -171,7 +170,7 @@ class BundleReader:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, verify: bool = False) -> None:
-        self.prefix = _resolve_prefix(path)
+        self.prefix = resolve_checkpoint(path)
         self.index_path = index_path(self.prefix)
         table = read_table(self.index_path)
         if not table.entries or table.entries[0][0] != HEADER_KEY:
@@ -180,7 +179,10 @@ class BundleReader:
         self.data_paths = [
             data_path(self.prefix, i, self.num_shards) for i in range(self.num_shards)
         ]
-        self._shard_sizes = [self._stat_shard(p) for p in self.data_paths]
+        # (device, inode, size) of each shard as checked against the index: what is mapped or
+        # read later must be that same file (a file renamed over it is another checkpoint's).
+        self._shard_ids = [self._stat_shard(p) for p in self.data_paths]
+        self._shard_sizes = [size for _, _, size in self._shard_ids]
         self._maps: list[mmap.mmap | memoryview | bytes | None] = [None] * self.num_shards
         self._lock = threading.Lock()
         # (shard, offset, size, stored crc) of byte ranges whose checksum has been verified.
@@ -250,17 +252,17 @@ class BundleReader:
             )
         return int(header.num_shards)
 
-    def _stat_shard(self, path: str) -> int:
+    def _stat_shard(self, path: str) -> tuple[int, int, int]:
+        """``(device, inode, size)`` of a data shard, checked to be a regular file."""
         try:
-            st = os.stat(path)
-        except FileNotFoundError:
+            fd, st = open_regular(path, "checkpoint data shard")
+        except CheckpointNotFoundError:
             raise CheckpointNotFoundError(
                 f"checkpoint data shard missing: {path!r} (the index {self.index_path!r} "
                 f"lists {self.num_shards} shard(s))"
             ) from None
-        if not stat.S_ISREG(st.st_mode):
-            raise corrupt(path, None, "data shard is not a regular file")
-        return st.st_size
+        os.close(fd)
+        return st.st_dev, st.st_ino, st.st_size
 
     def _parse_entry(self, name: str, value: bytes, at: int, *, sliced_ok: bool) -> TensorInfo:
         where = self.index_path
@@ -393,6 +395,34 @@ class BundleReader:
 
     # -- mapping -------------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _shard_fd(self, shard: int) -> Iterator[int]:
+        """An open descriptor of the very shard file checked when the reader was opened.
+
+        The path is opened again without blocking and must still be that regular file (same
+        device, inode and size): a FIFO or another file swapped in meanwhile is refused.
+        """
+        path = self.data_paths[shard]
+        try:
+            fd, st = open_regular(path, "checkpoint data shard")
+        except CheckpointNotFoundError:
+            raise CheckpointNotFoundError(f"checkpoint data shard missing: {path!r}") from None
+        try:
+            dev, ino, size = self._shard_ids[shard]
+            if (st.st_dev, st.st_ino) != (dev, ino):
+                raise corrupt(
+                    path, None, "shard replaced since the index was read (another file is there)"
+                )
+            if st.st_size != size:
+                raise corrupt(
+                    path,
+                    None,
+                    f"shard changed since the index was read: {st.st_size} bytes, expected {size}",
+                )
+            yield fd
+        finally:
+            os.close(fd)
+
     def _buffer(self, shard: int) -> mmap.mmap | memoryview | bytes:
         """The shard's bytes, memory-mapped once (an empty shard cannot be mapped), at a 2 MiB
         boundary where the platform allows (see :mod:`embserve.checkpoint._mapping`)."""
@@ -402,22 +432,14 @@ class BundleReader:
         with self._lock:
             buf = self._maps[shard]
             if buf is None:
-                path = self.data_paths[shard]
-                try:
-                    with open(path, "rb") as f:
-                        size = os.fstat(f.fileno()).st_size
-                        if size != self._shard_sizes[shard]:
-                            raise corrupt(
-                                path,
-                                None,
-                                f"shard changed since the index was read: {size} bytes, expected "
-                                f"{self._shard_sizes[shard]}",
-                            )
-                        buf = map_shard(f.fileno(), size) if size else b""
-                except FileNotFoundError:
-                    raise CheckpointNotFoundError(
-                        f"checkpoint data shard missing: {path!r}"
-                    ) from None
+                size = self._shard_sizes[shard]
+                with self._shard_fd(shard) as fd:
+                    try:
+                        buf = map_shard(fd, size) if size else b""
+                    except OSError as exc:
+                        raise os_error(
+                            self.data_paths[shard], "checkpoint data shard", exc
+                        ) from exc
                 self._maps[shard] = buf
         return buf
 
@@ -555,25 +577,16 @@ class BundleReader:
         arr: npt.NDArray[Any] = np.empty(t.shape, dtype=info.numpy)
         view = arr.reshape(-1).view(np.uint8).data
         path = self.data_paths[t.shard_id]
-        try:
-            with open(path, "rb", buffering=0) as f:
-                size = os.fstat(f.fileno()).st_size
-                if size != self._shard_sizes[t.shard_id]:
-                    raise corrupt(
-                        path,
-                        None,
-                        f"shard changed since the index was read: {size} bytes, expected "
-                        f"{self._shard_sizes[t.shard_id]}",
-                    )
-                f.seek(t.offset)
-                done = 0
-                while done < t.size:
-                    got = f.readinto(view[done : done + _COPY_CHUNK])
-                    if not got:
-                        raise corrupt(path, t.offset + done, f"tensor {t.key!r}: file ends early")
-                    done += got
-        except FileNotFoundError:
-            raise CheckpointNotFoundError(f"checkpoint data shard missing: {path!r}") from None
+        with self._shard_fd(t.shard_id) as fd:
+            done = 0
+            while done < t.size:
+                try:
+                    got = _pread_into(fd, view[done : done + _COPY_CHUNK], t.offset + done)
+                except OSError as exc:
+                    raise os_error(path, "checkpoint data shard", exc) from exc
+                if not got:
+                    raise corrupt(path, t.offset + done, f"tensor {t.key!r}: file ends early")
+                done += got
         if verify:
             crc = crc32c.value_of_buffer(view)
             if crc32c.mask(crc) != t.crc32c:
@@ -742,19 +755,14 @@ def encode_strings(values: Sequence[bytes]) -> tuple[bytes, int]:
     return b"".join(encode_varint(x) for x in lengths) + stored + body, crc32c.mask(crc)
 
 
-def _resolve_prefix(path: str | os.PathLike[str]) -> str:
-    """The checkpoint prefix ``path`` names (a directory resolves through its state file)."""
-    prefix = os.fspath(path)
-    if os.path.isdir(prefix):  # a directory always means "its latest checkpoint", as in TF
-        latest = latest_checkpoint(prefix)
-        if latest is None:
-            raise CheckpointNotFoundError(f"no checkpoint found in directory {prefix!r}")
-        return latest
-    if not os.path.exists(index_path(prefix)):
-        raise CheckpointNotFoundError(
-            f"no checkpoint at prefix {prefix!r}: {index_path(prefix)!r} does not exist"
-        )
-    return prefix
+def _pread_into(fd: int, view: memoryview, offset: int) -> int:
+    """Read into ``view`` from ``offset`` without moving ``fd``'s position (descriptors are
+    shared between threads); returns the bytes read, 0 at the end of the file."""
+    if hasattr(os, "preadv"):
+        return os.preadv(fd, [view], offset)
+    data = os.pread(fd, len(view), offset)
+    view[: len(data)] = data
+    return len(data)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ offset against the entries, every block checksum is verified, keys must be stric
 across the whole table and each index separator must lie between its block's last key and the
 next block's first key. Any violation raises :class:`~embserve.errors.CorruptCheckpointError`
 naming the file and the byte offset. A checkpoint index is small (tens of bytes per tensor), so
-the reader loads it whole.
+the reader loads it whole, after checking that it is a regular file of at most
+:data:`MAX_INDEX_BYTES` (a FIFO or a link to ``/dev/zero`` is refused without being read).
 
 Writing (:func:`build_table`) cuts blocks exactly like TensorFlow's ``TableBuilder`` (256 KiB
 blocks, restart interval 16 for data and 1 for the index block, the same shortened separators),
@@ -30,17 +31,17 @@ import os
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from embserve.checkpoint import crc32c
+from embserve.checkpoint._files import read_regular
 from embserve.checkpoint._wire import Malformed, corrupt, decode_varint, encode_varint, u32_at
-from embserve.errors import CheckpointNotFoundError
 
 __all__ = [
     "BLOCK_SIZE",
     "BLOCK_TRAILER_SIZE",
     "FOOTER_SIZE",
     "MAGIC",
+    "MAX_INDEX_BYTES",
     "BlockHandle",
     "Table",
     "build_table",
@@ -56,6 +57,13 @@ BLOCK_TRAILER_SIZE = 5
 BLOCK_SIZE = 262_144  # TensorFlow's table option for checkpoint indexes
 DATA_RESTART_INTERVAL = 16
 INDEX_RESTART_INTERVAL = 1
+
+#: The largest index :func:`read_table` reads. An index holds tens of bytes per tensor (47-64
+#: bytes per entry in TensorFlow's own checkpoints under tests/data/checkpoints: a key of 30-60
+#: bytes, a BundleEntry of ~15), so 64 MiB is about a million tensors or slices, far beyond real
+#: models. The cap bounds what a hostile or mistaken file costs before any byte is read (parsed,
+#: each entry costs ~10x its size in Python objects), as safetensors caps its header at 100 MB.
+MAX_INDEX_BYTES = 64 << 20
 
 _HANDLES_SIZE = 40  # two varint64 pairs at most, zero padded
 _NO_COMPRESSION = 0
@@ -105,23 +113,19 @@ class Table:
 # Reading
 
 
-def read_table(path: str | os.PathLike[str]) -> Table:
+def read_table(path: str | os.PathLike[str], *, max_bytes: int = MAX_INDEX_BYTES) -> Table:
     """Read and fully validate the table stored in ``path``.
 
+    The file is opened without blocking and must be a regular file of at most ``max_bytes``
+    (see :data:`MAX_INDEX_BYTES`); both are checked before anything is read.
+
     Raises:
-        CheckpointNotFoundError: ``path`` does not exist.
-        CorruptCheckpointError: anything about the file is not a well-formed table.
+        CheckpointNotFoundError: ``path`` does not exist (or is a directory).
+        CorruptCheckpointError: anything about the file is not a well-formed table, or it is
+            not a regular file, or it is over ``max_bytes``.
+        CheckpointError: any other OS error while opening or reading it, naming the file.
     """
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError as exc:
-        raise CheckpointNotFoundError(
-            f"checkpoint index file not found: {os.fspath(path)!r}"
-        ) from exc
-    except IsADirectoryError as exc:
-        raise CheckpointNotFoundError(
-            f"checkpoint index is a directory: {os.fspath(path)!r}"
-        ) from exc
+    data = read_regular(path, "checkpoint index", max_bytes)
     return parse_table(data, path)
 
 
