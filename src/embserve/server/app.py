@@ -13,8 +13,8 @@ route                                             answer
 ================================================  ============================================
 
 **Errors** are TF Serving's ``{"error": "..."}``: 400 for bad input (the message names the
-feature and what is wrong: unknown feature, wrong JSON type, id out of range, too many ids or
-examples), 404 for an unknown model, version or route, 413 for a body over
+feature and what is wrong: unknown feature, wrong JSON type, id out of range, too many ids,
+examples or output floats), 404 for an unknown model, version or route, 413 for a body over
 ``limits.max_body_bytes`` (read with that cap, never whole), 503 while no version is loaded.
 Bad input never gets a 500: a 500 means a bug. Its answer is a bare
 ``{"error": "Internal Server Error"}`` (the exception's type and message could tell a client

@@ -31,8 +31,16 @@ request may name any subset of the model's features; every instance must name th
 ...]}`` (one object per instance) or ``{"outputs": {"user": [[...], [...]], ...}}``; float32
 activations are written by orjson straight from the numpy arrays.
 
+**Limits** (:class:`~.config.Limits`) are checked while converting, before anything their
+size would allocate: examples per request, ids per request, and output floats per request,
+counted per feature from the request's shape (``n × dim`` for dense ids, ``batch × dim`` for
+one bag per example, ``batch × most bags × dim`` for several, ``batch × max_sequence_length ×
+dim`` for a sequence, ``prod(output_shape) × dim`` with an output_shape) and summed. Each is a
+400 naming the feature and the limit's key.
+
 **Errors** are :class:`RequestError` (status and message, rendered ``{"error": "..."}``): the
-message names the feature and the example and says what was expected. Lookup errors
+message names the feature and the example and says what was expected; a client's value is
+quoted as a bounded sketch (3 levels, 40 characters), whatever its size or nesting. Lookup errors
 (``es.InputError``, ``es.IdOutOfRangeError``) are mapped by the app, not here.
 
 Conversion is vectorized per feature: ids are only touched inside C loops (``itertools.chain``,
@@ -45,6 +53,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import math
 import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -108,11 +117,14 @@ class FeatureInput(NamedTuple):
         ids: dense ids (int64 ``[batch]``), an ``es.RaggedTensor`` or an ``es.SparseTensor``.
         weights: ``None`` or float32 weights of the same kind and layout as ``ids``.
         num_ids: how many ids (for limits and metrics).
+        output_floats: how many floats the lookup returns for it (for limits, and to choose
+            where the request runs).
     """
 
     ids: Any
     weights: Any
     num_ids: int
+    output_floats: int
 
 
 @dataclass
@@ -146,6 +158,19 @@ class DecodedRequest:
     def ids_per_feature(self) -> dict[str, int]:
         """Feature name → number of ids."""
         return {name: f.num_ids for name, f in self.features.items()}
+
+    @property
+    def output_floats(self) -> int:
+        """Floats the lookup returns, summed over the features."""
+        return sum(f.output_floats for f in self.features.values())
+
+    def work_floats(self, features: Mapping[str, es.FeatureConfig]) -> int:
+        """The larger of the floats the lookup writes and reads (ids × dim), summed over the
+        features: what the lookup's kernels size their work by (``features`` gives the dims)."""
+        return sum(
+            max(f.output_floats, f.num_ids * features[name].table.dim)
+            for name, f in self.features.items()
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,8 +441,10 @@ class RestCodec:
     ) -> dict[str, FeatureInput]:
         out: dict[str, FeatureInput] = {}
         total = 0
+        floats_left = self.limits.max_output_floats
         for name, values in columns.items():
-            feature = self._column(name, self.features[name], values, columnar)
+            feature = self._column(name, self.features[name], values, columnar, floats_left)
+            floats_left -= feature.output_floats
             total += feature.num_ids
             if total > self.limits.max_ids_per_request:
                 raise RequestError(
@@ -429,24 +456,60 @@ class RestCodec:
             out[name] = feature
         return out
 
+    def _check_output(self, name: str, dims: Sequence[int], floats_left: int) -> int:
+        """The floats of an output of shape ``dims``; 400 when they exceed what the request
+        may still ask for (``floats_left`` of ``limits.max_output_floats``)."""
+        floats = math.prod(dims)
+        if floats > floats_left:
+            limit = self.limits.max_output_floats
+            shape = " × ".join(f"{d:,}" for d in dims)
+            rest = "" if floats_left == limit else ", with the features before it"
+            raise RequestError(
+                400,
+                f"feature {name!r}: its output would hold {shape} = {floats:,} floats, which "
+                f"takes the request{rest} past the limit of {limit:,} output floats per "
+                "request (limits.max_output_floats)",
+            )
+        return floats
+
+    def _bag_output(self, name: str, batch: int, floats_left: int) -> int:
+        """Output floats of one combined bag (or one sequence) per example."""
+        cfg = self.features[name]
+        dim = cfg.table.dim
+        if cfg.output_shape is not None:
+            # TensorFlow reshapes (or, for a larger output_shape, reads as a sequence) to
+            # exactly output_shape; other batch sizes are refused by the lookup.
+            return self._check_output(
+                name, [*(int(d or 0) for d in cfg.output_shape), dim], floats_left
+            )
+        if cfg.max_sequence_length > 0:
+            return self._check_output(name, [batch, cfg.max_sequence_length, dim], floats_left)
+        return self._check_output(name, [batch, dim], floats_left)
+
     def _column(
-        self, name: str, cfg: es.FeatureConfig, values: Sequence[Any], columnar: bool
+        self,
+        name: str,
+        cfg: es.FeatureConfig,
+        values: Sequence[Any],
+        columnar: bool,
+        floats_left: int,
     ) -> FeatureInput:
         """One feature's values (one per example) → lookup input."""
         kinds = set(map(type, values))
         if kinds <= {int}:
             if cfg.max_sequence_length == 0 and cfg.output_shape is None:
+                floats = self._check_output(name, [len(values), cfg.table.dim], floats_left)
                 ids = _int64(values)
                 if ids is None:
                     i, bad = next(
                         (i, x) for i, x in enumerate(values) if not _INT64_MIN <= x <= _INT64_MAX
                     )
                     raise RequestError(400, f"{_where(name, columnar, i)}: {_describe_bad_id(bad)}")
-                return FeatureInput(ids, None, ids.shape[0])
-            return self._bags(name, [[v] for v in values], None, columnar)
+                return FeatureInput(ids, None, ids.shape[0], floats)
+            return self._bags(name, [[v] for v in values], None, columnar, floats_left)
         if kinds <= {int, list}:
             rows = values if int not in kinds else [[v] if type(v) is int else v for v in values]
-            return self._bags(name, rows, None, columnar)
+            return self._bags(name, rows, None, columnar, floats_left)
         # Weighted values (or values of the wrong type): one look at each example.
         rows = []
         weight_parts: list[Any] = []
@@ -471,8 +534,8 @@ class RestCodec:
         # Only weights the client sent reach the lookup: {"ids": ...} alone is a plain bag (a
         # sequence feature refuses weights, even all-1.0 ones).
         if all(w is None for w in weight_parts):
-            return self._bags(name, rows, None, columnar)
-        return self._bags(name, rows, weight_parts, columnar)
+            return self._bags(name, rows, None, columnar, floats_left)
+        return self._bags(name, rows, weight_parts, columnar, floats_left)
 
     def _weighted(
         self, name: str, value: dict[str, Any], columnar: bool, i: int
@@ -516,13 +579,19 @@ class RestCodec:
         return ids, weights
 
     def _bags(
-        self, name: str, rows: Sequence[Any], weight_parts: list[Any] | None, columnar: bool
+        self,
+        name: str,
+        rows: Sequence[Any],
+        weight_parts: list[Any] | None,
+        columnar: bool,
+        floats_left: int,
     ) -> FeatureInput:
         """One bag (a list) per example → ``es.RaggedTensor`` ids (and weights)."""
         flat = list(itertools.chain.from_iterable(rows))
         kinds = set(map(type, flat))
         if list in kinds:
-            return self._multi_bags(name, rows, weight_parts, columnar)
+            return self._multi_bags(name, rows, weight_parts, columnar, floats_left)
+        floats = self._bag_output(name, len(rows), floats_left)
         self._check_ids_limit(name, len(flat))
         ids = _int64(flat) if kinds <= {int} else None
         if ids is None:
@@ -536,7 +605,7 @@ class RestCodec:
         )
         ragged_ids = es.RaggedTensor.from_row_splits(ids, splits, validate=False)
         if weight_parts is None:
-            return FeatureInput(ragged_ids, None, len(flat))
+            return FeatureInput(ragged_ids, None, len(flat), floats)
         wrows: list[Any] = []
         for i, (row, w) in enumerate(zip(rows, weight_parts, strict=True)):
             if w is None:
@@ -553,7 +622,7 @@ class RestCodec:
         if isinstance(weights, str):
             raise RequestError(400, f"feature {name!r}: {weights}")
         ragged_weights = es.RaggedTensor.from_row_splits(weights, splits, validate=False)
-        return FeatureInput(ragged_ids, ragged_weights, len(flat))
+        return FeatureInput(ragged_ids, ragged_weights, len(flat), floats)
 
     def _multi_bags(
         self,
@@ -561,8 +630,14 @@ class RestCodec:
         parts: Sequence[Any],
         weight_parts: list[Any] | None,
         columnar: bool,
+        floats_left: int,
     ) -> FeatureInput:
-        """Several bags per example → rank-3 ``es.SparseTensor`` ``[batch, bags, ids]``."""
+        """Several bags per example → rank-3 ``es.SparseTensor`` ``[batch, bags, ids]``.
+
+        The output is ``[batch, most bags in an example, dim]`` (the sparse path ignores
+        ``max_sequence_length`` and ``output_shape`` at rank 3): it is counted from the bag
+        counts alone, before the bags are flattened, because empty bags cost no ids.
+        """
         for i, p in enumerate(parts):
             if any(type(bag) is not list for bag in p):
                 raise RequestError(
@@ -573,6 +648,10 @@ class RestCodec:
                 )
         batch = len(parts)
         bags_per_example = np.fromiter(map(len, parts), dtype=np.int64, count=batch)
+        most_bags = int(bags_per_example.max()) if batch else 0
+        floats = self._check_output(
+            name, [batch, most_bags, self.features[name].table.dim], floats_left
+        )
         all_bags = list(itertools.chain.from_iterable(parts))
         bag_lengths = np.fromiter(map(len, all_bags), dtype=np.int64, count=len(all_bags))
         flat = list(itertools.chain.from_iterable(all_bags))
@@ -596,14 +675,10 @@ class RestCodec:
         indices[:, 0] = np.repeat(example_of_bag, bag_lengths)
         indices[:, 1] = np.repeat(bag_in_example, bag_lengths)
         indices[:, 2] = np.arange(n, dtype=np.int64) - np.repeat(id_starts, bag_lengths)
-        shape = [
-            batch,
-            int(bags_per_example.max()) if batch else 0,
-            int(bag_lengths.max()) if nbags else 0,
-        ]
+        shape = [batch, most_bags, int(bag_lengths.max()) if nbags else 0]
         sparse_ids = es.SparseTensor(indices, values, shape)
         if weight_parts is None:
-            return FeatureInput(sparse_ids, None, n)
+            return FeatureInput(sparse_ids, None, n, floats)
         wbags: list[Any] = []
         for i, (p, w) in enumerate(zip(parts, weight_parts, strict=True)):
             if w is None:
@@ -619,7 +694,7 @@ class RestCodec:
         weights = _weights_array(list(itertools.chain.from_iterable(wbags)))
         if isinstance(weights, str):
             raise RequestError(400, f"feature {name!r}: {weights}")
-        return FeatureInput(sparse_ids, es.SparseTensor(indices, weights, shape), n)
+        return FeatureInput(sparse_ids, es.SparseTensor(indices, weights, shape), n, floats)
 
     def _check_ids_limit(self, name: str, n: int) -> None:
         if n > self.limits.max_ids_per_request:
