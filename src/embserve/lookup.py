@@ -39,10 +39,9 @@ from embserve.inputs import (
     weight_values,
 )
 from embserve.kernels import _jit
-from embserve.kernels._native import address_of
 from embserve.kernels.arena import OutputArena
 from embserve.kernels.check import first_bad_id
-from embserve.kernels.multi import gather_tables_parallel, gather_tables_serial
+from embserve.kernels.multi import GroupCache, TableGroup
 from embserve.kernels.pooled import MEAN, SQRTN, SUM, pooled_parallel, pooled_serial
 from embserve.kernels.sequence import (
     gather_parallel,
@@ -62,7 +61,6 @@ _NO_WEIGHTS = np.empty(0, dtype=np.float32)
 _TABLE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _F32 = np.dtype(np.float32)
 _FAST_ID_DTYPES = frozenset((np.dtype(np.int32), np.dtype(np.int64)))
-_MISSING: Any = object()
 # Key orders remembered per plan for the fused dense path (each group may hold output buffers).
 _MAX_DENSE_GROUPS = 16
 _NDARRAY = {np.ndarray}
@@ -445,21 +443,6 @@ def _check_weight(path: str, kind: str, raw: Any, weight: Any, cfg: FeatureConfi
         raise InputError(f"Weight specified for {path}, but this is a sequence feature.")
 
 
-class _DenseGroup:
-    """Every feature of one flat-dict key order, when all of them can take the fused dense path:
-    no sequence length, float32 tables of one ``dim``. Holds the prepared tables (keeping their
-    memory alive for the addresses) and one output arena for the whole call."""
-
-    __slots__ = ("addresses", "arena", "dim", "rows", "tables")
-
-    def __init__(self, tables: list[np.ndarray]) -> None:
-        self.tables = tables
-        self.addresses = np.array([address_of(t) for t in tables], dtype=np.int64)
-        self.rows = np.array([t.shape[0] for t in tables], dtype=np.int64)
-        self.dim = tables[0].shape[1]
-        self.arena = OutputArena()
-
-
 class LookupPlan:
     """A feature_config flattened once: paths in tf.nest order and their FeatureConfigs.
 
@@ -484,17 +467,19 @@ class LookupPlan:
         # path -> the _Feature of the last call, reused while the same table object is passed:
         # building it (table checks, names, combiner) cost ~1.5 µs per feature per call.
         self._cache: dict[str, _Feature] = {}
-        # (tables mapping, config change count, {key order of a flat dict of dense ids: fused
-        # group or None when not eligible}): replaced whole, never edited in place for another
+        # (tables mapping, config change count, key order of a flat dict of dense ids -> fused
+        # group or None when not eligible): replaced whole, never edited in place for another
         # mapping, so a group built from old tables cannot land among the new ones.
-        self._dense: tuple[Any, int, dict[tuple[str, ...], _DenseGroup | None]] = (None, -1, {})
+        self._dense: tuple[Any, int, GroupCache] = (None, -1, GroupCache(_MAX_DENSE_GROUPS))
 
     def forget_tables(self) -> None:
         """Drop cached references to tables (after a restore replaced them)."""
         self._cache.clear()
-        self._dense = (None, -1, {})
+        self._dense = (None, -1, GroupCache(_MAX_DENSE_GROUPS))
 
-    def _dense_group(self, keys: tuple[str, ...], tables: Mapping[TableConfig, Any]) -> Any:
+    def _dense_group(
+        self, keys: tuple[str, ...], tables: Mapping[TableConfig, Any]
+    ) -> TableGroup | None:
         """The fused group for ``keys``, or None when a feature needs the general path."""
         prepared: list[np.ndarray] = []
         for key in keys:
@@ -508,7 +493,7 @@ class LookupPlan:
             if table.dtype != _F32 or (prepared and table.shape[1] != prepared[0].shape[1]):
                 return None
             prepared.append(table)
-        return _DenseGroup(prepared) if prepared else None
+        return TableGroup(prepared) if prepared else None
 
     def _run_dense(self, inputs: dict[Any, Any], tables: Mapping[TableConfig, Any]) -> Any:
         """All features dense, one shape, int32/int64 ids: one kernel call for the whole request
@@ -516,14 +501,9 @@ class LookupPlan:
         the general path then runs (and raises the error naming feature, row and position)."""
         state = self._dense
         if state[0] is not tables or state[1] != _config.CHANGES[0]:
-            state = self._dense = (tables, _config.CHANGES[0], {})
-        groups = state[2]
+            state = self._dense = (tables, _config.CHANGES[0], GroupCache(_MAX_DENSE_GROUPS))
         keys = tuple(inputs)
-        group = groups.get(keys, _MISSING)
-        if group is _MISSING:
-            if len(groups) >= _MAX_DENSE_GROUPS:
-                groups.clear()  # clients choose key orders: keep the cache bounded
-            group = groups[keys] = self._dense_group(keys, tables)
+        group = state[2].get(keys, lambda: self._dense_group(keys, tables))
         if group is None:
             return None
         values = list(inputs.values())
@@ -540,14 +520,9 @@ class LookupPlan:
         n = values[0].size
         if n == 0:
             return None
-        ids = stacked.reshape(-1)
         dim = group.dim
-        out = group.arena.take((len(keys), n, dim), _F32)
-        parallel = _parallel(out.size)
-        bad = (gather_tables_parallel if parallel else gather_tables_serial)(
-            group.addresses, group.rows, ids, out
-        )
-        if bad >= 0:
+        out = group.gather(stacked.reshape(-1), _parallel(len(keys) * n * dim))
+        if out is None:
             return None
         if len(shape) == 1:
             return dict(zip(keys, out))  # noqa: B905 (equal lengths by construction; 1 µs)

@@ -1,7 +1,8 @@
 """Input checks that run before any gather: the kernels that follow trust what these clear.
 
 Each returns the index of the first offending element, or -1 when the array is clean, so the
-caller can name the exact feature, row and position in its error.
+caller can name the exact feature, row and position in its error. :func:`c_rows` is the layout
+check every kernel entry point makes on the arrays it reads or writes by address.
 """
 
 from __future__ import annotations
@@ -10,9 +11,31 @@ import math
 
 import numpy as np
 
-from embserve.kernels._jit import jit
+from embserve.kernels._jit import jit, jit_inline
 
-__all__ = ["first_bad_id", "first_bad_split", "first_nonfinite"]
+__all__ = ["LAYOUT_MESSAGE", "c_rows", "first_bad_id", "first_bad_split", "first_nonfinite"]
+
+# What an entry point raises (a constant: numba raises exceptions with constant arguments only).
+LAYOUT_MESSAGE = "kernel arrays must be C-ordered rows (np.ascontiguousarray)"
+
+
+@jit_inline
+def c_rows(a):  # type: ignore[no-untyped-def]
+    """Whether ``a`` is laid out in C order: ``a[i, j]`` at ``i * row_bytes + j * itemsize``.
+
+    Kernels address rows as ``base + id * row_bytes``. numba compiles them for any layout, so a
+    Fortran-ordered, strided or reversed table would silently give other rows (a Fortran table's
+    ``[16, 17, ...]`` came back as ``[256, 272, ...]``) or read past its buffer. As in numpy, a
+    dimension of length 0 or 1 may have any stride (its stride never moves an address).
+    """
+    if a.size == 0:
+        return True
+    expected = a.itemsize
+    for axis in range(a.ndim - 1, -1, -1):
+        if a.shape[axis] > 1 and a.strides[axis] != expected:
+            return False
+        expected *= a.shape[axis]
+    return True
 
 
 # Each check is a branch-free pass the compiler vectorizes (min / max, or an OR of compares),

@@ -11,8 +11,10 @@ zero under ``mean``) gives a zero vector. Accumulation is in the table's dtype i
 TensorFlow's segment sums, so float32 results agree to the last bit or two.
 
 Callers guarantee: ``ids`` within ``[0, table.shape[0])``, ``splits`` non-decreasing from 0 to
-``len(ids)``, ``out`` shaped ``[len(splits) - 1, table.shape[1]]``, ``weights`` as long as ``ids``
-(or empty: unweighted).
+``len(ids)``, ``out`` shaped ``[len(splits) - 1, table.shape[1]]`` in the table's dtype,
+``weights`` as long as ``ids`` (or empty: unweighted). Rows are read and written by address, so
+both entry points raise ``ValueError`` unless ``table`` and ``out`` are C-ordered rows
+(:func:`embserve.kernels.check.c_rows`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from numba import prange
 
 from embserve.kernels._jit import jit, jit_inline, jit_parallel
 from embserve.kernels._native import PREFETCH_ROWS, prefetch_row, sum_rows
+from embserve.kernels.check import LAYOUT_MESSAGE, c_rows
 
 __all__ = ["CHUNKS", "MEAN", "SQRTN", "SUM", "pooled_parallel", "pooled_serial"]
 
@@ -162,6 +165,8 @@ def _chunk_start(splits, c, chunks):  # type: ignore[no-untyped-def]
 @jit
 def pooled_serial(table, ids, weights, splits, combiner, out):  # type: ignore[no-untyped-def]
     """Reduce every bag, one thread. ``weights`` of length 0 means unweighted."""
+    if not (c_rows(table) and c_rows(out)):
+        raise ValueError(LAYOUT_MESSAGE)
     acc = np.empty(table.shape[1], dtype=out.dtype)
     n_bags = splits.shape[0] - 1
     if weights.shape[0] == 0:
@@ -173,6 +178,8 @@ def pooled_serial(table, ids, weights, splits, combiner, out):  # type: ignore[n
 @jit_parallel
 def pooled_parallel(table, ids, weights, splits, combiner, out):  # type: ignore[no-untyped-def]
     """Reduce every bag, runs of bags with equal id counts spread over the thread pool."""
+    if not (c_rows(table) and c_rows(out)):
+        raise ValueError(LAYOUT_MESSAGE)
     chunks = min(CHUNKS, max(splits.shape[0] - 1, 1))
     weighted = weights.shape[0] != 0
     for c in prange(chunks):

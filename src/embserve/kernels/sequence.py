@@ -1,7 +1,9 @@
 """Sequence lookups and plain gathers: rows copied into place, never combined.
 
 Callers guarantee every id is within ``[0, table.shape[0])`` and every target position is inside
-``out``; these kernels do no checking of their own. Every loop prefetches the row
+``out``; these kernels check only the layout: every entry point raises ``ValueError`` unless
+``table`` and ``out`` are C-ordered rows (rows are prefetched by address; the multi-table gather
+reads whole tables by address through :func:`_gather_range`). Every loop prefetches the row
 ``PREFETCH_ROWS`` ids ahead (see :mod:`embserve.kernels._native` for the measurements).
 """
 
@@ -11,6 +13,7 @@ from numba import prange
 
 from embserve.kernels._jit import jit, jit_inline, jit_parallel
 from embserve.kernels._native import PREFETCH_ROWS, prefetch_row
+from embserve.kernels.check import LAYOUT_MESSAGE, c_rows
 
 __all__ = [
     "gather_parallel",
@@ -48,12 +51,16 @@ def _gather_range(table, ids, out, i0, i1):  # type: ignore[no-untyped-def]
 @jit
 def gather_serial(table, ids, out):  # type: ignore[no-untyped-def]
     """``out[i] = table[ids[i]]``: dense ids of any shape, flattened."""
+    if not (c_rows(table) and c_rows(out)):
+        raise ValueError(LAYOUT_MESSAGE)
     _gather_range(table, ids, out, 0, ids.shape[0])
 
 
 @jit_parallel
 def gather_parallel(table, ids, out):  # type: ignore[no-untyped-def]
     """:func:`gather_serial` over the thread pool."""
+    if not (c_rows(table) and c_rows(out)):
+        raise ValueError(LAYOUT_MESSAGE)
     n = ids.shape[0]
     for c in prange((n + _GATHER_CHUNK - 1) // _GATHER_CHUNK):
         i0 = c * _GATHER_CHUNK
@@ -84,6 +91,8 @@ def _sequence_row(table, ids, splits, out, b):  # type: ignore[no-untyped-def]
 @jit
 def sequence_serial(table, ids, splits, out):  # type: ignore[no-untyped-def]
     """Ragged rows packed left into ``out[B, L, D]``, cut at ``L``, zero-padded."""
+    if not (c_rows(table) and c_rows(out)):
+        raise ValueError(LAYOUT_MESSAGE)
     for b in range(splits.shape[0] - 1):
         _sequence_row(table, ids, splits, out, b)
 
@@ -91,6 +100,8 @@ def sequence_serial(table, ids, splits, out):  # type: ignore[no-untyped-def]
 @jit_parallel
 def sequence_parallel(table, ids, splits, out):  # type: ignore[no-untyped-def]
     """:func:`sequence_serial` over the thread pool."""
+    if not (c_rows(table) and c_rows(out)):
+        raise ValueError(LAYOUT_MESSAGE)
     for b in prange(splits.shape[0] - 1):
         _sequence_row(table, ids, splits, out, b)
 
@@ -116,6 +127,8 @@ def scatter_add_serial(table, ids, cols, splits, out):  # type: ignore[no-untype
 
     ``out`` must be zero-filled. Duplicate positions add up, as TensorFlow's scatter does.
     """
+    if not (c_rows(table) and c_rows(out)):
+        raise ValueError(LAYOUT_MESSAGE)
     for b in range(splits.shape[0] - 1):
         _scatter_row(table, ids, cols, splits, out, b)
 
@@ -123,5 +136,7 @@ def scatter_add_serial(table, ids, cols, splits, out):  # type: ignore[no-untype
 @jit_parallel
 def scatter_add_parallel(table, ids, cols, splits, out):  # type: ignore[no-untyped-def]
     """:func:`scatter_add_serial` with rows spread over the thread pool (rows never overlap)."""
+    if not (c_rows(table) and c_rows(out)):
+        raise ValueError(LAYOUT_MESSAGE)
     for b in prange(splits.shape[0] - 1):
         _scatter_row(table, ids, cols, splits, out, b)
