@@ -267,3 +267,101 @@ def test_feature_config_containers_are_written_as_tensorflow_tracks_them(
     assert [list(graph.children(n)) for n in order] == expected
     # Node ids are breadth-first over the whole graph, so parents come before children.
     assert all(c > n for n in order for c in graph.children(n).values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Several objects: validate everything, then install (issue 10, item 17)
+
+
+def _two_object_checkpoint(tmp_path: Path) -> tuple[str, dict[str, np.ndarray]]:
+    a, b = _model({"ta": (6, 4)}, None), _model({"tb": (9, 3)}, None)
+    rng = np.random.default_rng(5)
+    for emb in (a, b):
+        for slots in emb.variables.values():
+            slots["parameters"][...] = rng.standard_normal(slots["parameters"].shape)
+    prefix = es.train.Checkpoint(a=a, b=b).write(tmp_path / "ckpt-1")
+    return prefix, {
+        "ta": a.variables["ta"]["parameters"].copy(),
+        "tb": b.variables["tb"]["parameters"].copy(),
+    }
+
+
+def _assert_untouched(emb: es.TPUEmbeddingForServing, before: dict[str, np.ndarray]) -> None:
+    for name, value in before.items():
+        got = emb.variables[name]["parameters"]
+        np.testing.assert_array_equal(got, value)
+        assert got.flags.writeable  # still its own initialised table, not a restored view
+
+
+@pytest.mark.parametrize("restore", ["checkpoint", "restore_objects"])
+def test_multi_object_restore_is_all_or_nothing(tmp_path: Path, restore: str) -> None:
+    prefix, stored = _two_object_checkpoint(tmp_path)
+
+    def run(objects: dict[str, es.TPUEmbeddingForServing], **kw: Any) -> frozenset[str]:
+        if restore == "checkpoint":
+            return es.train.Checkpoint(**objects).restore(prefix, **kw).consumed
+        from embserve.checkpointing import restore_objects
+
+        return restore_objects(BundleReader(prefix), objects, **kw)
+
+    # The second object does not match the checkpoint: the first must not be installed.
+    first, wrong = _model({"ta": (6, 4)}, None), _model({"tb": (9, 5)}, None)
+    before = {"ta": first.variables["ta"]["parameters"].copy()}
+    with pytest.raises(es.CheckpointMismatchError, match="'tb'"):
+        run({"a": first, "b": wrong})
+    _assert_untouched(first, before)
+
+    # The second object's table is damaged (found by its checksum): same.
+    info = BundleReader(prefix).info("b/tb/.ATTRIBUTES/VARIABLE_VALUE")
+    data = Path(prefix + ".data-00000-of-00001")
+    raw = bytearray(data.read_bytes())
+    raw[info.offset] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    first, second = _model({"ta": (6, 4)}, None), _model({"tb": (9, 3)}, None)
+    before = {"ta": first.variables["ta"]["parameters"].copy()}
+    with pytest.raises(es.CorruptCheckpointError, match="checksum"):
+        run({"a": first, "b": second})
+    _assert_untouched(first, before)
+
+    # Undamaged: both restored, and the consumed keys are reported.
+    raw[info.offset] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    consumed = run({"a": first, "b": second})
+    np.testing.assert_array_equal(first.variables["ta"]["parameters"], stored["ta"])
+    np.testing.assert_array_equal(second.variables["tb"]["parameters"], stored["tb"])
+    assert {"a/ta/.ATTRIBUTES/VARIABLE_VALUE", "b/tb/.ATTRIBUTES/VARIABLE_VALUE"} <= consumed
+
+
+def test_restore_objects_reports_progress_over_all_objects(tmp_path: Path) -> None:
+    from embserve.checkpointing import restore_objects
+
+    prefix, _ = _two_object_checkpoint(tmp_path)
+    seen: list[tuple[int, int]] = []
+    objects = {"a": _model({"ta": (6, 4)}, None), "b": _model({"tb": (9, 3)}, None)}
+    restore_objects(BundleReader(prefix), objects, progress=lambda d, t: seen.append((d, t)))
+    total = (6 * 4 + 9 * 3) * 4
+    assert seen[-1] == (total, total)
+    assert all(t == total for _, t in seen)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_a_bad_save_counter_fails_before_any_object_is_installed(tmp_path: Path) -> None:
+    from embserve.checkpoint import BundleWriter, ObjectGraph
+
+    prefix, _ = _two_object_checkpoint(tmp_path)
+    reader = BundleReader(prefix)
+    graph = ObjectGraph.from_reader(reader)
+    assert graph is not None
+    counter_key = graph.attribute_keys(["save_counter"])["VARIABLE_VALUE"]
+    bad = str(tmp_path / "bad-1")
+    with BundleWriter(bad) as w:  # the same checkpoint, with a float vector as its counter
+        for key in reader:
+            value = reader.get_tensor(key)
+            w.add(key, np.zeros(2, np.float32) if key == counter_key else value)
+    first, second = _model({"ta": (6, 4)}, None), _model({"tb": (9, 3)}, None)
+    before = {"ta": first.variables["ta"]["parameters"].copy()}
+    ck = es.train.Checkpoint(a=first, b=second)
+    with pytest.raises(es.CheckpointMismatchError, match="save counter"):
+        ck.restore(bad)
+    _assert_untouched(first, before)
+    assert ck.save_counter == 0

@@ -46,6 +46,7 @@ __all__ = [
     "collapse_huge_pages",
     "find_embedding_tables",
     "restore_embedding",
+    "restore_objects",
     "write_checkpoint",
 ]
 
@@ -151,44 +152,23 @@ def _variable_key(graph: ObjectGraph, path: Sequence[str], what: str, prefix: st
     return attrs["VARIABLE_VALUE"].checkpoint_key
 
 
-def restore_embedding(
+_Plan = list[tuple[Any, str, str]]  # (table name, "parameters" or slot name, bundle key)
+
+
+def _plan_restore(
     reader: BundleReader,
+    graph: ObjectGraph,
     object_path: Sequence[str],
     embedding: TPUEmbeddingForServing,
-    *,
-    graph: ObjectGraph | None = None,
-    copy: bool = False,
-    verify: bool = False,
-    progress: Progress | None = None,
-) -> RestoreResult:
-    """Restore ``embedding``'s tables (and slots, when it has an optimizer) from ``reader``.
-
-    Every key, dtype and shape is checked before anything is installed, so a mismatch leaves
-    ``embedding`` as it was.
-
-    Args:
-        reader: the open checkpoint.
-        object_path: edge names from the root to the embedding object (``["embedding"]``).
-        embedding: the serving object; built or not (restoring does not run initializers).
-        graph: the checkpoint's object graph, when the caller has already parsed it.
-        copy: load tables into private writable memory instead of mapping the files.
-        verify: check every table's checksum (by default only tables up to
-            :data:`VERIFY_ON_RESTORE_MAX_BYTES` are checked).
-        progress: ``progress(done_bytes, total_bytes)`` while tables are verified or copied.
-
-    Raises:
-        CheckpointMismatchError: the embedding object, a table or a slot is missing, or a stored
-            shape / dtype differs from the TableConfig.
-        CorruptCheckpointError: a checksum does not match.
-    """
-    graph = graph or _load_graph(reader)
+) -> _Plan:
+    """Check one object against the checkpoint's metadata; what to read for it."""
     path = list(object_path)
     if graph.find(path) is None:
         raise CheckpointMismatchError(
             f"checkpoint {reader.prefix!r} has no object {'/'.join(path)!r}; objects at its "
             f"root: {sorted(graph.children(0))}"
         )
-    plan: list[tuple[Any, str, str]] = []  # (table name, slot or "parameters", key)
+    plan: _Plan = []
     for table in embedding._table_configs:
         name = str(table.name)
         shape = (table.vocabulary_size, table.dim)
@@ -212,20 +192,126 @@ def restore_embedding(
                     f"{list(shape)} (vocabulary_size={table.vocabulary_size}, dim={table.dim})"
                 )
             plan.append((table.name, slot, key))
+    return plan
 
-    total = sum(reader.info(key).num_elements * 4 for _, _, key in plan)
+
+def restore_objects(
+    reader: BundleReader,
+    objects: Mapping[str, TPUEmbeddingForServing],
+    *,
+    graph: ObjectGraph | None = None,
+    copy: bool = False,
+    verify: bool = False,
+    progress: Progress | None = None,
+) -> frozenset[str]:
+    """Restore several serving objects from one open checkpoint, all or nothing.
+
+    What ``tf.train.Checkpoint(a=emb1, b=emb2).restore(path)`` does, in three steps: every
+    object's tables and slots are checked against the index (keys, dtypes, shapes), then every
+    value is read (and checksummed), and only then is each object given its tables. A mismatch
+    or a damaged table anywhere raises before any object changes.
+
+    Use it with a reader you opened yourself to choose how it is opened (the server opens
+    ``BundleReader(prefix, lease=True)`` and keeps it with the version it serves, so that it
+    can :meth:`~embserve.checkpoint.BundleReader.fence` the restored tables later).
+
+    Args:
+        reader: the open checkpoint.
+        objects: attribute name under the checkpoint's root (``"embedding"`` for
+            ``tf.train.Checkpoint(embedding=...)``) → the serving object to restore, built or
+            not (restoring runs no initializer). :func:`restore_embedding` takes a deeper path.
+        graph: the checkpoint's object graph, when the caller has already parsed it.
+        copy: load tables into private writable memory instead of mapping the files.
+        verify: check every table's checksum (by default only tables up to
+            :data:`VERIFY_ON_RESTORE_MAX_BYTES` are checked).
+        progress: ``progress(done_bytes, total_bytes)`` after each table or slot, the total
+            covering every object.
+
+    Returns:
+        The bundle keys restored (for ``assert_consumed``-style bookkeeping).
+
+    Raises:
+        CheckpointMismatchError: an object, a table or a slot is missing, or a stored shape /
+            dtype differs from its TableConfig.
+        CorruptCheckpointError: a checksum does not match.
+    """
+    return _restore(
+        reader,
+        [((name,), obj) for name, obj in objects.items()],
+        graph=graph,
+        copy=copy,
+        verify=verify,
+        progress=progress,
+    )
+
+
+def _restore(
+    reader: BundleReader,
+    objects: Sequence[tuple[Sequence[str], TPUEmbeddingForServing]],
+    *,
+    graph: ObjectGraph | None,
+    copy: bool,
+    verify: bool,
+    progress: Progress | None,
+) -> frozenset[str]:
+    """:func:`restore_objects` over ``(object path, object)`` pairs."""
+    graph = graph or _load_graph(reader)
+    plans = [(obj, _plan_restore(reader, graph, path, obj)) for path, obj in objects]
+    total = sum(reader.info(key).num_elements * 4 for _, plan in plans for _, _, key in plan)
     done = 0
-    variables: dict[Any, dict[str, np.ndarray]] = {}
-    for table_name, slot, key in plan:
-        nbytes = reader.info(key).num_elements * 4
-        check = verify or nbytes <= VERIFY_ON_RESTORE_MAX_BYTES
-        value = reader.get_tensor(key, copy=copy, verify=check)
-        variables.setdefault(table_name, {})[slot] = value
-        done += nbytes
-        if progress is not None:
-            progress(done, total)
-    embedding._set_variables(variables)
-    return RestoreResult(frozenset(key for _, _, key in plan))
+    staged: list[tuple[TPUEmbeddingForServing, dict[Any, dict[str, np.ndarray]]]] = []
+    for obj, plan in plans:
+        variables: dict[Any, dict[str, np.ndarray]] = {}
+        for table_name, slot, key in plan:
+            nbytes = reader.info(key).num_elements * 4
+            check = verify or nbytes <= VERIFY_ON_RESTORE_MAX_BYTES
+            variables.setdefault(table_name, {})[slot] = reader.get_tensor(
+                key, copy=copy, verify=check
+            )
+            done += nbytes
+            if progress is not None:
+                progress(done, total)
+        staged.append((obj, variables))
+    for obj, variables in staged:  # nothing below can fail: install every object
+        obj._set_variables(variables)
+    return frozenset(key for _, plan in plans for _, _, key in plan)
+
+
+def restore_embedding(
+    reader: BundleReader,
+    object_path: Sequence[str],
+    embedding: TPUEmbeddingForServing,
+    *,
+    graph: ObjectGraph | None = None,
+    copy: bool = False,
+    verify: bool = False,
+    progress: Progress | None = None,
+) -> RestoreResult:
+    """Restore one object's tables (and slots, when it has an optimizer) from ``reader``.
+
+    :func:`restore_objects` for a single object: every key, dtype, shape and checksum is
+    checked before anything is installed, so a failure leaves ``embedding`` as it was.
+
+    Args:
+        reader: the open checkpoint.
+        object_path: edge names from the root to the embedding object (``["embedding"]``).
+        embedding: the serving object; built or not (restoring does not run initializers).
+        graph, copy, verify, progress: as in :func:`restore_objects`.
+
+    Raises:
+        CheckpointMismatchError: the embedding object, a table or a slot is missing, or a stored
+            shape / dtype differs from the TableConfig.
+        CorruptCheckpointError: a checksum does not match.
+    """
+    keys = _restore(
+        reader,
+        [(object_path, embedding)],
+        graph=graph,
+        copy=copy,
+        verify=verify,
+        progress=progress,
+    )
+    return RestoreResult(keys)
 
 
 class _Node:

@@ -22,7 +22,7 @@ import numpy as np
 
 from embserve.checkpoint import BundleReader, write_checkpoint_state
 from embserve.checkpoint import latest_checkpoint as _latest_checkpoint
-from embserve.checkpointing import SAVE_COUNTER, Progress, _load_graph, restore_embedding
+from embserve.checkpointing import SAVE_COUNTER, Progress, _load_graph, restore_objects
 from embserve.checkpointing import write_checkpoint as _write_checkpoint
 from embserve.embedding import TPUEmbeddingForServing
 from embserve.errors import CheckpointMismatchError
@@ -180,6 +180,10 @@ class Checkpoint:
     ) -> CheckpointLoadStatus:
         """Restore the tracked objects from ``save_path`` (a prefix or a directory).
 
+        All or nothing: every object's tables are checked and read before any object is
+        given them (:func:`embserve.checkpointing.restore_objects`), so a mismatch or a damaged
+        table leaves every object as it was.
+
         Args:
             save_path: checkpoint prefix, or a directory (→ its latest checkpoint). ``None``
                 restores nothing, as in TensorFlow.
@@ -196,16 +200,25 @@ class Checkpoint:
             return CheckpointLoadStatus(None, frozenset(), frozenset())
         reader = BundleReader(save_path)  # a directory resolves through resolve_checkpoint
         graph = _load_graph(reader)
-        consumed: set[str] = set()
-        for name, obj in self._objects.items():
-            result = restore_embedding(
-                reader, [name], obj, graph=graph, copy=copy, verify=verify, progress=progress
-            )
-            consumed |= result.keys
+        # The counter is read first: once the objects are installed, nothing may fail.
         counter_keys = graph.attribute_keys([SAVE_COUNTER]) if graph.find([SAVE_COUNTER]) else {}
         counter_key = counter_keys.get("VARIABLE_VALUE")
+        counter = None
         if counter_key is not None and reader.has_tensor(counter_key):
-            self.save_counter = int(reader.get_tensor(counter_key))
+            value = reader.get_tensor(counter_key)
+            if value.shape != () or value.dtype.kind not in "iu":
+                raise CheckpointMismatchError(
+                    f"checkpoint {reader.prefix!r}: {counter_key!r} is {value.dtype} "
+                    f"{list(value.shape)}, not the scalar integer save counter"
+                )
+            counter = int(value)
+        consumed = set(
+            restore_objects(
+                reader, self._objects, graph=graph, copy=copy, verify=verify, progress=progress
+            )
+        )
+        if counter is not None and counter_key is not None:
+            self.save_counter = counter
             consumed.add(counter_key)
         available = frozenset(a.checkpoint_key for a in graph.iter_attributes())
         return CheckpointLoadStatus(reader.prefix, frozenset(consumed), available)
