@@ -341,6 +341,29 @@ def test_predict_bad_input_is_400(client: TestClient, body: Any, fragments: list
         assert fragment in message
 
 
+def _big_row(table: np.ndarray) -> int:
+    """An id whose row holds a component of magnitude > 1 (so 3.4e38 times it overflows)."""
+    return int(np.flatnonzero(np.abs(table).max(axis=1) > 1.0)[0])
+
+
+def test_finite_weights_whose_output_overflows_are_400(
+    client: TestClient, v1_tables: dict[str, np.ndarray]
+) -> None:
+    """Finite weights can still overflow float32 in the combined row: the answer is a 400
+    naming the feature, never ``null`` (orjson's rendering of inf / NaN) in a 200. The lookup
+    raises ``es.InputError`` for a non-finite output from finite inputs; the server maps it."""
+    user, item = _big_row(v1_tables["users"]), _big_row(v1_tables["items"])
+    bodies = [
+        ({"instances": [{"user": {"ids": [user], "weights": [3.4e38]}}]}, "user"),  # sum
+        ({"inputs": {"hist": [{"ids": [item, item], "weights": [3e38, 3e38]}]}}, "hist"),  # mean
+    ]
+    for body, feature in bodies:
+        response = client.post(PREDICT, json=body)
+        assert b"null" not in response.content
+        assert response.status_code == 400, response.text
+        assert repr(feature) in response.json()["error"]
+
+
 def test_invalid_json_is_400(client: TestClient) -> None:
     response = client.post(PREDICT, content=b'{"instances": [')
     assert response.status_code == 400
