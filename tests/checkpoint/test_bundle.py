@@ -4,6 +4,7 @@ file discipline (temp files, atomic renames, no silent overwrite); reader API de
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -328,3 +329,46 @@ def test_overlap_sweep_matches_brute_force(raw: list[list[tuple[int, int]]]) -> 
     assert (found is not None) == brute
     if found is not None:
         assert overlap(boxes[found[0]], boxes[found[1]])
+
+
+def test_misaligned_tensors_are_logged_once_and_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """TensorFlow does not align tensors: a float32 table after a 1-byte value cannot be viewed
+    in place and is copied, privately in every process (issue 10, item 18). Say so once, and
+    let tools count it."""
+    table = np.arange(40, dtype=np.float32).reshape(10, 4)
+    with BundleWriter(tmp_path / "c") as w:
+        w.add("flag", np.bool_(True))
+        w.add("emb/t/.ATTRIBUTES/VARIABLE_VALUE", table)
+        w.add("aligned", np.zeros(3, np.uint8))
+        w.add("names", np.array([b"a", b"bc"], dtype=object))
+        w.add_sliced(
+            "sliced", (4,), [(((0, 2),), np.ones(2, np.int8)), (((2, 2),), np.zeros(2, np.int8))]
+        )
+    reader = BundleReader(tmp_path / "c")
+    info = reader.info("emb/t/.ATTRIBUTES/VARIABLE_VALUE")
+    assert info.offset % 4 == 1
+    assert not info.zero_copy
+    assert info.copy_reason == "offset 1 is not a multiple of float32's 4-byte alignment"
+    assert reader.info("aligned").zero_copy
+    assert reader.info("aligned").copy_reason is None
+    assert reader.info("flag").zero_copy
+    assert "string" in str(reader.info("names").copy_reason)
+    assert "2 slices" in str(reader.info("sliced").copy_reason)
+    with caplog.at_level(logging.DEBUG, logger="embserve"):
+        first = reader.get_tensor("emb/t/.ATTRIBUTES/VARIABLE_VALUE")
+        again = reader.get_tensor("emb/t/.ATTRIBUTES/VARIABLE_VALUE")
+        reader.get_tensor("emb/t/.ATTRIBUTES/VARIABLE_VALUE", copy=True)  # asked for: no word
+        reader.get_tensor("aligned")
+    np.testing.assert_array_equal(first, table)
+    np.testing.assert_array_equal(again, table)
+    copies = [r for r in caplog.records if r.name == "embserve"]
+    assert len(copies) == 1, [r.getMessage() for r in caplog.records]
+    (record,) = copies
+    assert record.levelno == logging.WARNING
+    message = record.getMessage()
+    assert "emb/t/.ATTRIBUTES/VARIABLE_VALUE" in message
+    assert "160 bytes" in message
+    assert "offset 1" in message
+    assert str(tmp_path / "c") in message

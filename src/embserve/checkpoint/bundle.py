@@ -26,6 +26,7 @@ valid mapping and a reader never sees a half-written bundle.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import mmap
 import os
@@ -76,6 +77,8 @@ _BUNDLE_VERSION = 1  # kTensorBundleVersion: what we produce and the consumer ve
 _MAX_RANK = 254  # TensorFlow's TensorShape limit
 
 ProgressCallback = Callable[[int, int], None]
+
+_log = logging.getLogger("embserve")
 
 
 def index_path(prefix: str | os.PathLike[str]) -> str:
@@ -138,6 +141,30 @@ class TensorInfo:
         """Whether the tensor is stored as several slices."""
         return bool(self.slices)
 
+    @property
+    def copy_reason(self) -> str | None:
+        """Why :meth:`BundleReader.get_tensor` cannot return a zero-copy view of this tensor
+        (each process reading it then holds a private copy), or ``None`` when it can.
+
+        Reasons: an offset that is not a multiple of the dtype's alignment (TensorFlow does not
+        align data: a float32 table stored after a bool or a string is copied), storage as
+        slices (assembled into a new array), or a string tensor (decoded into ``bytes``).
+        """
+        if self.slices:
+            return f"stored as {len(self.slices)} slices, assembled into one new array"
+        if self.dtype == DataType.STRING:
+            return "a string tensor, decoded into Python bytes objects"
+        info = SUPPORTED[self.dtype]
+        align = info.numpy.alignment
+        if self.num_elements and self.offset % align:
+            return f"offset {self.offset} is not a multiple of {info.name}'s {align}-byte alignment"
+        return None
+
+    @property
+    def zero_copy(self) -> bool:
+        """Whether the tensor is served as a view into the data file (``copy_reason is None``)."""
+        return self.copy_reason is None
+
 
 @dataclass(frozen=True)
 class _Piece:
@@ -187,6 +214,7 @@ class BundleReader:
         self._lock = threading.Lock()
         # (shard, offset, size, stored crc) of byte ranges whose checksum has been verified.
         self._verified: set[tuple[int, int, int, int]] = set()
+        self._logged_copies: set[str] = set()  # misaligned tensors already reported
 
         entries: dict[str, TensorInfo] = {}
         slice_entries: dict[bytes, TensorInfo] = {}
@@ -543,10 +571,14 @@ class BundleReader:
         dtype = SUPPORTED[info.dtype].numpy
         out: npt.NDArray[Any] = np.empty(info.shape, dtype=dtype)
         for piece in self._pieces[info.key]:
-            out[piece.region] = self._read(piece.entry, copy=False, verify=verify)
+            out[piece.region] = self._read(piece.entry, copy=False, verify=verify, unaligned=True)
         return out
 
-    def _read(self, t: TensorInfo, *, copy: bool, verify: bool) -> npt.NDArray[Any]:
+    def _read(
+        self, t: TensorInfo, *, copy: bool, verify: bool, unaligned: bool = False
+    ) -> npt.NDArray[Any]:
+        """One stored tensor or slice; ``unaligned``: the caller copies it anyway (a slice
+        assembled into its tensor), so a misaligned view is returned as is."""
         info = SUPPORTED[t.dtype]
         if t.dtype == DataType.STRING:
             return self._read_strings(t)
@@ -560,11 +592,28 @@ class BundleReader:
         else:
             buf = self._buffer(t.shard_id)
             arr = np.frombuffer(buf, dtype=info.numpy, count=n, offset=t.offset).reshape(t.shape)
-            if copy or t.offset % info.numpy.alignment:
+            if t.offset % info.numpy.alignment and not unaligned:
+                self._log_copy(t)
                 arr = arr.copy()
         if not copy:
             arr.flags.writeable = False
         return arr
+
+    def _log_copy(self, t: TensorInfo) -> None:
+        """Say once per tensor (and reader) that it is copied rather than shared."""
+        with self._lock:
+            if t.key in self._logged_copies:
+                return
+            self._logged_copies.add(t.key)
+        _log.warning(
+            "checkpoint %r: tensor %r (%d bytes) is copied into this process's private memory, "
+            "not shared through the page cache: %s. Rewriting the checkpoint with "
+            "BundleWriter(alignment=64) lets every tensor be served zero-copy.",
+            self.prefix,
+            t.key,
+            t.size,
+            t.copy_reason,
+        )
 
     def _read_copy(self, t: TensorInfo, *, verify: bool) -> npt.NDArray[Any]:
         """A private copy read straight from the file into its array.
