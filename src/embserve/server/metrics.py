@@ -1,27 +1,49 @@
 """Prometheus metrics of one server (all its worker processes), served at ``GET /metrics``.
 
-=============================================  =========  ====================================
-metric                                          type       labels / meaning
-=============================================  =========  ====================================
-``embserve_requests_total``                     counter    ``route`` (URL template), ``code``
-``embserve_request_duration_seconds``           histogram  ``route``; time in the handler
-``embserve_lookup_ids_total``                   counter    ``feature``; ids looked up
-``embserve_out_of_range_ids_total``             counter    ``feature``; ids refused as outside
-                                                           their table (the request got 400)
-``embserve_internal_errors_total``              counter    ``route``; 500 responses (bugs)
-``embserve_model_version``                      gauge      the served version (0: none)
-``embserve_model_loads_total``                  counter    versions restored and swapped in
-``embserve_model_load_duration_seconds``        histogram  restore + validation time
-``embserve_model_reload_failures_total``        counter    ``reason``: ``corrupt``,
-                                                           ``mismatch``, ``not_found``, ``invalid``,
-                                                           ``error``; refused versions
-=============================================  =========  ====================================
+================================================  =========  =======================================
+metric                                            type       labels / meaning
+================================================  =========  =======================================
+``embserve_requests_total``                       counter    ``route`` (URL template), ``code``
+``embserve_request_duration_seconds``             histogram  ``route``; time in the handler
+``embserve_lookup_ids_total``                     counter    ``feature``; ids looked up
+``embserve_out_of_range_ids_total``               counter    ``feature``; ids refused as outside
+                                                             their table (the request got 400)
+``embserve_internal_errors_total``                counter    ``route``; 500 responses (bugs)
+``embserve_model_version``                        gauge      the served version (0: none)
+``embserve_model_loads_total``                    counter    versions restored and swapped in
+``embserve_model_load_duration_seconds``          histogram  restore + validation time
+``embserve_model_reload_failures_total``          counter    ``reason``; refused versions:
+                                                             ``corrupt``, ``mismatch`` (remembered
+                                                             until the files change); ``not_found``,
+                                                             ``busy``, ``io``, ``memory``,
+                                                             ``invalid``, ``error`` (retried with
+                                                             backoff)
+``embserve_model_verifications_total``            counter    ``result``: ``ok``, ``mismatch``,
+                                                             ``error``; checksum passes over a
+                                                             version's served tables
+``embserve_model_verification_duration_seconds``  histogram  time of one checksum pass
+``embserve_model_verified``                       gauge      1 when the served version's tables
+                                                             passed their checksums; 0 while a
+                                                             background check is pending, or nothing
+                                                             is served
+``embserve_model_revocations_total``              counter    ``reason``: ``file_changed`` (a served
+                                                             data file was opened for writing or
+                                                             truncated), ``corrupt`` (the background
+                                                             check failed); versions taken out of
+                                                             service
+``embserve_model_files_protected``                gauge      1 when the served version's data files
+                                                             hold read leases (no other process can
+                                                             change them under the server); 0 when
+                                                             they do not (leases unsupported) or
+                                                             nothing is served
+================================================  =========  =======================================
 
 **Worker processes.** With ``embserve serve --workers N`` every worker counts its own requests
 into prometheus-client's multi-process files (``PROMETHEUS_MULTIPROC_DIR``, which ``serve``
 points at a fresh temporary directory) and ``/metrics`` sums them over the workers, whichever
 worker answers the scrape. Each worker loads every version itself, so the load counters grow
-by N per version; ``embserve_model_version`` is reported per worker (a ``pid`` label). The
+by N per version; the gauges (``embserve_model_version``, ``embserve_model_verified``,
+``embserve_model_files_protected``) are reported per worker (a ``pid`` label). The
 multi-process mode is chosen by prometheus-client when it is imported, so the variable must be
 set before that (``serve`` does); :func:`multiprocess_enabled` tells which mode is live.
 
@@ -156,6 +178,36 @@ class ServerMetrics:
             ["reason"],
             registry=r,
         )
+        self.verifications = Counter(
+            "embserve_model_verifications",
+            "Checksum passes over a version's served tables, by result",
+            ["result"],
+            registry=r,
+        )
+        self.verification_seconds = Histogram(
+            "embserve_model_verification_duration_seconds",
+            "Time to verify the checksums of a version's served tables",
+            buckets=_LOAD_BUCKETS,
+            registry=r,
+        )
+        self.verified = Gauge(
+            "embserve_model_verified",
+            "1 when the served version's tables passed their checksums, 0 otherwise",
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+        self.revocations = Counter(
+            "embserve_model_revocations",
+            "Versions taken out of service after they were served, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.protected = Gauge(
+            "embserve_model_files_protected",
+            "1 when the served version's data files are protected by read leases, else 0",
+            registry=r,
+            multiprocess_mode="liveall",
+        )
         # Label children are cached: labels() costs more than the increment itself.
         self._request_children: dict[tuple[str, int], Counter] = {}
         self._latency_children: dict[str, Histogram] = {}
@@ -205,6 +257,21 @@ class ServerMetrics:
     def reload_failed(self, reason: str) -> None:
         """A new version was refused."""
         self.reload_failures.labels(reason).inc()
+
+    def verification_done(self, result: str, seconds: float) -> None:
+        """A checksum pass over a version's tables ended with ``result``."""
+        self.verifications.labels(result).inc()
+        self.verification_seconds.observe(seconds)
+
+    def version_revoked(self, reason: str) -> None:
+        """A version was taken out of service after it had been served."""
+        self.revocations.labels(reason).inc()
+
+    def serving(self, version: int, *, verified: bool, protected: bool) -> None:
+        """What is served now (version 0: nothing), after any swap, revert or revocation."""
+        self.version.set(version)
+        self.verified.set(1 if version and verified else 0)
+        self.protected.set(1 if version and protected else 0)
 
     # -- exposition -----------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@
 * a **CheckpointManager directory**: a ``checkpoint`` state file names the newest prefix (as
   ``tf.train.CheckpointManager`` and ``tf.train.Checkpoint.save`` write it). The version is the
   prefix's trailing number (``ckpt-12`` → 12), or, without one, the next number after the
-  highest version seen;
+  highest version served;
 * a **TF Serving base directory**: numbered subdirectories ``<dir>/<N>/``, each holding one
   checkpoint (a ``checkpoint`` state file, a SavedModel's ``variables/variables`` prefix, or a
   single ``*.index`` prefix). The highest ``N`` that holds a complete checkpoint is the
@@ -15,25 +15,52 @@
   when its files are replaced.
 
 **Polling.** Every ``poll_interval_s`` a background thread finds the candidate and compares its
-*signature* (the prefix and the inode, size and mtime of its ``.index`` and data files) with
-the served one's. A new signature is restored into a **new** ``TPUEmbeddingForServing`` by the
-loader (see :func:`make_loader`: restore, then a smoke lookup of id 0 through every feature),
-and swapped in by one reference assignment of an immutable :class:`LoadedVersion`. Requests
-read :attr:`Reloader.current` once when they start, so a request in flight finishes on the
-version it started with; the old version's memory maps are released when its last request
-drops the reference.
+*signature* with the served one's: the prefix and the inode, size, mtime and ctime of its
+``.index`` and of exactly the data shards the index names (``P.data-00000-of-0000N``, the count
+read from the index header, cached while the index is unchanged). Files beside them under other
+names (the ``*.tempstate*`` files a writer streams into before renaming them over the prefix,
+leftovers of a crashed writer, shards of another layout) never count, so a writer at work never
+triggers a reload. A new signature is restored into a **new** ``TPUEmbeddingForServing`` by the
+loader (:class:`CheckpointLoader`: restore, then a smoke lookup of id 0 through every feature),
+verified (below), and swapped in by one reference assignment of an immutable
+:class:`LoadedVersion`.
 
-**Refusals.** A checkpoint that fails to restore or validate (damaged files, tables missing
-or shaped differently, a failed smoke lookup) is refused: logged, counted
-(``embserve_model_reload_failures_total``), reported by ``GET /v1/models/{name}`` with its
-error, and the served version stays. Its signature is remembered, so it is not retried until
-its files change. Only the newest candidate is ever tried (TF Serving's "latest" policy): a
-refused newest checkpoint does not make the server fall back to an older one.
+**Verification** (``[server] verify_tables``, default on). Restoring checks the checksums of
+tables up to 64 MiB only (larger ones are mapped unread); the server checks every served table's
+CRC-32C over the exact bytes it will serve (the mapped file, or the private copy with
+``copy_tables``) **before** the version serves: a flipped byte in a 70 MB table is a refusal,
+never a wrong row. It costs about 0.5 s per 4 GB. With ``verify_tables = false`` the version is
+swapped in at once and verified right after, in the background: the previous version is kept
+until that check passes, and on a mismatch the server swaps back to it (or to nothing: 503),
+remembers the files as corrupt, and says so in the log, the status route (``END``,
+``DATA_LOSS``) and the metrics (``embserve_model_verifications_total{result="mismatch"}``,
+``embserve_model_revocations_total{reason="corrupt"}``, ``embserve_model_verified``).
+
+**Requests** read the served version through :meth:`Reloader.use`, which counts them in flight
+on that version until they finish, so a request in flight finishes on the version it started
+with, and a version taken out of service is released only after its requests are done.
+
+**Refusals.** A checkpoint that fails to restore or validate is refused: logged, counted
+(``embserve_model_reload_failures_total{reason}``), reported by ``GET /v1/models/{name}`` with
+its error, and the served version stays. Only a checkpoint that is **damaged** (``corrupt``,
+``DATA_LOSS``) or **does not match the config** (``mismatch``, ``FAILED_PRECONDITION``) is
+remembered and not retried until its files change. Everything else may be transient (too many
+open files, out of memory, a shard still open for writing, a missing file, a bug) and is retried
+with exponential backoff: after ``retry_initial_s`` (1 s), doubling up to ``retry_max_s``
+(60 s), and at once when the files change. A refused version never uses up a version number.
+Only the newest candidate is ever tried (TF Serving's "latest" policy): a refused newest
+checkpoint does not make the server fall back to an older one.
+
+**Stopping.** :meth:`Reloader.stop` returns within a fraction of a second even during a long
+load: a load in progress gives up at its next progress report (every 4 MiB verified;
+:class:`LoadCancelled`), and a load that does not report progress finishes in its daemon thread
+and is thrown away. Either way nothing is installed after ``stop()`` returns.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import glob
 import logging
 import os
@@ -41,14 +68,23 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 import embserve as es
-from embserve.checkpoint import BundleReader
-from embserve.checkpointing import collapse_huge_pages, find_embedding_tables
+from embserve.checkpoint import BundleReader, ObjectGraph, crc32c
+from embserve.checkpoint.bundle import HEADER_KEY, MAX_SHARDS, data_path
+from embserve.checkpoint.protos import tensor_bundle_pb2
+from embserve.checkpoint.sstable import read_table
+from embserve.checkpointing import (
+    VERIFY_ON_RESTORE_MAX_BYTES,
+    collapse_huge_pages,
+    find_embedding_tables,
+    restore_embedding,
+)
 
 if TYPE_CHECKING:
     from embserve.server.config import ServingConfig
@@ -57,8 +93,13 @@ if TYPE_CHECKING:
 __all__ = [
     "STATE_FILENAME",
     "Candidate",
+    "CheckpointLoader",
+    "LoadCancelled",
+    "LoadResult",
     "LoadedVersion",
     "Loader",
+    "Progress",
+    "ProgressLoader",
     "Reloader",
     "SmokeCheckError",
     "VersionStatus",
@@ -66,6 +107,7 @@ __all__ = [
     "make_loader",
     "prefix_in_directory",
     "smoke_check",
+    "verify_served_tables",
 ]
 
 _log = logging.getLogger("embserve.server")
@@ -73,17 +115,48 @@ _log = logging.getLogger("embserve.server")
 #: The state file of the CheckpointManager layout.
 STATE_FILENAME = "checkpoint"
 
-#: Loader: checkpoint prefix → a restored, validated serving object (raises to refuse it).
-Loader = Callable[[str], es.TPUEmbeddingForServing]
+#: ``progress(done_bytes, total_bytes)``, called while a load copies or verifies tables.
+Progress = Callable[[int, int], None]
 
 _TRAILING_NUMBER = re.compile(r"-(\d+)$")
 
 # TF Serving's state names (ModelVersionStatus.State) and error codes (tensorflow.error.Code).
 AVAILABLE, LOADING, END = "AVAILABLE", "LOADING", "END"
 
+#: Refusal reasons that are facts about the files: remembered until the files change. Every
+#: other reason may pass by itself and is retried with backoff.
+_REMEMBERED = frozenset({"corrupt", "mismatch"})
+#: How many remembered refusals are kept (one signature each).
+_MAX_REMEMBERED = 64
+#: Backoff doublings are capped here (2**30 s is decades; beyond it float math would overflow).
+_MAX_DOUBLINGS = 30
+
 
 class SmokeCheckError(es.EmbserveError):
     """A restored model failed its smoke lookup (the tables do not answer as stored)."""
+
+
+class LoadCancelled(Exception):  # noqa: N818 - it is what it says, not an error
+    """The reloader is stopping: raised from a load's progress callback so the load gives up.
+
+    Not a refusal: nothing is logged as a failure, counted or remembered, and nothing is
+    installed.
+    """
+
+
+class _VersionState:
+    """The mutable part of a served version: requests in flight, revoked, verified.
+
+    ``in_flight`` is a deque used as a counter: ``append`` / ``pop`` / ``len`` are atomic (the
+    GIL, or the deque's own lock on free-threaded builds), so counting a request costs no lock.
+    """
+
+    __slots__ = ("__weakref__", "in_flight", "revoked", "verified")
+
+    def __init__(self, *, verified: bool = True) -> None:
+        self.in_flight: collections.deque[None] = collections.deque()
+        self.revoked: str | None = None
+        self.verified = verified
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +170,8 @@ class LoadedVersion:
         loaded_at: wall-clock time of the swap (seconds since the epoch).
         load_seconds: time spent restoring and validating it.
         signature: the files' identity when it was found (see :class:`Candidate`).
+        reader: the open checkpoint its tables are mapped from, kept open while the version
+            lives (``None`` for models built by other loaders).
     """
 
     version: int
@@ -105,6 +180,25 @@ class LoadedVersion:
     loaded_at: float
     load_seconds: float
     signature: tuple[Any, ...] = ()
+    reader: BundleReader | None = None
+    _state: _VersionState = field(default_factory=_VersionState, repr=False, compare=False)
+
+    @property
+    def verified(self) -> bool:
+        """Whether every served table's checksum has been checked (a version swapped in
+        unverified with ``verify_tables = false`` becomes verified when its background check
+        passes)."""
+        return self._state.verified
+
+    @property
+    def revoked(self) -> str | None:
+        """Why this version was taken out of service, or ``None`` while it may serve."""
+        return self._state.revoked
+
+    @property
+    def in_flight(self) -> int:
+        """Requests currently using this version through :meth:`Reloader.use`."""
+        return len(self._state.in_flight)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,10 +207,12 @@ class VersionStatus:
 
     Attributes:
         version: the version number.
-        state: ``"AVAILABLE"`` (served), ``"LOADING"`` or ``"END"`` (replaced, or refused).
+        state: ``"AVAILABLE"`` (served), ``"LOADING"`` or ``"END"`` (replaced, refused or
+            revoked).
         error_code: ``"OK"``, or TF Serving's code for why it was refused (``"DATA_LOSS"`` for
             damaged files, ``"FAILED_PRECONDITION"`` for a checkpoint that does not match the
-            config, ``"NOT_FOUND"``, ``"INVALID_ARGUMENT"``, ``"UNKNOWN"``).
+            config, ``"NOT_FOUND"``, ``"UNAVAILABLE"`` and ``"RESOURCE_EXHAUSTED"`` for
+            failures retried with backoff, ``"INVALID_ARGUMENT"``, ``"UNKNOWN"``).
         error_message: empty, or the refusal's message.
         prefix: the checkpoint prefix.
         at: when this state was reached (seconds since the epoch).
@@ -136,8 +232,8 @@ class Candidate(NamedTuple):
     Attributes:
         prefix: its prefix.
         version: the version the layout gives it (``N`` of ``<dir>/<N>/``, the trailing number
-            of ``ckpt-N``), or ``None`` to number it after the highest version seen.
-        signature: changes whenever the checkpoint's files are replaced.
+            of ``ckpt-N``), or ``None`` to number it after the highest version served.
+        signature: changes whenever the checkpoint's files are replaced or modified.
     """
 
     prefix: str
@@ -148,18 +244,53 @@ class Candidate(NamedTuple):
 # ---------------------------------------------------------------------------------------------
 # Finding the newest checkpoint
 
+# (index path, inode, size, mtime, ctime) → the shard count its header gives (None: unreadable).
+# Polls re-read an index only when it changed; 64 entries cover every prefix a server watches.
+_shard_counts: collections.OrderedDict[tuple[Any, ...], int | None] = collections.OrderedDict()
+_SHARD_COUNT_CACHE = 64
+
+
+def _identity(path: str) -> tuple[Any, ...]:
+    """``(path, inode, size, mtime, ctime)``, or ``(path, None)`` when it cannot be stat'ed.
+
+    ctime is there because nobody can set it: a file rewritten in place with its size and mtime
+    restored (``rsync --inplace -t``) still changes it.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (path, None)
+    return (path, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _num_shards(index: str, identity: tuple[Any, ...]) -> int | None:
+    """The shard count in the header of the index file ``index`` (``None``: unreadable)."""
+    if identity in _shard_counts:
+        return _shard_counts[identity]
+    count: int | None = None
+    try:
+        # read_table opens without blocking, accepts a regular file only and caps its size.
+        table = read_table(index)
+        if table.entries and table.entries[0][0] == HEADER_KEY:
+            header = tensor_bundle_pb2.BundleHeader.FromString(table.entries[0][1])
+            if 1 <= header.num_shards <= MAX_SHARDS:
+                count = int(header.num_shards)
+    except (es.CheckpointError, OSError, DecodeError):
+        count = None  # the load will say what is wrong with it
+    _shard_counts[identity] = count
+    while len(_shard_counts) > _SHARD_COUNT_CACHE:
+        _shard_counts.popitem(last=False)
+    return count
+
 
 def _signature(prefix: str) -> tuple[Any, ...]:
-    """The prefix and the (inode, size, mtime) of its index and data files."""
-    files = [prefix + ".index", *sorted(glob.glob(glob.escape(prefix) + ".data-*"))]
-    parts: list[Any] = [os.path.abspath(prefix)]
-    for path in files:
-        try:
-            st = os.stat(path)
-        except OSError:
-            parts.append((path, None))
-        else:
-            parts.append((path, st.st_ino, st.st_size, st.st_mtime_ns))
+    """The prefix and the identity of its index and of exactly the data shards it names."""
+    index = _identity(prefix + ".index")
+    parts: list[Any] = [os.path.abspath(prefix), index]
+    if index[1] is not None:
+        count = _num_shards(prefix + ".index", index)
+        if count is not None:
+            parts.extend(_identity(data_path(prefix, i, count)) for i in range(count))
     return tuple(parts)
 
 
@@ -184,7 +315,12 @@ def prefix_in_directory(directory: str) -> str | None:
 
 
 def find_candidate(source: str) -> Candidate | None:
-    """The newest complete checkpoint at ``source`` (any layout above), or ``None``."""
+    """The newest complete checkpoint at ``source`` (any layout above), or ``None``.
+
+    Raises:
+        OSError: the location cannot be listed.
+        CheckpointError: a state file that cannot be read (a FIFO, a device, oversized).
+    """
     if os.path.isdir(source):
         if os.path.isfile(os.path.join(source, STATE_FILENAME)):
             prefix = es.train.latest_checkpoint(source)
@@ -195,7 +331,9 @@ def find_candidate(source: str) -> Candidate | None:
             (
                 (int(entry), entry)
                 for entry in os.listdir(source)
-                if entry.isdigit() and os.path.isdir(os.path.join(source, entry))
+                if entry.isascii()
+                and entry.isdigit()
+                and os.path.isdir(os.path.join(source, entry))
             ),
             reverse=True,
         )
@@ -258,14 +396,10 @@ def smoke_check(model: es.TPUEmbeddingForServing, features: Mapping[str, es.Feat
                 )
 
 
-def _where_embeddings_are(prefix: str) -> str:
+def _where_embeddings_are(reader: BundleReader) -> str:
     """A hint naming the embedding objects a checkpoint does hold (for mismatch messages)."""
     try:
-        reader = BundleReader(prefix)
-        try:
-            found = find_embedding_tables(reader)
-        finally:
-            reader.close()
+        found = find_embedding_tables(reader)
     except (es.CheckpointError, OSError):
         return ""
     if not found:
@@ -277,29 +411,187 @@ def _where_embeddings_are(prefix: str) -> str:
     return f"; embedding tables found in the checkpoint: {listed}"
 
 
-def make_loader(config: ServingConfig) -> Loader:
-    """The default loader: a new serving object from ``config``, restored from the prefix with
-    ``es.train.Checkpoint(<object>=model).restore``, then :func:`smoke_check` ed."""
+def verify_served_tables(
+    model: es.TPUEmbeddingForServing,
+    reader: BundleReader,
+    object_name: str,
+    progress: Progress | None = None,
+) -> None:
+    """Check the CRC-32C of every table ``model`` serves against ``reader``'s index.
 
-    def load(prefix: str) -> es.TPUEmbeddingForServing:
-        model = config.new_model()
-        try:
-            es.train.Checkpoint(**{config.object_name: model}).restore(prefix)
-        except es.CheckpointMismatchError as exc:
-            raise es.CheckpointMismatchError(f"{exc}{_where_embeddings_are(prefix)}") from exc
-        if config.server.huge_pages:
-            start = time.perf_counter()
-            moved = collapse_huge_pages(model)
-            _log.info(
-                "%s: %.2f GiB of tables moved to 2 MiB pages in %.1f s",
-                prefix,
-                moved / 2**30,
-                time.perf_counter() - start,
+    The checksum runs over the served array itself: the mapped file bytes, or the private copy
+    of ``copy_tables``, so what is checked is exactly what lookups read. Tables up to
+    :data:`~embserve.checkpointing.VERIFY_ON_RESTORE_MAX_BYTES` were already checked by the
+    restore and are skipped.
+
+    Args:
+        model: a serving object restored from ``reader``.
+        reader: the open checkpoint.
+        object_name: the edge name of the embedding object in the checkpoint.
+        progress: called as ``progress(done_bytes, total_bytes)`` after every 4 MiB (it may
+            raise, e.g. :class:`LoadCancelled`, to stop the check).
+
+    Raises:
+        CorruptCheckpointError: a checksum does not match; names the data file, the tensor
+            and the byte range.
+    """
+    graph = ObjectGraph.from_reader(reader)
+    work: list[tuple[str, str, np.ndarray]] = []
+    for table, array in model.embedding_tables.items():
+        value = np.asarray(array)
+        if value.nbytes <= VERIFY_ON_RESTORE_MAX_BYTES:
+            continue
+        node = graph.find([object_name, str(table.name)]) if graph is not None else None
+        attributes = graph.attributes(node) if graph is not None and node is not None else {}
+        if "VARIABLE_VALUE" not in attributes:
+            raise es.CheckpointMismatchError(
+                f"checkpoint {reader.prefix!r}: no value for table {table.name!r} under "
+                f"object {object_name!r} to verify against"
             )
-        smoke_check(model, config.features)
-        return model
+        work.append((str(table.name), attributes["VARIABLE_VALUE"].checkpoint_key, value))
+    total = sum(value.nbytes for _, _, value in work)
+    done = 0
 
-    return load
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress(done, total)
+
+    if progress is not None:
+        progress(0, total)
+    for name, key, value in work:
+        info = reader.info(key)
+        if info.slices:  # assembled from slices: each slice's own checksum is checked
+            reader.get_tensor(key, verify=True)
+            advance(value.nbytes)
+            continue
+        path = reader.data_paths[info.shard_id]
+        if not value.flags.c_contiguous or value.nbytes != info.size:
+            raise es.CorruptCheckpointError(
+                f"corrupt checkpoint file {path!r}: tensor {key!r} (table {name!r}) holds "
+                f"{info.size} bytes but the restored table has {value.nbytes}"
+            )
+        crc = crc32c.value_of_buffer(value.reshape(-1).view(np.uint8).data, progress=advance)
+        if crc32c.mask(crc) != info.crc32c:
+            raise es.CorruptCheckpointError(
+                f"corrupt checkpoint file {path!r} at offset {info.offset}: tensor {key!r} "
+                f"(table {name!r}): checksum mismatch over bytes [{info.offset}, "
+                f"{info.offset + info.size}) (stored {info.crc32c:#010x}, computed "
+                f"{crc32c.mask(crc):#010x})"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    """What a loader hands the reloader.
+
+    Attributes:
+        model: the restored, smoke-tested serving object.
+        reader: the open checkpoint its tables are mapped from; the version keeps it open as
+            long as it lives (``None`` when the loader keeps nothing open).
+        verify: the checksum pass still owed over the served tables (called with a progress
+            callback; raises ``CorruptCheckpointError``), or ``None`` when nothing is owed.
+        verify_before_serving: run ``verify`` before the swap (``verify_tables = true``), or
+            swap at once and run it in the background, reverting on a mismatch.
+    """
+
+    model: es.TPUEmbeddingForServing
+    reader: BundleReader | None = None
+    verify: Callable[[Progress | None], None] | None = None
+    verify_before_serving: bool = True
+
+
+@runtime_checkable
+class ProgressLoader(Protocol):
+    """A loader the reloader can cancel and verify: :class:`CheckpointLoader` is one."""
+
+    def load(self, prefix: str, *, progress: Progress | None = None) -> LoadResult:
+        """Restore ``prefix``; ``progress`` may raise :class:`LoadCancelled` to give up."""
+        ...
+
+
+#: A loader: ``prefix → model`` (or a :class:`LoadResult`), raising to refuse the checkpoint.
+#: Objects with a ``load(prefix, *, progress)`` method (:class:`ProgressLoader`) are called
+#: through it, so they can be cancelled and verified by the reloader.
+Loader = Callable[[str], "es.TPUEmbeddingForServing | LoadResult"]
+
+
+class CheckpointLoader:
+    """The default loader: a new serving object from ``config``, restored and smoke-checked.
+
+    :meth:`load` opens the checkpoint, restores ``config.object_name``'s tables (mapped, or
+    copied with ``[server] copy_tables``), moves them onto huge pages with ``huge_pages``, runs
+    :func:`smoke_check`, and returns the model with its open reader and the checksum pass still
+    owed (:func:`verify_served_tables`), which the reloader runs before serving
+    (``verify_tables = true``) or in the background. Calling the loader as ``loader(prefix)``
+    runs that pass at once and returns the bare model.
+
+    Args:
+        config: the serving config.
+    """
+
+    def __init__(self, config: ServingConfig) -> None:
+        self.config = config
+        self.verify_tables = bool(config.server.verify_tables)
+        self.copy_tables = bool(config.server.copy_tables)
+
+    def load(self, prefix: str, *, progress: Progress | None = None) -> LoadResult:
+        """Restore ``prefix`` into a new model; see the class docstring.
+
+        Args:
+            prefix: the checkpoint prefix.
+            progress: ``progress(done_bytes, total_bytes)`` while tables are copied; it may
+                raise (:class:`LoadCancelled`) to abandon the load.
+
+        Raises:
+            CheckpointError: the checkpoint is missing, damaged or does not match the config.
+            SmokeCheckError: the restored tables do not answer as stored.
+        """
+        config = self.config
+        model = config.new_model()
+        reader = BundleReader(prefix)
+        try:
+            try:
+                restore_embedding(
+                    reader,
+                    [config.object_name],
+                    model,
+                    copy=self.copy_tables,
+                    progress=progress,
+                )
+            except es.CheckpointMismatchError as exc:
+                raise es.CheckpointMismatchError(f"{exc}{_where_embeddings_are(reader)}") from exc
+            if config.server.huge_pages:
+                start = time.perf_counter()
+                moved = collapse_huge_pages(model)
+                _log.info(
+                    "%s: %.2f GiB of tables moved to 2 MiB pages in %.1f s",
+                    prefix,
+                    moved / 2**30,
+                    time.perf_counter() - start,
+                )
+            smoke_check(model, config.features)
+        except BaseException:
+            reader.close()
+            raise
+
+        def verify(progress: Progress | None) -> None:
+            verify_served_tables(model, reader, config.object_name, progress)
+
+        return LoadResult(model, reader, verify, verify_before_serving=self.verify_tables)
+
+    def __call__(self, prefix: str) -> es.TPUEmbeddingForServing:
+        """Restore and fully verify ``prefix``; the bare model (the reader is not kept)."""
+        result = self.load(prefix)
+        if result.verify is not None:
+            result.verify(None)
+        return result.model
+
+
+def make_loader(config: ServingConfig) -> CheckpointLoader:
+    """The default loader for ``config`` (a :class:`CheckpointLoader`)."""
+    return CheckpointLoader(config)
 
 
 def _classify(exc: BaseException) -> tuple[str, str]:
@@ -308,8 +600,17 @@ def _classify(exc: BaseException) -> tuple[str, str]:
         return "corrupt", "DATA_LOSS"
     if isinstance(exc, es.CheckpointMismatchError):
         return "mismatch", "FAILED_PRECONDITION"
+    busy = getattr(es.errors, "CheckpointBusyError", None)
+    if busy is not None and isinstance(exc, busy):
+        return "busy", "UNAVAILABLE"
     if isinstance(exc, (es.CheckpointNotFoundError, FileNotFoundError)):
         return "not_found", "NOT_FOUND"
+    if isinstance(exc, MemoryError):
+        return "memory", "RESOURCE_EXHAUSTED"
+    if isinstance(exc, OSError) or (
+        isinstance(exc, es.CheckpointError) and isinstance(exc.__cause__, OSError)
+    ):
+        return "io", "UNAVAILABLE"
     if isinstance(exc, (es.EmbserveError, ValueError)):
         return "invalid", "INVALID_ARGUMENT"
     return "error", "UNKNOWN"
@@ -319,43 +620,102 @@ def _classify(exc: BaseException) -> tuple[str, str]:
 # The reloader
 
 
+class _Retry(NamedTuple):
+    """Backoff of the candidate whose last load failed transiently."""
+
+    signature: tuple[Any, ...]
+    attempts: int
+    not_before: float
+
+
+class _InUse:
+    """The context manager :meth:`Reloader.use` returns (a class: cheaper than a generator)."""
+
+    __slots__ = ("_reloader", "_state")
+
+    def __init__(self, reloader: Reloader) -> None:
+        self._reloader = reloader
+        self._state: _VersionState | None = None
+
+    def __enter__(self) -> LoadedVersion | None:
+        # Count first, then check `revoked`; the revoker swaps `current` away first, then sets
+        # `revoked`, then waits for the count to drop to zero. So either this request sees the
+        # flag and leaves (and re-reads `current`, already swapped), or the revoker sees it.
+        for _ in range(4):  # a request meets at most one revocation in a row in practice
+            loaded = self._reloader._current
+            if loaded is None:
+                return None
+            state = loaded._state
+            state.in_flight.append(None)
+            if state.revoked is None:
+                self._state = state
+                return loaded
+            state.in_flight.pop()
+        return None
+
+    def __exit__(self, *exc_info: object) -> None:
+        state = self._state
+        if state is not None:
+            self._state = None
+            state.in_flight.pop()
+
+
 class Reloader:
     """Serves the newest good checkpoint at ``source``; see the module docstring.
 
     Args:
         source: the watched directory or prefix.
-        loader: prefix → restored and validated model; an exception refuses the checkpoint.
+        loader: prefix → restored and validated model (or a :class:`LoadResult`); an exception
+            refuses the checkpoint. A :class:`ProgressLoader` is called through its ``load``
+            method with a progress callback, so :meth:`stop` can cancel it.
         poll_interval_s: seconds between checks.
         metrics: where loads and refusals are counted (optional).
         keep: how many versions' statuses ``GET /v1/models/{name}`` reports.
         name: the model's name, for log lines.
+        retry_initial_s: first backoff after a transient failure; it doubles per failure.
+        retry_max_s: the longest backoff.
+        clock: the monotonic clock of the backoff (tests move it by hand).
     """
 
     def __init__(
         self,
         source: str,
-        loader: Loader,
+        loader: Loader | ProgressLoader,
         *,
         poll_interval_s: float = 1.0,
         metrics: ServerMetrics | None = None,
         keep: int = 8,
         name: str = "",
+        retry_initial_s: float = 1.0,
+        retry_max_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.source = source
         self.poll_interval_s = poll_interval_s
+        self.retry_initial_s = retry_initial_s
+        self.retry_max_s = retry_max_s
         self._loader = loader
         self._metrics = metrics
         self._keep = keep
         self._name = name
+        self._clock = clock
         self._current: LoadedVersion | None = None
+        # The last verified version, kept while the served one awaits its background check.
+        self._fallback: LoadedVersion | None = None
+        # The served version's background check: (version, check), or None.
+        self._pending: tuple[LoadedVersion, Callable[[Progress | None], None]] | None = None
         self._loading: VersionStatus | None = None
         self._history: collections.OrderedDict[int, VersionStatus] = collections.OrderedDict()
         self._failed: collections.OrderedDict[tuple[Any, ...], None] = collections.OrderedDict()
+        self._retry: _Retry | None = None
         self._last_error: str | None = None
+        self._last_watch_error: str | None = None
         self._highest = 0
-        self._lock = threading.Lock()  # guards the status bookkeeping, not the swap
-        self._poll_lock = threading.Lock()  # one load at a time
+        self._lock = threading.Lock()  # guards the status bookkeeping
+        self._swap_lock = threading.Lock()  # guards _current / _fallback / _pending / _session
+        self._poll_lock = threading.Lock()  # one load or verification at a time
         self._stop = threading.Event()
+        self._session = 0  # bumped by stop(): loads begun before it are never installed
         self._thread: threading.Thread | None = None
         self._nothing_logged = False
 
@@ -363,9 +723,19 @@ class Reloader:
 
     @property
     def current(self) -> LoadedVersion | None:
-        """The served version (``None`` before the first successful load). Read it once per
-        request: a reload replaces the reference, never the object."""
+        """The served version (``None`` before the first successful load). Requests should
+        use :meth:`use` instead, which also counts them in flight."""
         return self._current
+
+    def use(self) -> contextlib.AbstractContextManager[LoadedVersion | None]:
+        """``with reloader.use() as loaded:``: the served version (or ``None``), counted as in
+        flight on it until the block exits.
+
+        A version taken out of service (its files changed in place, or its background check
+        failed) is released only after the requests counted on it have finished, so a request
+        never reads tables that are being released. Costs a deque append and pop (no lock).
+        """
+        return _InUse(self)
 
     @property
     def last_error(self) -> str | None:
@@ -383,86 +753,294 @@ class Reloader:
 
     # -- polling --------------------------------------------------------------------------------
 
-    def poll(self) -> LoadedVersion | None:
+    def poll(self, *, verify: bool = True) -> LoadedVersion | None:
         """Check ``source`` once; restore and swap in a new checkpoint if there is one.
 
+        Args:
+            verify: also run a pending background verification now (a version swapped in
+                unverified with ``verify_tables = false``); ``False`` leaves it to the thread
+                or to :meth:`verify_pending`.
+
         Returns:
-            The newly served version, or ``None`` (nothing new, not ready, or refused).
+            The newly served version, or ``None`` (nothing new, not ready, refused, or
+            reverted by its verification).
         """
         with self._poll_lock:
-            try:
-                candidate = find_candidate(self.source)
-            except OSError as exc:
-                _log.warning("model %r: cannot read %r: %s", self._name, self.source, exc)
-                return None
-            if candidate is None:
-                if not self._nothing_logged and self._current is None:
-                    _log.info("model %r: no checkpoint at %r yet", self._name, self.source)
-                    self._nothing_logged = True
-                return None
-            current = self._current
-            if current is not None and current.signature == candidate.signature:
-                return None
-            if candidate.signature in self._failed:
-                return None
-            return self._load(candidate)
+            loaded = self._poll_locked(self._session)
+            if verify:
+                self._verify_pending_locked(self._session)
+        return loaded if loaded is not None and self._current is loaded else None
 
-    def _load(self, candidate: Candidate) -> LoadedVersion | None:
+    def verify_pending(self) -> None:
+        """Run the served version's background verification now, if one is owed."""
+        with self._poll_lock:
+            self._verify_pending_locked(self._session)
+
+    def _poll_locked(self, session: int) -> LoadedVersion | None:
+        try:
+            candidate = find_candidate(self.source)
+        except (OSError, es.CheckpointError) as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            if message != self._last_watch_error:  # once per distinct problem, not per poll
+                _log.warning("model %r: cannot read %r: %s", self._name, self.source, message)
+                self._last_watch_error = message
+            return None
+        self._last_watch_error = None
+        if candidate is None:
+            if not self._nothing_logged and self._current is None:
+                _log.info("model %r: no checkpoint at %r yet", self._name, self.source)
+                self._nothing_logged = True
+            return None
+        current = self._current
+        if current is not None and current.signature == candidate.signature:
+            return None
+        if candidate.signature in self._failed:
+            return None
+        retry = self._retry
+        if (
+            retry is not None
+            and retry.signature == candidate.signature
+            and self._clock() < retry.not_before
+        ):
+            return None
+        return self._load(candidate, session)
+
+    def _progress(self, session: int) -> Progress:
+        """A progress callback that cancels the load once :meth:`stop` has been called."""
+
+        def progress(done: int, total: int) -> None:
+            if self._stop.is_set() or self._session != session:
+                raise LoadCancelled(f"model {self._name!r}: the reloader is stopping")
+
+        return progress
+
+    def _call_loader(self, prefix: str, session: int) -> LoadResult:
+        loader = self._loader
+        if isinstance(loader, ProgressLoader):
+            result: Any = loader.load(prefix, progress=self._progress(session))
+        else:
+            result = loader(prefix)
+        return result if isinstance(result, LoadResult) else LoadResult(result)
+
+    def _verify(self, version: int, check: Callable[[Progress | None], None], session: int) -> None:
+        """Run one checksum pass, timing and counting it; raises what the check raises."""
+        started = time.perf_counter()
+        result = "error"
+        try:
+            check(self._progress(session))
+            result = "ok"
+        except LoadCancelled:
+            result = ""
+            raise
+        except es.CorruptCheckpointError:
+            result = "mismatch"
+            raise
+        finally:
+            seconds = time.perf_counter() - started
+            if result and self._metrics is not None:
+                self._metrics.verification_done(result, seconds)
+            if result == "ok":
+                _log.info("model %r: version %d verified in %.3f s", self._name, version, seconds)
+
+    def _load(self, candidate: Candidate, session: int) -> LoadedVersion | None:
         version = candidate.version if candidate.version is not None else self._highest + 1
-        self._highest = max(self._highest, version)
         with self._lock:
             self._loading = VersionStatus(version, LOADING, "OK", "", candidate.prefix, time.time())
         _log.info("model %r: loading version %d from %s", self._name, version, candidate.prefix)
         started = time.perf_counter()
         try:
-            model = self._loader(candidate.prefix)
+            result = self._call_loader(candidate.prefix, session)
+            if result.verify is not None and result.verify_before_serving:
+                try:
+                    self._verify(version, result.verify, session)
+                except BaseException:
+                    _close(result.reader)
+                    raise
+        except LoadCancelled:
+            _log.info(
+                "model %r: loading version %d cancelled: the reloader is stopping",
+                self._name,
+                version,
+            )
+            return None
         except Exception as exc:
-            reason, code = _classify(exc)
-            message = f"{type(exc).__name__}: {exc}"
-            if reason == "error":
-                _log.exception(
-                    "model %r: version %d (%s) refused", self._name, version, candidate.prefix
-                )
-            else:
-                _log.warning(
-                    "model %r: version %d (%s) refused, still serving %s: %s",
-                    self._name,
-                    version,
-                    candidate.prefix,
-                    "nothing" if self._current is None else f"version {self._current.version}",
-                    message,
-                )
-            self._failed[candidate.signature] = None
-            while len(self._failed) > 64:
-                self._failed.popitem(last=False)
-            self._last_error = f"version {version}: {message}"
-            self._record(VersionStatus(version, END, code, message, candidate.prefix, time.time()))
-            if self._metrics is not None:
-                self._metrics.reload_failed(reason)
+            self._refuse(candidate, version, exc)
             return None
         finally:
             with self._lock:
                 self._loading = None
         seconds = time.perf_counter() - started
+        pending = result.verify if not result.verify_before_serving else None
         loaded = LoadedVersion(
-            version, model, candidate.prefix, time.time(), seconds, candidate.signature
+            version,
+            result.model,
+            candidate.prefix,
+            time.time(),
+            seconds,
+            candidate.signature,
+            result.reader,
+            _VersionState(verified=pending is None),
         )
-        previous = self._current
-        self._current = loaded  # the swap: requests that already hold `previous` keep it
+        with self._swap_lock:
+            if self._stop.is_set() or self._session != session:
+                # Stopped while loading: never install (the load is thrown away whole).
+                _close(result.reader)
+                _log.info(
+                    "model %r: version %d loaded after stop(); not installed", self._name, version
+                )
+                return None
+            previous = self._current
+            self._current = loaded  # the swap: requests that already hold `previous` keep it
+            if pending is None:
+                self._fallback = None
+                self._pending = None
+            else:
+                # Keep the last verified version to fall back on until this one is checked.
+                if previous is not None and previous.verified and previous.revoked is None:
+                    self._fallback = previous
+                self._pending = (loaded, pending)
+        if self._retry is not None and self._retry.signature == candidate.signature:
+            self._retry = None
+        self._highest = max(self._highest, version)
         now = time.time()
         if previous is not None and previous.version != version:
             self._record(VersionStatus(previous.version, END, "OK", "", previous.prefix, now))
         self._record(VersionStatus(version, AVAILABLE, "OK", "", candidate.prefix, now))
         if self._metrics is not None:
             self._metrics.version_loaded(version, seconds)
+        self._report_serving()
         _log.info(
-            "model %r: serving version %d (%s), loaded in %.3f s",
+            "model %r: serving version %d (%s), loaded in %.3f s%s",
             self._name,
             version,
             candidate.prefix,
             seconds,
+            "" if pending is None else "; verifying its tables in the background",
         )
         return loaded
+
+    def _refuse(self, candidate: Candidate, version: int, exc: Exception) -> None:
+        """Record a refused load; remember it, or schedule its retry."""
+        reason, code = _classify(exc)
+        message = f"{type(exc).__name__}: {exc}"
+        if reason in _REMEMBERED:
+            self._failed[candidate.signature] = None
+            while len(self._failed) > _MAX_REMEMBERED:
+                self._failed.popitem(last=False)
+        else:
+            retry = self._retry
+            attempts = 1
+            if retry is not None and retry.signature == candidate.signature:
+                attempts = retry.attempts + 1
+            delay = min(
+                self.retry_max_s,
+                self.retry_initial_s * 2.0 ** min(attempts - 1, _MAX_DOUBLINGS),
+            )
+            self._retry = _Retry(candidate.signature, attempts, self._clock() + delay)
+            message = f"{message} (retrying in {delay:g} s)"
+        serving = "nothing" if self._current is None else f"version {self._current.version}"
+        if reason == "error":
+            _log.error(
+                "model %r: version %d (%s) refused, still serving %s",
+                self._name,
+                version,
+                candidate.prefix,
+                serving,
+                exc_info=exc,
+            )
+        else:
+            _log.warning(
+                "model %r: version %d (%s) refused, still serving %s: %s",
+                self._name,
+                version,
+                candidate.prefix,
+                serving,
+                message,
+            )
+        self._last_error = f"version {version}: {message}"
+        self._record(VersionStatus(version, END, code, message, candidate.prefix, time.time()))
+        if self._metrics is not None:
+            self._metrics.reload_failed(reason)
+
+    def _verify_pending_locked(self, session: int) -> None:
+        pending = self._pending
+        if pending is None:
+            return
+        loaded, check = pending
+        try:
+            self._verify(loaded.version, check, session)
+        except LoadCancelled:
+            return  # stopping; the check is still owed
+        except es.CorruptCheckpointError as exc:
+            self._revert(pending, exc)
+            return
+        except Exception as exc:  # not a verdict on the files (e.g. EMFILE): try again later
+            _log.warning(
+                "model %r: could not verify version %d yet, will retry: %s: %s",
+                self._name,
+                loaded.version,
+                type(exc).__name__,
+                exc,
+            )
+            return
+        with self._swap_lock:
+            if self._pending is not pending:
+                return
+            self._pending = None
+            loaded._state.verified = True
+            if self._current is loaded:
+                self._fallback = None
+        self._report_serving()
+
+    def _revert(
+        self, pending: tuple[LoadedVersion, Callable[[Progress | None], None]], exc: Exception
+    ) -> None:
+        """The background check of the served version failed: swap back, remember, report."""
+        loaded = pending[0]
+        message = f"{type(exc).__name__}: {exc}"
+        with self._swap_lock:
+            if self._pending is not pending:
+                return
+            self._pending = None
+            fallback = self._fallback
+            self._fallback = None
+            if fallback is not None and fallback.revoked is not None:
+                fallback = None
+            if self._current is loaded:
+                self._current = fallback
+            loaded._state.revoked = f"its tables failed verification: {message}"
+        self._failed[loaded.signature] = None
+        while len(self._failed) > _MAX_REMEMBERED:
+            self._failed.popitem(last=False)
+        self._last_error = f"version {loaded.version}: {message}"
+        now = time.time()
+        self._record(VersionStatus(loaded.version, END, "DATA_LOSS", message, loaded.prefix, now))
+        if fallback is not None:
+            note = "" if fallback.version != loaded.version else f"newer files refused: {message}"
+            self._record(
+                VersionStatus(fallback.version, AVAILABLE, "OK", note, fallback.prefix, now)
+            )
+        if self._metrics is not None:
+            self._metrics.version_revoked("corrupt")
+        self._report_serving()
+        _log.error(
+            "model %r: version %d (%s) failed verification after it was swapped in; now "
+            "serving %s: %s",
+            self._name,
+            loaded.version,
+            loaded.prefix,
+            "nothing" if fallback is None else f"version {fallback.version} again",
+            message,
+        )
+
+    def _report_serving(self) -> None:
+        if self._metrics is None:
+            return
+        current = self._current
+        if current is None:
+            self._metrics.serving(0, verified=False, protected=False)
+        else:
+            self._metrics.serving(current.version, verified=current.verified, protected=False)
 
     def _record(self, status: VersionStatus) -> None:
         with self._lock:
@@ -474,23 +1052,57 @@ class Reloader:
     # -- the background thread ------------------------------------------------------------------
 
     def start(self) -> None:
-        """Load what is there now (synchronously), then poll in a background thread."""
-        self._stop.clear()
-        self.poll()
-        if self.poll_interval_s > 0 and self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="embserve-reloader", daemon=True)
+        """Load what is there now (synchronously, verified first unless ``verify_tables`` is
+        off), then poll, and run any background verification, in a daemon thread."""
+        with self._swap_lock:
+            self._stop.clear()
+            session = self._session
+        with self._poll_lock:
+            self._poll_locked(session)
+        if self._thread is None and (self.poll_interval_s > 0 or self._pending is not None):
+            self._thread = threading.Thread(
+                target=self._run, args=(session,), name="embserve-reloader", daemon=True
+            )
             self._thread.start()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.poll_interval_s):
+    def _run(self, session: int) -> None:
+        while True:
             try:
-                self.poll()
+                with self._poll_lock:
+                    self._verify_pending_locked(session)
+            except Exception:  # never let the watcher die; the next round tries again
+                _log.exception("model %r: background verification failed", self._name)
+            if self.poll_interval_s <= 0 or self._stop.wait(self.poll_interval_s):
+                return
+            if self._session != session:
+                return
+            try:
+                with self._poll_lock:
+                    self._poll_locked(session)
             except Exception:  # never let the watcher die; the next poll tries again
                 _log.exception("model %r: reloader poll failed", self._name)
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop polling and wait (up to ``timeout`` s) for a load in progress to finish."""
-        self._stop.set()
+    def stop(self, timeout: float = 0.25) -> None:
+        """Stop polling; return within about ``timeout`` seconds even during a long load.
+
+        A load or verification in progress is cancelled at its next progress report; one that
+        does not report progress runs on in its daemon thread and is discarded when it ends.
+        Nothing is installed after this returns (until :meth:`start`).
+        """
+        with self._swap_lock:
+            self._stop.set()
+            self._session += 1
         thread, self._thread = self._thread, None
         if thread is not None:
             thread.join(timeout)
+            if thread.is_alive():
+                _log.info(
+                    "model %r: a load is still running; it will be discarded when it ends",
+                    self._name,
+                )
+
+
+def _close(reader: BundleReader | None) -> None:
+    """Release a reader whose model will never serve."""
+    if reader is not None:
+        reader.close()
