@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import embserve as es
-from embserve.checkpoint import BundleReader, write_checkpoint_state
+from embserve.checkpoint import BundleReader, BundleWriter, write_checkpoint_state
 from embserve.checkpointing import VERIFY_ON_RESTORE_MAX_BYTES, find_embedding_tables
 from embserve.server.config import ServingConfig, load_config
 from embserve.server.metrics import ServerMetrics
@@ -72,6 +72,46 @@ def test_temporary_files_do_not_change_the_signature(tmp_path: Path) -> None:
     changed = find_candidate(str(directory))
     assert changed is not None
     assert changed.signature != before.signature
+
+
+def test_a_shard_rewritten_in_place_with_its_size_and_mtime_kept_changes_the_signature(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "ckpts"
+    prefix = save_version(directory, 1, random_tables(1))
+    before = find_candidate(str(directory))
+    assert before is not None
+    shard = data_file(prefix)
+    st = os.stat(shard)
+    time.sleep(0.01)  # a later ctime
+    with open(shard, "r+b") as f:  # what rsync --inplace -t does: same size, mtime restored
+        f.write(b"\xff")
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
+    after = find_candidate(str(directory))
+    assert after is not None
+    assert after.signature != before.signature
+
+
+def test_the_signature_follows_the_shard_count_of_the_current_index(tmp_path: Path) -> None:
+    prefix = str(tmp_path / "weights")
+    with BundleWriter(prefix) as w:
+        w.add("a", np.zeros(3, dtype=np.float32))
+    one = find_candidate(prefix)
+    assert one is not None
+    assert [part[0] for part in one.signature[2:]] == [data_file(prefix)]
+    with BundleWriter(prefix, num_shards=2, overwrite=True) as w:  # rewritten with two shards
+        w.add("a", np.zeros(3, dtype=np.float32))
+        w.add("b", np.ones(3, dtype=np.float32), shard=1)
+    two = find_candidate(prefix)
+    assert two is not None
+    assert [part[0] for part in two.signature[2:]] == [
+        f"{prefix}.data-00000-of-00002",
+        f"{prefix}.data-00001-of-00002",
+    ]
+    os.utime(f"{prefix}.data-00001-of-00002", ns=(1, 1))
+    touched = find_candidate(prefix)
+    assert touched is not None
+    assert touched.signature != two.signature
 
 
 def test_a_writer_leaving_temporary_files_causes_no_reload(tmp_path: Path) -> None:
@@ -508,8 +548,10 @@ def test_background_verification_reverts_a_damaged_version(
     assert _counter(metrics.version) == 1
     assert "checksum mismatch" in caplog.text
     # Remembered: not loaded again while its files are unchanged.
+    assert _counter(metrics.loads) == 2
     assert reloader.poll() is None
     assert reloader.current is first
+    assert _counter(metrics.loads) == 2
 
 
 def test_background_verification_of_the_only_version_failing_means_503(

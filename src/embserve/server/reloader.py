@@ -899,8 +899,6 @@ class Reloader:
                 if previous is not None and previous.verified and previous.revoked is None:
                     self._fallback = previous
                 self._pending = (loaded, pending)
-        if self._retry is not None and self._retry.signature == candidate.signature:
-            self._retry = None
         self._highest = max(self._highest, version)
         now = time.time()
         if previous is not None and previous.version != version:
