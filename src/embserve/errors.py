@@ -14,15 +14,18 @@ raises an :class:`InputError`, which is a ``ValueError``.
     │                                        a feature_config leaf that is not a FeatureConfig
     ├── InputError(ValueError)               structure mismatch, wrong dtype or rank, bad weights
     │   └── IdOutOfRangeError(IndexError)    feature, table, row, position, id, valid range
-    └── CheckpointError
+    └── CheckpointError                      also: an OS error reading a file (names the file)
         ├── CheckpointNotFoundError(FileNotFoundError)
-        ├── CorruptCheckpointError           bad magic, crc mismatch, truncation: file + offset
-        └── CheckpointMismatchError          missing table or slot, shape / dtype differs
+        ├── CorruptCheckpointError           bad magic, crc mismatch, truncation, not a regular
+        │                                    file, over a size cap: file + offset
+        ├── CheckpointMismatchError          missing table or slot, shape / dtype differs
+        └── CheckpointBusyError              a data file is open for writing elsewhere (transient)
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "CheckpointBusyError",
     "CheckpointError",
     "CheckpointMismatchError",
     "CheckpointNotFoundError",
@@ -101,7 +104,11 @@ class IdOutOfRangeError(InputError, IndexError):
 
 
 class CheckpointError(EmbserveError):
-    """Base class of every checkpoint reading or writing failure."""
+    """Base class of every checkpoint reading or writing failure.
+
+    Raised as such for an OS error on a checkpoint file (permissions, a symlink loop, too many
+    open files): the message names the file, and the ``OSError`` is the ``__cause__``.
+    """
 
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
@@ -114,3 +121,9 @@ class CorruptCheckpointError(CheckpointError):
 
 class CheckpointMismatchError(CheckpointError):
     """A checkpoint does not match the object restoring it (missing key, shape or dtype)."""
+
+
+class CheckpointBusyError(CheckpointError):
+    """A checkpoint data file is open for writing by another process, so it cannot be protected
+    against changes (``BundleReader(..., lease=True)``): most likely it is still being written.
+    Transient: retry later."""

@@ -3,13 +3,18 @@ turn their ``expected.json`` records back into arrays."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pytest
 
 from embserve.checkpoint.dtypes import SUPPORTED
 
@@ -43,3 +48,28 @@ def copy_fixture(name: str, dest: Path) -> Path:
     target = dest / name
     shutil.copytree(FIXTURES / name, target)
     return target
+
+
+@contextlib.contextmanager
+def unprivileged() -> Iterator[None]:
+    """Let permission bits apply: as root, act as ``nobody`` (uid 65534) for the block (which
+    also drops root's capabilities, CAP_LEASE included)."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+
+
+@pytest.fixture
+def public_dir() -> Iterator[Path]:
+    """A directory every user may traverse (pytest's tmp_path is 0700 under root's tree)."""
+    d = Path(tempfile.mkdtemp(prefix="embserve-test-"))
+    d.chmod(0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d)

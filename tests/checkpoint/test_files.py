@@ -28,6 +28,10 @@ from embserve.checkpoint.sstable import MAX_INDEX_BYTES, read_table
 from embserve.checkpoint.state import MAX_STATE_BYTES
 from embserve.errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
 
+from ._data import public_dir, unprivileged
+
+__all__ = ["public_dir"]  # a fixture
+
 KEY = "t/.ATTRIBUTES/VARIABLE_VALUE"
 
 
@@ -61,32 +65,6 @@ def _fails_if_blocked_on(fifo: Path, seconds: float = 5.0) -> Iterator[None]:
         done.set()
         thread.join()
         assert not fired.is_set(), f"blocked on the FIFO {fifo} for {seconds} s"
-
-
-@contextlib.contextmanager
-def _unprivileged() -> Iterator[None]:
-    """Let permission bits apply: as root, act as ``nobody`` (uid 65534) for the block."""
-    if os.geteuid() != 0:
-        yield
-        return
-    os.seteuid(65534)
-    try:
-        yield
-    finally:
-        os.seteuid(0)
-
-
-@pytest.fixture
-def public_dir(tmp_path: Path) -> Iterator[Path]:
-    """A directory every user may traverse (pytest's tmp_path is 0700 under root's tree)."""
-    import tempfile
-
-    d = Path(tempfile.mkdtemp(prefix="embserve-perm-"))
-    d.chmod(0o755)
-    yield d
-    for p in sorted(d.rglob("*"), reverse=True):
-        p.unlink() if not p.is_dir() or p.is_symlink() else p.rmdir()
-    d.rmdir()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,13 +208,13 @@ def test_permission_errors_name_the_file(public_dir: Path) -> None:
     shard = Path(data_path(public_dir / "c", 0, 1))
     index.chmod(0o644)
     shard.chmod(0o000)
-    with _unprivileged(), pytest.raises(CheckpointError, match=r"c\.data-00000-of-00001") as info:
+    with unprivileged(), pytest.raises(CheckpointError, match=r"c\.data-00000-of-00001") as info:
         BundleReader(public_dir / "c")
     assert "ermission denied" in str(info.value)
     assert not isinstance(info.value, OSError)
     shard.chmod(0o644)
     index.chmod(0o000)
-    with _unprivileged(), pytest.raises(CheckpointError, match=r"c\.index") as info:
+    with unprivileged(), pytest.raises(CheckpointError, match=r"c\.index") as info:
         BundleReader(public_dir / "c")
     assert "ermission denied" in str(info.value)
     assert not isinstance(info.value, OSError)
@@ -274,7 +252,7 @@ def test_unreadable_state_file_is_none_as_in_tensorflow(public_dir: Path) -> Non
     _write(public_dir / "c")
     assert latest_checkpoint(public_dir) == str(public_dir / "c")
     (public_dir / "checkpoint").chmod(0o000)
-    with _unprivileged():
+    with unprivileged():
         assert latest_checkpoint(public_dir) is None
     assert stat.S_IMODE((public_dir / "checkpoint").stat().st_mode) == 0
 

@@ -10,12 +10,18 @@ here, so it is never done implicitly). Measured with ``benchmarks/huge_pages.py`
 table: 26 one-hot features x B=1024 1,934 -> 1,267 us, bags of 1-40 ids 755 -> 504 us.
 
 Everything degrades to a plain ``mmap`` (or to "not collapsed") where the platform says no.
+
+:func:`overlay_zeros` is the other half of protecting a served checkpoint against its files
+changing in place (see :class:`~embserve.checkpoint.BundleReader`'s ``lease`` and ``fence``):
+it replaces a shard mapping's pages with private anonymous zero pages at the same addresses, so
+arrays that still point there read zeros instead of faulting (SIGBUS) once the file shrinks.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import mmap
 import os
 import platform
@@ -24,13 +30,22 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["HUGE_PAGE", "collapse_huge_pages", "huge_page_bytes", "map_shard"]
+__all__ = [
+    "HUGE_PAGE",
+    "collapse_huge_pages",
+    "huge_page_bytes",
+    "map_shard",
+    "mapped_range",
+    "overlay_zeros",
+]
 
 HUGE_PAGE = 2 << 20
 _MADV_HUGEPAGE = 14
 _MADV_COLLAPSE = 25
 _MAP_SHARED = 0x01
+_MAP_PRIVATE = 0x02
 _MAP_FIXED = 0x10
+_MAP_ANONYMOUS = 0x20
 _PROT_READ = 0x1
 _MAP_FAILED = ctypes.c_void_p(-1).value
 
@@ -39,8 +54,6 @@ def _load_libc() -> Any:
     # The flag values below are Linux's on x86-64 and arm64 (other architectures differ).
     if not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "aarch64"):
         return None
-    if os.environ.get("EMBSERVE_PLAIN_MMAP", "") not in ("", "0"):
-        return None  # escape hatch: plain mmap everywhere, no collapsing
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     except OSError:
@@ -61,7 +74,10 @@ def _load_libc() -> Any:
     return libc
 
 
-_LIBC = _load_libc()
+# libc for overlay_zeros, always where the flags above hold; for the aligned maps and collapsing
+# only without the escape hatch (plain mmap everywhere, no collapsing).
+_SYSTEM_LIBC = _load_libc()
+_LIBC = None if os.environ.get("EMBSERVE_PLAIN_MMAP", "") not in ("", "0") else _SYSTEM_LIBC
 
 
 def _address(buffer: Any) -> int:
@@ -91,6 +107,43 @@ def map_shard(fileno: int, size: int) -> mmap.mmap | memoryview:
         reserve.close()
         return mmap.mmap(fileno, 0, access=mmap.ACCESS_READ)
     return memoryview(reserve)[start - base : start - base + size]
+
+
+def mapped_range(buf: mmap.mmap | memoryview) -> tuple[mmap.mmap, int, int]:
+    """``(owner, address, length)`` of a :func:`map_shard` result: the ``mmap`` object whose
+    lifetime is the mapping's (the reservation, for an aligned map), and the file's pages."""
+    owner = buf.obj if isinstance(buf, memoryview) else buf
+    if not isinstance(owner, mmap.mmap):
+        raise TypeError(f"not a shard mapping: {type(owner).__name__}")
+    return owner, _address(buf), len(buf)
+
+
+def overlay_zeros(owner: mmap.mmap, address: int, length: int) -> bool:
+    """Replace the pages of ``[address, address + length)`` with private anonymous zero pages.
+
+    The range must be a file mapping that ``owner`` keeps alive (see :func:`mapped_range`): the
+    caller holds ``owner``, so the addresses cannot have been unmapped and reused. Afterwards
+    the range reads as zeros whatever happens to the file, and ``owner`` unmaps it as usual
+    when it goes. One ``mmap(MAP_FIXED)`` call: atomic for threads reading the range meanwhile
+    (they see the file's bytes or zeros, never a fault).
+
+    Returns:
+        ``False`` when ``owner`` is already closed (nothing mapped there any more).
+
+    Raises:
+        OSError: the platform has no such call (not Linux on x86-64 / arm64) or it failed.
+    """
+    if owner.closed:
+        return False
+    if _SYSTEM_LIBC is None:
+        raise OSError(errno.ENOSYS, "anonymous MAP_FIXED overlays need Linux on x86-64 or arm64")
+    length = -(-length // mmap.PAGESIZE) * mmap.PAGESIZE
+    flags = _MAP_PRIVATE | _MAP_ANONYMOUS | _MAP_FIXED
+    got = _SYSTEM_LIBC.mmap(address, length, _PROT_READ, flags, -1, 0)
+    if got in (None, _MAP_FAILED) or got != address:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mmap(MAP_FIXED) over {length} bytes failed: {os.strerror(err)}")
+    return True
 
 
 def collapse_huge_pages(array: np.ndarray) -> int:

@@ -14,7 +14,19 @@ geometry of sliced tensors. A corrupt size field can therefore never cause a lar
 a read past a file. Tensor checksums are verified the first time a tensor is read (or all at once
 with :meth:`BundleReader.verify`). Numeric tensors are returned as zero-copy, read-only numpy
 views into a memory map of their shard (each shard mapped once, on first use), so several
-processes serving one checkpoint share a single copy in the page cache.
+processes serving one checkpoint share a single copy in the page cache. Files are opened without
+blocking and must be regular files (a FIFO or a device is refused, naming the file); an OS error
+on any of them is a ``CheckpointError`` naming it. A tensor that cannot be viewed in place (its
+offset is not a multiple of its dtype's alignment: TensorFlow does not align data) is copied and
+logged once (:attr:`TensorInfo.copy_reason` says which tensors and why).
+
+**Never change a served checkpoint's files in place.** The arrays are views of the mapped data
+files: ``cp`` or ``rsync --inplace`` onto a mapped file, or ``truncate``, makes the next read
+past the file's new end kill the process with SIGBUS. Publish checkpoints as new files and
+rename them into place (as :class:`BundleWriter` and TensorFlow do), or under a new prefix.
+``BundleReader(prefix, lease=True)`` protects a long-lived reader on Linux: read leases hold
+such writers back, :meth:`BundleReader.broken_leases` reports them, and
+:meth:`BundleReader.fence` turns the mappings into zeros before letting them proceed.
 
 :class:`BundleWriter` writes a bundle the way TensorFlow reads it (and, for single-shard
 unsliced checkpoints written in the same order, byte for byte as TensorFlow writes it). Every
@@ -26,13 +38,16 @@ valid mapping and a reader never sees a half-written bundle.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import mmap
 import os
 import secrets
+import signal
 import struct
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -44,7 +59,7 @@ from google.protobuf.message import DecodeError
 
 from embserve.checkpoint import crc32c
 from embserve.checkpoint._files import atomic_write, open_regular, os_error
-from embserve.checkpoint._mapping import map_shard
+from embserve.checkpoint._mapping import map_shard, mapped_range, overlay_zeros
 from embserve.checkpoint._wire import Malformed, corrupt, decode_varint, encode_varint
 from embserve.checkpoint.dtypes import (
     SUPPORTED,
@@ -57,9 +72,19 @@ from embserve.checkpoint.dtypes import (
 )
 from embserve.checkpoint.protos import tensor_bundle_pb2 as pb
 from embserve.checkpoint.slices import Extent, decode_slice_key, slice_key
-from embserve.checkpoint.sstable import build_table, read_table
+from embserve.checkpoint.sstable import Table, build_table, read_table
 from embserve.checkpoint.state import resolve_checkpoint
-from embserve.errors import CheckpointMismatchError, CheckpointNotFoundError
+from embserve.errors import (
+    CheckpointBusyError,
+    CheckpointError,
+    CheckpointMismatchError,
+    CheckpointNotFoundError,
+)
+
+try:
+    import fcntl
+except ImportError:  # Windows: no leases (readers report themselves unprotected)
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "HEADER_KEY",
@@ -184,19 +209,62 @@ class BundleReader:
     Args:
         path: the checkpoint prefix ``P`` (``P.index`` must exist), or a directory, which is
             resolved to its latest checkpoint through its ``checkpoint`` state file like
-            ``tf.train.load_checkpoint`` does.
+            ``tf.train.load_checkpoint`` does (:func:`~embserve.checkpoint.resolve_checkpoint`).
         verify: verify every tensor checksum now (same as calling :meth:`verify`).
+        lease: protect the data files against being changed in place while their arrays are in
+            use (Linux file leases; see "Files changed in place" below).
 
     Raises:
         CheckpointNotFoundError: no checkpoint at ``path``, or a data shard is missing.
         CorruptCheckpointError: the index, an entry or a shard size is not consistent (the
-            message names the file and the byte offset).
+            message names the file and the byte offset), or a file is not a regular file.
+        CheckpointBusyError: with ``lease=True``, a data shard is open for writing elsewhere
+            (it is still being written): retry later.
+        CheckpointError: an OS error on a file (permissions...), naming it.
 
     The reader is safe to share between threads. Arrays it returns stay valid after
     :meth:`close` (their memory maps are released when the last array goes away).
+
+    **Files changed in place.** Arrays are views of memory-mapped data files. Replacing a file
+    by writing a new one and renaming it over the old name (what :class:`BundleWriter`,
+    ``tf.train.Checkpoint`` and ``CheckpointManager`` do) is safe: the mapping keeps the old
+    file. Writing *into* a mapped file is not: ``cp`` or ``rsync --inplace`` onto it, or
+    ``truncate``, shrinks the file under the mapping, and the next read of a page past the new
+    end kills the process with SIGBUS. Publish checkpoints under new names (a new prefix, or a
+    temporary name then ``mv``), never by copying over served files.
+
+    With ``lease=True`` (Linux), every data shard is opened once and kept open with a read lease
+    (``fcntl(F_SETLEASE, F_RDLCK)``), taken before its size is checked against the index. While
+    the lease is held, anyone else opening the file for writing or truncating it is refused
+    (``EAGAIN``, for openers using ``O_NONBLOCK`` such as coreutils ``truncate``) or blocked for
+    up to ``/proc/sys/fs/lease-break-time`` seconds (45 by default; ``cp``, ``rsync``, shell
+    redirection), and the kernel marks the lease as being broken: :meth:`broken_leases` reports
+    it. The holder then stops using the arrays and calls :meth:`fence`, which turns every
+    mapping into zeros and releases the leases so the writer proceeds (after the break time the
+    kernel lets the writer proceed anyway: fence before). Renames and unlinks do not break a
+    lease. Where leases are unavailable (not Linux, NFS and other filesystems without them, a
+    file owned by another user without ``CAP_LEASE``) the reader works unprotected:
+    :attr:`protected` is false and :attr:`unprotected_reason` says why. Lease break
+    notifications are not delivered as signals (the owner is cleared, the signal set to one
+    ignored by default), so they cannot kill the process. In lease mode :meth:`close` keeps the
+    leases (they protect arrays that outlive it): they are released by :meth:`fence` or when
+    the reader is garbage-collected.
+
+    Cost, measured on Linux 6.18 / ext4 (2 shared cores; readers of 1-64 shards opened 500
+    times, best of 5): leasing adds 6-13 us per data shard to opening a reader (1 shard: 39 ->
+    50 us; 64 shards: 0.6-0.9 -> 1.1-1.3 ms, the index dominating). :meth:`broken_leases` costs
+    1.1 us for one shard and 0.3-0.45 us per shard (64 shards: 20-24 us): polled 10 times a
+    second, under 0.03% of a core. Reads of the arrays cost nothing extra.
+
+    Attributes:
+        protected: the data files are leased (``lease=True`` and the platform allowed it, and
+            :meth:`fence` has not released them).
+        unprotected_reason: why not, when ``protected`` is false (empty when it is true).
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, verify: bool = False) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, verify: bool = False, lease: bool = False
+    ) -> None:
         self.prefix = resolve_checkpoint(path)
         self.index_path = index_path(self.prefix)
         table = read_table(self.index_path)
@@ -206,16 +274,40 @@ class BundleReader:
         self.data_paths = [
             data_path(self.prefix, i, self.num_shards) for i in range(self.num_shards)
         ]
-        # (device, inode, size) of each shard as checked against the index: what is mapped or
-        # read later must be that same file (a file renamed over it is another checkpoint's).
-        self._shard_ids = [self._stat_shard(p) for p in self.data_paths]
-        self._shard_sizes = [size for _, _, size in self._shard_ids]
         self._maps: list[mmap.mmap | memoryview | bytes | None] = [None] * self.num_shards
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         # (shard, offset, size, stored crc) of byte ranges whose checksum has been verified.
         self._verified: set[tuple[int, int, int, int]] = set()
         self._logged_copies: set[str] = set()  # misaligned tensors already reported
+        # Every shard mapping made, for fence(): (weak ref to the mmap owning it, address, length).
+        self._targets: list[tuple[weakref.ref[mmap.mmap], int, int]] = []
+        self._fenced = False
+        self.protected = False
+        self.unprotected_reason = "opened without lease=True"
+        # Lease mode: one descriptor per shard, kept open (and closed when the reader goes).
+        self._fds: list[int] = []
+        self._closer = weakref.finalize(self, _close_all, self._fds)
+        try:
+            # (device, inode, size) of each shard as checked against the index: what is mapped
+            # or read later must be that same file (a file renamed over it is another one).
+            self._shard_ids = [self._stat_shard(p, lease) for p in self.data_paths]
+            if lease:
+                self._take_leases()
+                # Sizes are checked against the index below with the leases held: a file cut
+                # before the lease was taken is seen here, a cut after it waits for fence().
+                self._shard_ids = [
+                    (dev, ino, os.fstat(fd).st_size)
+                    for fd, (dev, ino, _) in zip(self._fds, self._shard_ids, strict=True)
+                ]
+            self._shard_sizes = [size for _, _, size in self._shard_ids]
+            self._parse_entries(table)
+            if verify:
+                self.verify()
+        except BaseException:
+            self._closer()
+            raise
 
+    def _parse_entries(self, table: Table) -> None:
         entries: dict[str, TensorInfo] = {}
         slice_entries: dict[bytes, TensorInfo] = {}
         for (key, value), at in zip(table.entries[1:], table.value_offsets[1:], strict=True):
@@ -241,8 +333,83 @@ class BundleReader:
             if info.slices
         }
         self._slice_entries = slice_entries
-        if verify:
-            self.verify()
+
+    # -- leases --------------------------------------------------------------------------------
+
+    def _take_leases(self) -> None:
+        """Read-lease every kept shard descriptor; sets ``protected`` / ``unprotected_reason``.
+
+        Raises:
+            CheckpointBusyError: a shard is open for writing elsewhere.
+        """
+        for fd, path in zip(self._fds, self.data_paths, strict=True):
+            reason = _take_lease(fd, path)
+            if reason is not None:  # unsupported here: no shard protected rather than some
+                for other in self._fds:
+                    _release_lease(other)
+                self.unprotected_reason = reason
+                return
+        self.protected = True
+        self.unprotected_reason = ""
+
+    def broken_leases(self) -> list[str]:
+        """The data shard paths whose lease is being broken: someone is waiting to write or
+        truncate them (or was refused), and the arrays of this reader must stop being used
+        before :meth:`fence` lets them proceed. Empty when the reader is not :attr:`protected`.
+
+        Cheap (one ``fcntl(F_GETLEASE)`` per shard, ~0.3 us each): meant to be polled.
+        """
+        with self._lock:
+            if not self.protected:
+                return []
+            return [
+                path
+                for fd, path in zip(self._fds, self.data_paths, strict=True)
+                if fcntl.fcntl(fd, _F_GETLEASE) != _F_RDLCK
+            ]
+
+    def fence(self) -> None:
+        """Make every mapping this reader created read zeros forever, then release the leases.
+
+        After a file is cut under a mapping, reading a page past its new end raises SIGBUS;
+        after :meth:`fence` every array this reader returned reads zeros instead (the mapped
+        pages are replaced by private anonymous zero pages at the same addresses), whatever
+        happens to the files. Then the leases are released and the descriptors closed, so a
+        writer waiting on them proceeds. Stop using the arrays first (they no longer hold the
+        checkpoint's values); the reader refuses every further read with ``CheckpointError``.
+
+        Idempotent and thread-safe. Works for readers opened without ``lease`` too.
+
+        Raises:
+            CheckpointError: a mapping could not be replaced (the leases are then kept; call
+                again to retry).
+        """
+        with self._lock:
+            self._fenced = True
+            self._maps = [None] * self.num_shards
+            while self._targets:
+                ref, address, length = self._targets[-1]
+                owner = ref()
+                if owner is not None:
+                    try:
+                        overlay_zeros(owner, address, length)
+                    except OSError as exc:
+                        raise CheckpointError(
+                            f"cannot fence checkpoint {self.prefix!r}: replacing a mapping of "
+                            f"{length} bytes failed ({exc})"
+                        ) from exc
+                self._targets.pop()
+            if self._fds or self.protected:
+                self.protected = False
+                self.unprotected_reason = "fenced: the leases were released"
+            self._closer()
+
+    def _check_not_fenced(self) -> None:
+        if self._fenced:
+            raise CheckpointError(
+                f"checkpoint {self.prefix!r} was fenced (its files were about to change in "
+                "place); its arrays read zeros: open the checkpoint again"
+            )
 
     # -- metadata ------------------------------------------------------------------------------
 
@@ -280,8 +447,9 @@ class BundleReader:
             )
         return int(header.num_shards)
 
-    def _stat_shard(self, path: str) -> tuple[int, int, int]:
-        """``(device, inode, size)`` of a data shard, checked to be a regular file."""
+    def _stat_shard(self, path: str, keep: bool) -> tuple[int, int, int]:
+        """``(device, inode, size)`` of a data shard, checked to be a regular file; with
+        ``keep`` its descriptor stays open (in ``self._fds``)."""
         try:
             fd, st = open_regular(path, "checkpoint data shard")
         except CheckpointNotFoundError:
@@ -289,7 +457,10 @@ class BundleReader:
                 f"checkpoint data shard missing: {path!r} (the index {self.index_path!r} "
                 f"lists {self.num_shards} shard(s))"
             ) from None
-        os.close(fd)
+        if keep:
+            self._fds.append(fd)
+        else:
+            os.close(fd)
         return st.st_dev, st.st_ino, st.st_size
 
     def _parse_entry(self, name: str, value: bytes, at: int, *, sliced_ok: bool) -> TensorInfo:
@@ -427,16 +598,29 @@ class BundleReader:
     def _shard_fd(self, shard: int) -> Iterator[int]:
         """An open descriptor of the very shard file checked when the reader was opened.
 
-        The path is opened again without blocking and must still be that regular file (same
-        device, inode and size): a FIFO or another file swapped in meanwhile is refused.
+        In lease mode, a duplicate of the kept descriptor (so :meth:`fence` closing the original
+        cannot pull it away mid-read). Otherwise the path is opened again without blocking and
+        must still be that regular file (same device and inode): a FIFO or another file
+        swapped in meanwhile is refused. Either way its size must still be the one checked.
         """
         path = self.data_paths[shard]
+        dev, ino, size = self._shard_ids[shard]
+        with self._lock:
+            self._check_not_fenced()
+            if self._fds:
+                try:
+                    fd = os.dup(self._fds[shard])
+                    st = os.fstat(fd)
+                except OSError as exc:
+                    raise os_error(path, "checkpoint data shard", exc) from exc
+            else:
+                try:
+                    fd, st = open_regular(path, "checkpoint data shard")
+                except CheckpointNotFoundError:
+                    raise CheckpointNotFoundError(
+                        f"checkpoint data shard missing: {path!r}"
+                    ) from None
         try:
-            fd, st = open_regular(path, "checkpoint data shard")
-        except CheckpointNotFoundError:
-            raise CheckpointNotFoundError(f"checkpoint data shard missing: {path!r}") from None
-        try:
-            dev, ino, size = self._shard_ids[shard]
             if (st.st_dev, st.st_ino) != (dev, ino):
                 raise corrupt(
                     path, None, "shard replaced since the index was read (another file is there)"
@@ -458,6 +642,7 @@ class BundleReader:
         if buf is not None:
             return buf
         with self._lock:
+            self._check_not_fenced()
             buf = self._maps[shard]
             if buf is None:
                 size = self._shard_sizes[shard]
@@ -468,11 +653,18 @@ class BundleReader:
                         raise os_error(
                             self.data_paths[shard], "checkpoint data shard", exc
                         ) from exc
+                if not isinstance(buf, bytes):
+                    owner, address, length = mapped_range(buf)
+                    self._targets.append((weakref.ref(owner), address, length))
                 self._maps[shard] = buf
         return buf
 
     def close(self) -> None:
-        """Drop the memory maps; arrays already returned stay valid until they are released."""
+        """Drop the memory maps; arrays already returned stay valid until they are released.
+
+        With ``lease=True`` the leases (and their descriptors) are kept: they protect those
+        arrays. :meth:`fence` releases them, and so does garbage collection of the reader.
+        """
         with self._lock:
             for i, buf in enumerate(self._maps):
                 if isinstance(buf, mmap.mmap | memoryview):
@@ -562,6 +754,7 @@ class BundleReader:
             CheckpointMismatchError: no tensor named ``key``.
             CorruptCheckpointError: a checksum does not match (naming shard file and offset).
         """
+        self._check_not_fenced()
         info = self.info(key)
         if info.slices:
             return self._assemble(info, verify)
@@ -802,6 +995,62 @@ def encode_strings(values: Sequence[bytes]) -> tuple[bytes, int]:
     body = b"".join(values)
     crc = crc32c.extend(crc32c.extend(length_crc, stored), body)
     return b"".join(encode_varint(x) for x in lengths) + stored + body, crc32c.mask(crc)
+
+
+# fcntl's lease constants (Linux): F_RDLCK is 0, F_UNLCK 2; F_GETLEASE answers F_UNLCK while a
+# lease is being broken.
+_F_SETLEASE = getattr(fcntl, "F_SETLEASE", None)
+_F_GETLEASE = getattr(fcntl, "F_GETLEASE", 1025)
+_F_RDLCK = 0
+_F_UNLCK = 2
+# Lease breaks are signalled to the descriptor's owner, SIGIO by default, whose default action
+# kills the process. The owner is cleared right after the lease is taken (F_SETOWN 0); for the
+# microseconds between, the signal is SIGURG, which is ignored by default.
+_LEASE_SIGNAL = int(getattr(signal, "SIGURG", 0))
+
+
+def _take_lease(fd: int, path: str) -> str | None:
+    """Read-lease ``fd``; ``None`` when held, else why leases are unavailable here.
+
+    Raises:
+        CheckpointBusyError: the file is open for writing elsewhere (EAGAIN).
+    """
+    if fcntl is None or _F_SETLEASE is None:
+        return "file leases are Linux-only"
+    try:
+        if _LEASE_SIGNAL:
+            fcntl.fcntl(fd, fcntl.F_SETSIG, _LEASE_SIGNAL)
+        fcntl.fcntl(fd, _F_SETLEASE, _F_RDLCK)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+            raise CheckpointBusyError(
+                f"checkpoint data shard {path!r} is open for writing by another process (is it "
+                "still being written?): retry later"
+            ) from exc
+        why = {
+            errno.EACCES: "this process neither owns the file nor has CAP_LEASE",
+            errno.EINVAL: "the filesystem does not support leases, or they are disabled "
+            "(/proc/sys/fs/leases-enable)",
+            errno.ENOLCK: "no locks available",
+        }.get(exc.errno or 0, exc.strerror or str(exc))
+        return f"no file lease on {path!r}: {why}"
+    fcntl.fcntl(fd, fcntl.F_SETOWN, 0)
+    return None
+
+
+def _release_lease(fd: int) -> None:
+    if fcntl is not None and _F_SETLEASE is not None:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, _F_SETLEASE, _F_UNLCK)
+
+
+def _close_all(fds: list[int]) -> None:
+    """Release the leases and close the descriptors (emptying the list); idempotent."""
+    while fds:
+        fd = fds.pop()
+        _release_lease(fd)
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _pread_into(fd: int, view: memoryview, offset: int) -> int:
