@@ -172,6 +172,16 @@ def test_a_shard_replaced_after_open_is_not_read(tmp_path: Path, copy: bool) -> 
         reader.get_tensor(KEY, copy=copy, verify=False)
 
 
+@pytest.mark.parametrize("copy", [False, True])
+def test_a_shard_cut_after_open_is_not_mapped_or_read(tmp_path: Path, copy: bool) -> None:
+    """Mapping a shard shorter than the index says would fault on the first read past its end."""
+    _write(tmp_path / "c")
+    reader = BundleReader(tmp_path / "c")
+    os.truncate(data_path(tmp_path / "c", 0, 1), 8)
+    with pytest.raises(CorruptCheckpointError, match="8 bytes, expected 48"):
+        reader.get_tensor(KEY, copy=copy, verify=False)
+
+
 def test_mapping_failures_name_the_file(tmp_path: Path) -> None:
     """mmap refused (here: address space exhausted by RLIMIT_AS) is a CheckpointError naming the
     shard, not a bare OSError. Run in a child so the limit cannot hurt this process."""

@@ -114,9 +114,14 @@ def test_cp_onto_a_leased_shard_waits_for_fence(tmp_path: Path) -> None:
 
 
 _CHILD = f"""
-import json, subprocess, sys, time
+import json, signal, subprocess, sys, time
 import numpy as np
 from embserve.checkpoint import BundleReader
+# A lease break must not be signalled: SIGIO (the default) would kill the process, and the
+# signal used while the lease is being set up is SIGURG. Count both.
+signals = []
+for sig in (signal.SIGIO, signal.SIGURG):
+    signal.signal(sig, lambda number, frame: signals.append(number))
 prefix, shard0, shard1, fence = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
 reader = BundleReader(prefix, lease=True)
 big = reader.get_tensor({BIG!r})
@@ -133,7 +138,8 @@ codes = [w.wait(timeout=60) for w in writers]
 sizes = [__import__("os").path.getsize(s) for s in (shard0, shard1)]
 # The files are now empty: every page of both arrays lies past their end.
 after = [float(np.abs(big).sum()), float(np.abs(small).sum())]
-print(json.dumps(dict(before=before, broken=broken, codes=codes, sizes=sizes, after=after)))
+report = dict(before=before, broken=broken, codes=codes, sizes=sizes, after=after, signals=signals)
+print(json.dumps(report))
 """
 
 
@@ -153,6 +159,7 @@ def test_fenced_arrays_read_zeros_after_the_files_are_truncated(tmp_path: Path) 
     assert result["codes"] == [0, 0]
     assert result["sizes"] == [0, 0]
     assert result["after"] == [0.0, 0.0]  # zeros, not a SIGBUS
+    assert result["signals"] == []  # no SIGIO / SIGURG for the lease breaks
 
 
 def test_a_shard_open_for_writing_is_busy(tmp_path: Path) -> None:
