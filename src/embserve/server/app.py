@@ -21,28 +21,44 @@ Bad input never gets a 500: a 500 means a bug. Its answer is a bare
 about the server's insides); the detail is logged with its traceback and counted in
 ``embserve_internal_errors_total``.
 
-**Concurrency.** A predict request reads the served :class:`~.reloader.LoadedVersion` once,
-so a reload swapping the version meanwhile does not affect it. Its decode, lookup and encode
-run on the event loop when the body is small (``[server] inline_max_body_bytes``, 256 KiB by
-default), and in Starlette's thread pool when it is larger (embserve lookups release the GIL
-and are thread-safe), so a big request does not stall the loop. Small requests stay on the
-loop because their work is mostly GIL-bound JSON and Python, where a pool thread only adds a
-hand-off and GIL contention: on a 2-core machine, batch-1 requests with 26 features from 4
-clients ran at 635 req/s inline against 296 req/s through the pool, and batch-256 requests at
-57 against 38 req/s. Responses to predict, status, metadata and health requests carry the
-served version in the ``X-Model-Version`` header.
+**Where a request runs.** A predict request reads the served
+:class:`~.reloader.LoadedVersion` once, so a reload swapping the version meanwhile does not
+affect it. Its body is decoded on the event loop when it is small (``[server]
+inline_max_body_bytes``, 256 KiB by default); then the lookup and the encoding run on the loop
+when the request's output (and its ids × dim) stays within ``[server]
+inline_max_output_floats`` (32,768 by default: the size from which lookups use numba's
+parallel kernels), and otherwise in a *lookup thread*. A large body is decoded, looked up and
+encoded in a lookup thread altogether. So the size of the work decides, not the size of the
+body: a 3 KB body can ask for megabytes of output. Small requests stay on the loop because
+their work is mostly GIL-bound JSON and Python, where a thread only adds a hand-off and GIL
+contention (on 2 cores, batch-1 requests with 26 features from 4 clients ran at 635 req/s
+inline against 296 req/s through a pool).
+
+**Lookup threads** are a pool of ``[server] max_concurrent_lookups`` threads (default: the
+usable CPU cores divided by numba's kernel threads, at least 1); requests beyond it wait their
+turn. Every thread that calls numba's parallel kernels starts its own OpenMP team, so running
+lookups in anyio's 40 default threads let 8 concurrent clients on a 2-core machine keep 20 OS
+threads competing for 2 cores; with the bound, only these threads ever run parallel kernels
+(the loop runs serial ones only). Responses to predict, status, metadata and health requests
+carry the served version in the ``X-Model-Version`` header.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numba
+
 import embserve as es
+from embserve.kernels import _jit
 from embserve.server import missing_extra
 from embserve.server.config import ServingConfig
 from embserve.server.metrics import ServerMetrics
@@ -60,7 +76,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
     raise missing_extra(exc) from exc
 
-__all__ = ["ROUTES", "create_app"]
+__all__ = ["ROUTES", "create_app", "lookup_threads"]
 
 _log = logging.getLogger("embserve.server")
 
@@ -81,6 +97,20 @@ _INT64_DIGITS = len(str(_INT64_MAX))
 _CLIENT_CLOSED = 499
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def lookup_threads(configured: int = 0) -> int:
+    """How many lookups may run at once: ``configured``, or for ``0`` the usable CPU cores
+    divided by the threads each parallel kernel call uses (numba's thread count; 1 when
+    embserve runs serial kernels), at least 1."""
+    if configured > 0:
+        return configured
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    kernel_threads = numba.get_num_threads() if _jit.PARALLEL else 1
+    return max(1, cores // kernel_threads)
 
 
 def _json(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
@@ -134,6 +164,11 @@ class _Service:
         self.metrics = metrics
         self.codec = RestCodec(config.features, config.limits)
         self.metadata_body = self._metadata()
+        # Threads are started on first use; shut down with the app's lifespan.
+        self.lookups = ThreadPoolExecutor(
+            lookup_threads(config.server.max_concurrent_lookups),
+            thread_name_prefix="embserve-lookup",
+        )
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -218,19 +253,31 @@ class _Service:
                 f"(serving version {loaded.version})",
             )
         body = await _read_body(request, self.config.limits.max_body_bytes)
-        if len(body) <= self.config.server.inline_max_body_bytes:
-            payload = self._predict(loaded, body)
+        server = self.config.server
+        if len(body) > server.inline_max_body_bytes:
+            payload = await self._in_lookup_thread(self._predict, loaded, body)
         else:
-            payload = await run_in_threadpool(self._predict, loaded, body)
+            decoded = self.codec.decode(body)
+            if decoded.work_floats(self.config.features) <= server.inline_max_output_floats:
+                payload = self._answer(loaded, decoded)
+            else:
+                payload = await self._in_lookup_thread(self._answer, loaded, decoded)
         return Response(
             payload,
             media_type="application/json",
             headers={"X-Model-Version": str(loaded.version)},
         )
 
+    async def _in_lookup_thread(self, fn: Callable[..., bytes], *args: Any) -> bytes:
+        """``fn(*args)`` in a lookup thread (waiting for one to be free)."""
+        return await asyncio.get_running_loop().run_in_executor(self.lookups, fn, *args)
+
     def _predict(self, loaded: LoadedVersion, body: bytes) -> bytes:
-        """Decode, look up, encode (in a pool thread)."""
-        request = self.codec.decode(body)
+        """Decode, look up, encode."""
+        return self._answer(loaded, self.codec.decode(body))
+
+    def _answer(self, loaded: LoadedVersion, request: DecodedRequest) -> bytes:
+        """Look up and encode a decoded request."""
         if not request.features:
             return b'{"predictions":[]}'
         outputs = self._lookup(loaded, request)
@@ -399,6 +446,7 @@ def create_app(
         try:
             yield
         finally:
+            service.lookups.shutdown(wait=False, cancel_futures=True)
             await run_in_threadpool(reloader.stop)
             metrics.close()
 

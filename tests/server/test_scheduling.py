@@ -1,0 +1,203 @@
+"""Where a predict request runs: on the event loop when its output is small, in a bounded set
+of lookup threads when it is large (whatever its body size), and never more lookups at once
+than ``[server] max_concurrent_lookups``."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numba
+import pytest
+from starlette.testclient import TestClient
+
+import embserve as es
+from embserve.kernels import _jit
+from embserve.server.app import create_app
+from embserve.server.config import load_config
+from embserve.server.reloader import make_loader
+from tests.server._support import MODEL, write_config
+
+PREDICT = f"/v1/models/{MODEL}:predict"
+WAIT_S = 30.0
+
+# Output floats: user 4 per example, hist 3, tag 2. SMALL: 40 floats. LARGE_OUTPUT: 4,096
+# examples x 9 = 36,864 floats, over the default inline_max_output_floats (32,768), from a
+# 50 KB body (under inline_max_body_bytes, 256 KiB).
+SMALL = {"inputs": {"user": [1] * 10}}
+LARGE_OUTPUT = {"inputs": {"user": [1] * 4096, "hist": [[1]] * 4096, "tag": [[2]] * 4096}}
+
+
+class _Recording:
+    """A real model that records the thread of each call and how many calls overlap, and can
+    hold calls at a gate."""
+
+    def __init__(self, model: es.TPUEmbeddingForServing) -> None:
+        self.model = model
+        self.lock = threading.Lock()
+        self.threads: list[threading.Thread] = []
+        self.running = 0
+        self.most_running = 0
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Semaphore(0)
+
+    def __call__(self, features: Any, weights: Any = None) -> Any:
+        with self.lock:
+            self.threads.append(threading.current_thread())
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+        self.entered.release()
+        try:
+            assert self.gate.wait(WAIT_S)
+            return self.model(features, weights)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def _client(tmp_path: Path, ckpt_dir: Path, server: str = "") -> tuple[TestClient, list[Any]]:
+    config = load_config(write_config(tmp_path / "sched.toml", ckpt_dir, server=server))
+    real = make_loader(config)
+    models: list[_Recording] = []
+
+    def loader(prefix: str) -> Any:
+        models.append(_Recording(real(prefix)))
+        return models[-1]
+
+    return TestClient(create_app(config, model_loader=loader)), models
+
+
+def _event_loop_thread(client: TestClient) -> threading.Thread:
+    async def which() -> threading.Thread:
+        return threading.current_thread()
+
+    assert client.portal is not None
+    thread: threading.Thread = client.portal.call(which)
+    return thread
+
+
+def test_small_output_runs_on_the_loop_and_large_output_in_a_lookup_thread(
+    tmp_path: Path, ckpt_dir: Path
+) -> None:
+    client, models = _client(tmp_path, ckpt_dir)
+    with client:
+        loop = _event_loop_thread(client)
+        model = models[0]
+        assert client.post(PREDICT, json=SMALL).status_code == 200
+        assert model.threads[-1] is loop
+        # A small body whose output is large runs off the loop (it used to run on the loop,
+        # since only the body size was looked at).
+        assert client.post(PREDICT, json=LARGE_OUTPUT).status_code == 200
+        assert model.threads[-1] is not loop
+        assert model.threads[-1].name.startswith("embserve-lookup")
+
+
+def test_thresholds_are_configurable(tmp_path: Path, ckpt_dir: Path) -> None:
+    # Output threshold 0: every request with an output leaves the loop.
+    client, models = _client(tmp_path, ckpt_dir, "inline_max_output_floats = 0\n")
+    with client:
+        assert client.post(PREDICT, json=SMALL).status_code == 200
+        assert models[0].threads[-1].name.startswith("embserve-lookup")
+    # A large output threshold keeps the large-output request on the loop.
+    client, models = _client(tmp_path, ckpt_dir, "inline_max_output_floats = 100000\n")
+    with client:
+        loop = _event_loop_thread(client)
+        assert client.post(PREDICT, json=LARGE_OUTPUT).status_code == 200
+        assert models[0].threads[-1] is loop
+
+
+def test_large_body_is_decoded_off_the_loop(
+    tmp_path: Path, ckpt_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from embserve.server import rest
+
+    decoded_on: list[threading.Thread] = []
+    original = rest.RestCodec.decode
+
+    def decode(self: rest.RestCodec, body: bytes) -> rest.DecodedRequest:
+        decoded_on.append(threading.current_thread())
+        return original(self, body)
+
+    monkeypatch.setattr(rest.RestCodec, "decode", decode)
+    client, models = _client(tmp_path, ckpt_dir, "inline_max_body_bytes = 100\n")
+    with client:
+        loop = _event_loop_thread(client)
+        assert client.post(PREDICT, json={"inputs": {"user": [1]}}).status_code == 200
+        assert decoded_on[-1] is loop
+        assert models[0].threads[-1] is loop
+        big_body = {"inputs": {"user": [1] * 40}}  # ~150 bytes, 160 output floats
+        assert client.post(PREDICT, json=big_body).status_code == 200
+        assert decoded_on[-1] is not loop
+        assert decoded_on[-1].name.startswith("embserve-lookup")
+
+
+def test_a_large_lookup_does_not_stall_the_loop(tmp_path: Path, ckpt_dir: Path) -> None:
+    """While a large-output request is held inside its lookup, the loop still answers."""
+    client, models = _client(tmp_path, ckpt_dir)
+    with client:
+        model = models[0]
+        model.gate.clear()
+        held: dict[str, Any] = {}
+        sender = threading.Thread(
+            target=lambda: held.setdefault("r", client.post(PREDICT, json=LARGE_OUTPUT))
+        )
+        sender.start()
+        try:
+            assert model.entered.acquire(timeout=WAIT_S)
+            answered: dict[str, Any] = {}
+            probe = threading.Thread(
+                target=lambda: answered.setdefault("r", client.get("/healthz")), daemon=True
+            )
+            probe.start()
+            probe.join(5.0)
+            assert "r" in answered, "the event loop is blocked by a lookup"
+            assert answered["r"].status_code == 200
+        finally:
+            model.gate.set()
+            sender.join(WAIT_S)
+        assert held["r"].status_code == 200
+
+
+def test_concurrent_lookups_are_bounded(tmp_path: Path, ckpt_dir: Path) -> None:
+    """8 concurrent large requests with max_concurrent_lookups = 2: at most 2 lookups at once,
+    on at most 2 threads ever (each thread that calls the kernels starts an OpenMP team)."""
+    client, models = _client(tmp_path, ckpt_dir, "max_concurrent_lookups = 2\n")
+    with client:
+        model = models[0]
+        model.gate.clear()
+        statuses: list[int] = []
+        senders = [
+            threading.Thread(
+                target=lambda: statuses.append(client.post(PREDICT, json=LARGE_OUTPUT).status_code)
+            )
+            for _ in range(8)
+        ]
+        for s in senders:
+            s.start()
+        try:
+            assert model.entered.acquire(timeout=WAIT_S)
+            assert model.entered.acquire(timeout=WAIT_S)
+            time.sleep(0.3)  # give the other 6 time to (wrongly) enter
+            assert model.running == 2
+        finally:
+            model.gate.set()
+            for s in senders:
+                s.join(WAIT_S)
+        assert statuses == [200] * 8
+        assert model.most_running == 2
+        assert len({t.ident for t in model.threads}) <= 2
+
+
+def test_lookup_threads_default_to_cores_over_kernel_threads() -> None:
+    import os
+
+    from embserve.server.app import lookup_threads
+
+    assert lookup_threads(3) == 3
+
+    cores = len(os.sched_getaffinity(0))
+    kernel = numba.get_num_threads() if _jit.PARALLEL else 1
+    assert lookup_threads(0) == max(1, cores // kernel)
