@@ -13,7 +13,10 @@ the checkpoint format (:mod:`embserve.checkpoint`). It reproduces what TensorFlo
   :class:`~embserve.errors.CheckpointMismatchError` naming the table and key (TensorFlow would
   leave the initial values in place and only complain on ``assert_existing_objects_matched``:
   serving random tables silently is worse than refusing);
-* slots are restored when the serving object has an optimizer and never read when it has none.
+* slots are restored when the serving object has an optimizer and never read when it has none;
+* restoring several objects (``tf.train.Checkpoint(a=emb1, b=emb2)``) is all or nothing
+  (:func:`restore_objects`): every object is checked and every table read and checksummed
+  before any object is given its tables.
 
 Restored tables are read-only memory-mapped views of the data files: restoring a 40 GB table
 opens files and checks metadata; it does not read or copy the table.

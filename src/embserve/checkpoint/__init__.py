@@ -10,7 +10,10 @@ The public surface is small on purpose; the modules hold the details:
 
 - :class:`BundleReader` / :class:`BundleWriter` (:mod:`.bundle`): a checkpoint prefix's tensors
   by name, validated before use, numeric tensors as zero-copy read-only memory-mapped views;
-  writing through temporary files and atomic renames.
+  writing through temporary files and atomic renames. ``BundleReader(prefix, lease=True)``
+  guards a long-lived reader against its files being changed in place (``cp`` / ``rsync
+  --inplace`` / ``truncate`` onto a mapped file would otherwise kill the process with SIGBUS):
+  read leases, :meth:`BundleReader.broken_leases`, :meth:`BundleReader.fence`.
 - :class:`TensorInfo`, :class:`DataType` (:mod:`.dtypes`): what the index says about a tensor.
 - :class:`ObjectGraph` / :class:`ObjectGraphBuilder` (:mod:`.object_graph`): the TF2 object
   graph (``_CHECKPOINTABLE_OBJECT_GRAPH``), walking edge-name paths to checkpoint keys, and
@@ -25,7 +28,10 @@ keys in :mod:`.slices`) are importable from their modules for tools and tests.
 
 Every failure is an :class:`embserve.errors.CheckpointError`: ``CheckpointNotFoundError`` (also a
 ``FileNotFoundError``) for missing files, ``CorruptCheckpointError`` naming file, offset and the
-expectation that failed, ``CheckpointMismatchError`` for a missing key or object.
+expectation that failed (also for a file that is not a regular file or is over a size cap),
+``CheckpointMismatchError`` for a missing key or object, ``CheckpointBusyError`` for a data file
+still open for writing (with ``lease=True``; transient), and the base class, naming the file,
+for any OS error while reading (permissions, a symlink loop, too many open files).
 """
 
 from embserve.checkpoint.bundle import BundleReader, BundleWriter, TensorInfo
