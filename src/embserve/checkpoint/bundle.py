@@ -610,8 +610,12 @@ class BundleReader:
             if self._fds:
                 try:
                     fd = os.dup(self._fds[shard])
+                except OSError as exc:
+                    raise os_error(path, "checkpoint data shard", exc) from exc
+                try:
                     st = os.fstat(fd)
                 except OSError as exc:
+                    os.close(fd)
                     raise os_error(path, "checkpoint data shard", exc) from exc
             else:
                 try:
@@ -1034,7 +1038,11 @@ def _take_lease(fd: int, path: str) -> str | None:
             errno.ENOLCK: "no locks available",
         }.get(exc.errno or 0, exc.strerror or str(exc))
         return f"no file lease on {path!r}: {why}"
-    fcntl.fcntl(fd, fcntl.F_SETOWN, 0)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETOWN, 0)
+    except OSError as exc:  # not seen in practice; without it a break could be signalled
+        _release_lease(fd)
+        return f"no file lease on {path!r}: clearing the lease's signal owner failed ({exc})"
     return None
 
 
