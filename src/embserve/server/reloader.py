@@ -40,6 +40,26 @@ remembers the files as corrupt, and says so in the log, the status route (``END`
 on that version until they finish, so a request in flight finishes on the version it started
 with, and a version taken out of service is released only after its requests are done.
 
+**Files changed in place.** Tables are memory maps of the data files. Replacing a checkpoint
+by writing new files and renaming them (embserve's and TensorFlow's writers, ``mv``) is safe;
+writing *into* a served file (``cp`` or ``rsync --inplace`` onto it, ``truncate``, ``>``)
+would make the next read past its new end kill the process with SIGBUS. So the loader opens
+every data shard with a Linux read lease (``BundleReader(prefix, lease=True)``), which makes
+the kernel hold such a writer back (or refuse it, for non-blocking opens such as coreutils
+``truncate``) and mark the lease as breaking. A watcher thread checks the leases of every
+version alive every ``lease_check_interval_s`` (50 ms; ~1 us per shard) and revokes a version
+whose lease breaks (:meth:`Reloader.check_files`): swapped out (requests get the version kept
+during a background check, or 503), its requests in flight waited for (``revoke_wait_s``, 5 s
+at most), its mappings overlaid with zeros and its leases released, so the writer proceeds and
+nothing can SIGBUS; logged, shown by the status route (``END``, ``UNAVAILABLE``, naming the
+file) and counted (``embserve_model_revocations_total{reason="file_changed"}``). The normal
+polling then loads whatever the files become once they are complete and valid (a half-written
+file fails its checksum, a file still open for writing is retried). Replaced versions still
+alive are watched too (released without fuss); ``copy_tables = true`` keeps no file at all.
+Where leases are unavailable (not Linux, some network filesystems, files owned by another user
+without ``CAP_LEASE``) the server serves anyway, says so once in the log, and reports
+``embserve_model_files_protected 0``.
+
 **Refusals.** A checkpoint that fails to restore or validate is refused: logged, counted
 (``embserve_model_reload_failures_total{reason}``), reported by ``GET /v1/models/{name}`` with
 its error, and the served version stays. Only a checkpoint that is **damaged** (``corrupt``,
@@ -67,6 +87,7 @@ import os
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
@@ -83,7 +104,7 @@ from embserve.checkpointing import (
     VERIFY_ON_RESTORE_MAX_BYTES,
     collapse_huge_pages,
     find_embedding_tables,
-    restore_embedding,
+    restore_objects,
 )
 
 if TYPE_CHECKING:
@@ -145,18 +166,35 @@ class LoadCancelled(Exception):  # noqa: N818 - it is what it says, not an error
 
 
 class _VersionState:
-    """The mutable part of a served version: requests in flight, revoked, verified.
+    """The mutable part of a served version: requests in flight, revoked, verified, fenced.
 
     ``in_flight`` is a deque used as a counter: ``append`` / ``pop`` / ``len`` are atomic (the
     GIL, or the deque's own lock on free-threaded builds), so counting a request costs no lock.
+    ``reader`` and the identity fields are set when the version is installed, for the lease
+    watcher (which holds states weakly: a version nobody references is not watched).
     """
 
-    __slots__ = ("__weakref__", "in_flight", "revoked", "verified")
+    __slots__ = (
+        "__weakref__",
+        "fenced",
+        "in_flight",
+        "prefix",
+        "reader",
+        "revoked",
+        "signature",
+        "verified",
+        "version",
+    )
 
     def __init__(self, *, verified: bool = True) -> None:
         self.in_flight: collections.deque[None] = collections.deque()
         self.revoked: str | None = None
         self.verified = verified
+        self.fenced = False
+        self.reader: BundleReader | None = None
+        self.version = 0
+        self.prefix = ""
+        self.signature: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,8 +208,11 @@ class LoadedVersion:
         loaded_at: wall-clock time of the swap (seconds since the epoch).
         load_seconds: time spent restoring and validating it.
         signature: the files' identity when it was found (see :class:`Candidate`).
-        reader: the open checkpoint its tables are mapped from, kept open while the version
-            lives (``None`` for models built by other loaders).
+        reader: the open checkpoint its tables are mapped from, kept open (with its read
+            leases) while the version lives; ``None`` for copied tables and for models built by
+            other loaders.
+        copied: the tables are private copies (``copy_tables``): files changing in place cannot
+            affect them.
     """
 
     version: int
@@ -181,7 +222,14 @@ class LoadedVersion:
     load_seconds: float
     signature: tuple[Any, ...] = ()
     reader: BundleReader | None = None
+    copied: bool = False
     _state: _VersionState = field(default_factory=_VersionState, repr=False, compare=False)
+
+    @property
+    def protected(self) -> bool:
+        """Whether its tables are safe from their files being changed in place: private copies,
+        or mappings of files this process holds read leases on."""
+        return self.copied or (self.reader is not None and self.reader.protected)
 
     @property
     def verified(self) -> bool:
@@ -411,6 +459,90 @@ def _where_embeddings_are(reader: BundleReader) -> str:
     return f"; embedding tables found in the checkpoint: {listed}"
 
 
+class _TableCheck(NamedTuple):
+    """One served table to checksum: the array served and what the index says it holds."""
+
+    name: str
+    key: str
+    path: str
+    offset: int
+    size: int
+    crc: int
+    value: np.ndarray
+
+
+def _table_checks(
+    model: es.TPUEmbeddingForServing, reader: BundleReader, object_name: str
+) -> tuple[list[_TableCheck], list[str]]:
+    """What :func:`verify_served_tables` checks: tables over
+    :data:`~embserve.checkpointing.VERIFY_ON_RESTORE_MAX_BYTES` (smaller ones were checked by
+    the restore), as array checks, plus the keys of tables assembled from slices (checked slice
+    by slice through ``reader``)."""
+    graph = ObjectGraph.from_reader(reader)
+    checks: list[_TableCheck] = []
+    sliced: list[str] = []
+    for table, array in model.embedding_tables.items():
+        value = np.asarray(array)
+        if value.nbytes <= VERIFY_ON_RESTORE_MAX_BYTES:
+            continue
+        node = graph.find([object_name, str(table.name)]) if graph is not None else None
+        attributes = graph.attributes(node) if graph is not None and node is not None else {}
+        if "VARIABLE_VALUE" not in attributes:
+            raise es.CheckpointMismatchError(
+                f"checkpoint {reader.prefix!r}: no value for table {table.name!r} under "
+                f"object {object_name!r} to verify against"
+            )
+        key = attributes["VARIABLE_VALUE"].checkpoint_key
+        info = reader.info(key)
+        if info.slices:
+            sliced.append(key)
+            continue
+        path = reader.data_paths[info.shard_id]
+        if not value.flags.c_contiguous or value.nbytes != info.size:
+            raise es.CorruptCheckpointError(
+                f"corrupt checkpoint file {path!r}: tensor {key!r} (table {table.name!r}) holds "
+                f"{info.size} bytes but the restored table has {value.nbytes}"
+            )
+        checks.append(
+            _TableCheck(str(table.name), key, path, info.offset, info.size, info.crc32c, value)
+        )
+    return checks, sliced
+
+
+def _run_checks(
+    checks: list[_TableCheck],
+    sliced: list[str],
+    reader: BundleReader | None,
+    progress: Progress | None,
+) -> None:
+    total = sum(c.size for c in checks) + (
+        sum(reader.info(key).size for key in sliced) if reader is not None else 0
+    )
+    done = 0
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress(done, total)
+
+    if progress is not None:
+        progress(0, total)
+    if reader is not None:
+        for key in sliced:
+            reader.get_tensor(key, verify=True)
+            advance(reader.info(key).size)
+    for c in checks:
+        crc = crc32c.value_of_buffer(c.value.reshape(-1).view(np.uint8).data, progress=advance)
+        if crc32c.mask(crc) != c.crc:
+            raise es.CorruptCheckpointError(
+                f"corrupt checkpoint file {c.path!r} at offset {c.offset}: tensor {c.key!r} "
+                f"(table {c.name!r}): checksum mismatch over bytes [{c.offset}, "
+                f"{c.offset + c.size}) (stored {c.crc:#010x}, computed "
+                f"{crc32c.mask(crc):#010x})"
+            )
+
+
 def verify_served_tables(
     model: es.TPUEmbeddingForServing,
     reader: BundleReader,
@@ -422,7 +554,7 @@ def verify_served_tables(
     The checksum runs over the served array itself: the mapped file bytes, or the private copy
     of ``copy_tables``, so what is checked is exactly what lookups read. Tables up to
     :data:`~embserve.checkpointing.VERIFY_ON_RESTORE_MAX_BYTES` were already checked by the
-    restore and are skipped.
+    restore and are skipped; tables assembled from slices are checked slice by slice.
 
     Args:
         model: a serving object restored from ``reader``.
@@ -435,51 +567,8 @@ def verify_served_tables(
         CorruptCheckpointError: a checksum does not match; names the data file, the tensor
             and the byte range.
     """
-    graph = ObjectGraph.from_reader(reader)
-    work: list[tuple[str, str, np.ndarray]] = []
-    for table, array in model.embedding_tables.items():
-        value = np.asarray(array)
-        if value.nbytes <= VERIFY_ON_RESTORE_MAX_BYTES:
-            continue
-        node = graph.find([object_name, str(table.name)]) if graph is not None else None
-        attributes = graph.attributes(node) if graph is not None and node is not None else {}
-        if "VARIABLE_VALUE" not in attributes:
-            raise es.CheckpointMismatchError(
-                f"checkpoint {reader.prefix!r}: no value for table {table.name!r} under "
-                f"object {object_name!r} to verify against"
-            )
-        work.append((str(table.name), attributes["VARIABLE_VALUE"].checkpoint_key, value))
-    total = sum(value.nbytes for _, _, value in work)
-    done = 0
-
-    def advance(n: int) -> None:
-        nonlocal done
-        done += n
-        if progress is not None:
-            progress(done, total)
-
-    if progress is not None:
-        progress(0, total)
-    for name, key, value in work:
-        info = reader.info(key)
-        if info.slices:  # assembled from slices: each slice's own checksum is checked
-            reader.get_tensor(key, verify=True)
-            advance(value.nbytes)
-            continue
-        path = reader.data_paths[info.shard_id]
-        if not value.flags.c_contiguous or value.nbytes != info.size:
-            raise es.CorruptCheckpointError(
-                f"corrupt checkpoint file {path!r}: tensor {key!r} (table {name!r}) holds "
-                f"{info.size} bytes but the restored table has {value.nbytes}"
-            )
-        crc = crc32c.value_of_buffer(value.reshape(-1).view(np.uint8).data, progress=advance)
-        if crc32c.mask(crc) != info.crc32c:
-            raise es.CorruptCheckpointError(
-                f"corrupt checkpoint file {path!r} at offset {info.offset}: tensor {key!r} "
-                f"(table {name!r}): checksum mismatch over bytes [{info.offset}, "
-                f"{info.offset + info.size}) (stored {info.crc32c:#010x}, computed "
-                f"{crc32c.mask(crc):#010x})"
-            )
+    checks, sliced = _table_checks(model, reader, object_name)
+    _run_checks(checks, sliced, reader, progress)
 
 
 @dataclass(frozen=True, slots=True)
@@ -494,12 +583,14 @@ class LoadResult:
             callback; raises ``CorruptCheckpointError``), or ``None`` when nothing is owed.
         verify_before_serving: run ``verify`` before the swap (``verify_tables = true``), or
             swap at once and run it in the background, reverting on a mismatch.
+        copied: the tables are private copies, immune to their files changing.
     """
 
     model: es.TPUEmbeddingForServing
     reader: BundleReader | None = None
     verify: Callable[[Progress | None], None] | None = None
     verify_before_serving: bool = True
+    copied: bool = False
 
 
 @runtime_checkable
@@ -520,12 +611,16 @@ Loader = Callable[[str], "es.TPUEmbeddingForServing | LoadResult"]
 class CheckpointLoader:
     """The default loader: a new serving object from ``config``, restored and smoke-checked.
 
-    :meth:`load` opens the checkpoint, restores ``config.object_name``'s tables (mapped, or
-    copied with ``[server] copy_tables``), moves them onto huge pages with ``huge_pages``, runs
-    :func:`smoke_check`, and returns the model with its open reader and the checksum pass still
-    owed (:func:`verify_served_tables`), which the reloader runs before serving
-    (``verify_tables = true``) or in the background. Calling the loader as ``loader(prefix)``
-    runs that pass at once and returns the bare model.
+    :meth:`load` opens the checkpoint with read leases on its data files
+    (``BundleReader(prefix, lease=True)``: while the version serves, no other process can
+    change them in place without the reloader noticing first), restores
+    ``config.object_name``'s tables (:func:`~embserve.checkpointing.restore_objects`; mapped,
+    or copied with ``[server] copy_tables``), moves them onto huge pages with ``huge_pages``,
+    runs :func:`smoke_check`, and returns the model with its open reader and the checksum pass
+    still owed (:func:`verify_served_tables`), which the reloader runs before serving
+    (``verify_tables = true``) or in the background. With ``copy_tables`` the reader is
+    released once the tables are copied (they no longer depend on the files). Calling the
+    loader as ``loader(prefix)`` runs the checksum pass at once and returns the bare model.
 
     Args:
         config: the serving config.
@@ -545,20 +640,17 @@ class CheckpointLoader:
                 raise (:class:`LoadCancelled`) to abandon the load.
 
         Raises:
-            CheckpointError: the checkpoint is missing, damaged or does not match the config.
+            CheckpointError: the checkpoint is missing, damaged or does not match the config
+                (``CheckpointBusyError``: a data file is still open for writing elsewhere).
             SmokeCheckError: the restored tables do not answer as stored.
         """
         config = self.config
         model = config.new_model()
-        reader = BundleReader(prefix)
+        reader = BundleReader(prefix, lease=True)
         try:
             try:
-                restore_embedding(
-                    reader,
-                    [config.object_name],
-                    model,
-                    copy=self.copy_tables,
-                    progress=progress,
+                restore_objects(
+                    reader, {config.object_name: model}, copy=self.copy_tables, progress=progress
                 )
             except es.CheckpointMismatchError as exc:
                 raise es.CheckpointMismatchError(f"{exc}{_where_embeddings_are(reader)}") from exc
@@ -572,17 +664,34 @@ class CheckpointLoader:
                     time.perf_counter() - start,
                 )
             smoke_check(model, config.features)
+            checks, sliced = _table_checks(model, reader, config.object_name)
+            if self.copy_tables and sliced:
+                # Assembled copies are checked slice by slice through the reader, which a
+                # copying version does not keep: check them now.
+                _run_checks([], sliced, reader, progress)
+                sliced = []
         except BaseException:
-            reader.close()
+            _release(reader)
             raise
+        kept: BundleReader | None = reader
+        if self.copy_tables:
+            _release(reader)
+            kept = None
 
         def verify(progress: Progress | None) -> None:
-            verify_served_tables(model, reader, config.object_name, progress)
+            _run_checks(checks, sliced, kept, progress)
 
-        return LoadResult(model, reader, verify, verify_before_serving=self.verify_tables)
+        return LoadResult(
+            model,
+            kept,
+            verify,
+            verify_before_serving=self.verify_tables,
+            copied=self.copy_tables,
+        )
 
     def __call__(self, prefix: str) -> es.TPUEmbeddingForServing:
-        """Restore and fully verify ``prefix``; the bare model (the reader is not kept)."""
+        """Restore and fully verify ``prefix``; the bare model (the reader is not kept, so its
+        leases go when it is garbage-collected)."""
         result = self.load(prefix)
         if result.verify is not None:
             result.verify(None)
@@ -675,6 +784,11 @@ class Reloader:
         retry_initial_s: first backoff after a transient failure; it doubles per failure.
         retry_max_s: the longest backoff.
         clock: the monotonic clock of the backoff (tests move it by hand).
+        lease_check_interval_s: how often the watcher thread checks the leases of the versions
+            alive (a broken lease holds a writer back until the version is released).
+        revoke_wait_s: how long a revoked version waits for its requests in flight before it
+            is released anyway (those requests then read zeros, never a SIGBUS); capped at half
+            of ``/proc/sys/fs/lease-break-time``, after which the kernel lets the writer through.
     """
 
     def __init__(
@@ -689,11 +803,15 @@ class Reloader:
         retry_initial_s: float = 1.0,
         retry_max_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        lease_check_interval_s: float = 0.05,
+        revoke_wait_s: float = 5.0,
     ) -> None:
         self.source = source
         self.poll_interval_s = poll_interval_s
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
+        self.lease_check_interval_s = lease_check_interval_s
+        self.revoke_wait_s = min(revoke_wait_s, 0.5 * _lease_break_seconds())
         self._loader = loader
         self._metrics = metrics
         self._keep = keep
@@ -717,7 +835,16 @@ class Reloader:
         self._stop = threading.Event()
         self._session = 0  # bumped by stop(): loads begun before it are never installed
         self._thread: threading.Thread | None = None
+        self._watcher: threading.Thread | None = None
         self._nothing_logged = False
+        # Versions alive whose files are leased: checked by the watcher, held weakly.
+        self._live: weakref.WeakSet[_VersionState] = weakref.WeakSet()
+        self._live_lock = threading.Lock()
+        self._revoke_lock = threading.Lock()  # one revocation at a time
+        # Files of a revoked version are not loaded again before this (signature, time): the
+        # writer the revocation let through must get its turn first.
+        self._cooldown: tuple[tuple[Any, ...], float] | None = None
+        self._unprotected_logged = False
 
     # -- what requests read ---------------------------------------------------------------------
 
@@ -803,6 +930,13 @@ class Reloader:
             and self._clock() < retry.not_before
         ):
             return None
+        cooldown = self._cooldown
+        if (
+            cooldown is not None
+            and cooldown[0] == candidate.signature
+            and self._clock() < cooldown[1]
+        ):
+            return None
         return self._load(candidate, session)
 
     def _progress(self, session: int) -> Progress:
@@ -822,8 +956,18 @@ class Reloader:
             result = loader(prefix)
         return result if isinstance(result, LoadResult) else LoadResult(result)
 
-    def _verify(self, version: int, check: Callable[[Progress | None], None], session: int) -> None:
-        """Run one checksum pass, timing and counting it; raises what the check raises."""
+    def _verify(
+        self,
+        version: int,
+        check: Callable[[Progress | None], None],
+        session: int,
+        state: _VersionState | None = None,
+    ) -> None:
+        """Run one checksum pass, timing and counting it; raises what the check raises.
+
+        A pass over a version revoked meanwhile (``state.revoked``: its files were changing,
+        its tables now read zeros) says nothing about the files and is not counted.
+        """
         started = time.perf_counter()
         result = "error"
         try:
@@ -837,6 +981,8 @@ class Reloader:
             raise
         finally:
             seconds = time.perf_counter() - started
+            if state is not None and state.revoked is not None:
+                result = ""
             if result and self._metrics is not None:
                 self._metrics.verification_done(result, seconds)
             if result == "ok":
@@ -854,7 +1000,7 @@ class Reloader:
                 try:
                     self._verify(version, result.verify, session)
                 except BaseException:
-                    _close(result.reader)
+                    _release(result.reader)
                     raise
         except LoadCancelled:
             _log.info(
@@ -871,6 +1017,11 @@ class Reloader:
                 self._loading = None
         seconds = time.perf_counter() - started
         pending = result.verify if not result.verify_before_serving else None
+        state = _VersionState(verified=pending is None)
+        state.reader = result.reader
+        state.version = version
+        state.prefix = candidate.prefix
+        state.signature = candidate.signature
         loaded = LoadedVersion(
             version,
             result.model,
@@ -879,12 +1030,16 @@ class Reloader:
             seconds,
             candidate.signature,
             result.reader,
-            _VersionState(verified=pending is None),
+            result.copied,
+            state,
         )
+        if result.reader is not None and result.reader.protected:
+            with self._live_lock:
+                self._live.add(state)
         with self._swap_lock:
             if self._stop.is_set() or self._session != session:
                 # Stopped while loading: never install (the load is thrown away whole).
-                _close(result.reader)
+                _release(result.reader)
                 _log.info(
                     "model %r: version %d loaded after stop(); not installed", self._name, version
                 )
@@ -907,6 +1062,22 @@ class Reloader:
         if self._metrics is not None:
             self._metrics.version_loaded(version, seconds)
         self._report_serving()
+        if not loaded.protected and not self._unprotected_logged:
+            self._unprotected_logged = True
+            why = (
+                result.reader.unprotected_reason
+                if result.reader is not None
+                else "the loader keeps no checkpoint reader"
+            )
+            _log.warning(
+                "model %r: version %d is served from files that are NOT protected against being "
+                "changed in place (%s): truncating or copying over a served data file "
+                "(cp, rsync --inplace) can kill this process with SIGBUS; publish new "
+                "checkpoints under new names, or set [server] copy_tables = true",
+                self._name,
+                version,
+                why,
+            )
         _log.info(
             "model %r: serving version %d (%s), loaded in %.3f s%s",
             self._name,
@@ -966,13 +1137,20 @@ class Reloader:
             return
         loaded, check = pending
         try:
-            self._verify(loaded.version, check, session)
+            self._verify(loaded.version, check, session, loaded._state)
         except LoadCancelled:
             return  # stopping; the check is still owed
-        except es.CorruptCheckpointError as exc:
-            self._revert(pending, exc)
-            return
-        except Exception as exc:  # not a verdict on the files (e.g. EMFILE): try again later
+        except Exception as exc:
+            if loaded.revoked is not None:  # revoked meanwhile: the verdict is moot
+                with self._swap_lock:
+                    if self._pending is pending:
+                        self._pending = None
+                return
+            if isinstance(exc, es.CorruptCheckpointError):
+                self._revert(pending, exc)
+                return
+            # Not a verdict on the files (e.g. EMFILE): the check stays owed, tried again at
+            # the next poll.
             _log.warning(
                 "model %r: could not verify version %d yet, will retry: %s: %s",
                 self._name,
@@ -985,6 +1163,8 @@ class Reloader:
             if self._pending is not pending:
                 return
             self._pending = None
+            if loaded.revoked is not None:
+                return
             loaded._state.verified = True
             if self._current is loaded:
                 self._fallback = None
@@ -1038,7 +1218,9 @@ class Reloader:
         if current is None:
             self._metrics.serving(0, verified=False, protected=False)
         else:
-            self._metrics.serving(current.version, verified=current.verified, protected=False)
+            self._metrics.serving(
+                current.version, verified=current.verified, protected=current.protected
+            )
 
     def _record(self, status: VersionStatus) -> None:
         with self._lock:
@@ -1047,11 +1229,133 @@ class Reloader:
             while len(self._history) > self._keep:
                 self._history.popitem(last=False)
 
+    # -- files changed in place -----------------------------------------------------------------
+
+    def check_files(self) -> int:
+        """Check the read leases of every version alive once; revoke those being broken.
+
+        The watcher thread calls this every ``lease_check_interval_s``; tests call it directly.
+        A lease breaks when another process opens a served data file for writing or truncates
+        it (``cp``, ``rsync --inplace``, ``truncate``, shell redirection): the kernel holds that
+        writer back (or refuses it) until the lease is released. The version is then revoked:
+        swapped out if it is served (requests get the last verified version kept during a
+        background check, or 503), its requests in flight are waited for (up to
+        ``revoke_wait_s``), its mappings are overlaid with zeros and its leases released
+        (``BundleReader.fence``: the writer proceeds, and nothing can SIGBUS), and the
+        revocation is logged, shown by the status route (``END``, ``UNAVAILABLE``, with the
+        file) and counted (``embserve_model_revocations_total{reason="file_changed"}``). The
+        same files are not loaded again for ``retry_initial_s``; new files are, as usual.
+
+        Returns:
+            How many versions were revoked.
+        """
+        with self._live_lock:
+            states = list(self._live)
+        revoked = 0
+        for state in states:
+            reader = state.reader
+            if reader is None or state.fenced:
+                continue
+            try:
+                broken = reader.broken_leases()
+            except (OSError, es.CheckpointError) as exc:  # a closed descriptor: nothing to do
+                _log.debug("model %r: lease check of %s failed: %s", self._name, state.prefix, exc)
+                continue
+            if broken:
+                self._revoke(state, broken)
+                revoked += 1
+        return revoked
+
+    def _revoke(self, state: _VersionState, broken: list[str]) -> None:
+        """Take a version whose files are about to change out of service, then release it."""
+        with self._revoke_lock:
+            if state.fenced:
+                return
+            why = (
+                f"data file(s) {', '.join(repr(p) for p in broken)} opened for writing or "
+                "truncated by another process while served: version released (publish "
+                "checkpoints under new names, then rename)"
+            )
+            with self._swap_lock:
+                current = self._current
+                served = current is not None and current._state is state
+                fallback: LoadedVersion | None = None
+                if served:
+                    fallback = self._fallback
+                    if fallback is not None and (
+                        fallback.revoked is not None or fallback._state is state
+                    ):
+                        fallback = None
+                    # Swap first, then flag: a request that counted itself in before the flag
+                    # is waited for below; one that sees the flag re-reads `current`.
+                    self._current = fallback
+                    self._fallback = None
+                    if self._pending is not None and self._pending[0]._state is state:
+                        self._pending = None
+                elif self._fallback is not None and self._fallback._state is state:
+                    self._fallback = None
+                if state.revoked is None:
+                    state.revoked = why
+            # Not loaded again at once: the writer we are about to let through goes first.
+            self._cooldown = (state.signature, self._clock() + self.retry_initial_s)
+            deadline = time.monotonic() + self.revoke_wait_s
+            while state.in_flight and time.monotonic() < deadline:
+                time.sleep(0.001)
+            late = len(state.in_flight)
+            if late:
+                _log.warning(
+                    "model %r: %d request(s) still in flight on version %d after %.1f s; "
+                    "releasing it anyway (they read zeros)",
+                    self._name,
+                    late,
+                    state.version,
+                    self.revoke_wait_s,
+                )
+            reader = state.reader
+            assert reader is not None
+            try:
+                reader.fence()
+            except es.CheckpointError as exc:  # try again at the next check
+                _log.error(
+                    "model %r: releasing version %d failed: %s", self._name, state.version, exc
+                )
+                return
+            state.fenced = True
+        if not served:
+            _log.info("model %r: released replaced version %d: %s", self._name, state.version, why)
+            return
+        self._last_error = f"version {state.version}: {why}"
+        now = time.time()
+        self._record(VersionStatus(state.version, END, "UNAVAILABLE", why, state.prefix, now))
+        if fallback is not None:
+            self._record(VersionStatus(fallback.version, AVAILABLE, "OK", "", fallback.prefix, now))
+        if self._metrics is not None:
+            self._metrics.version_revoked("file_changed")
+        self._report_serving()
+        _log.error(
+            "model %r: version %d (%s) revoked, now serving %s: %s",
+            self._name,
+            state.version,
+            state.prefix,
+            "nothing" if fallback is None else f"version {fallback.version}",
+            why,
+        )
+
+    def _watch(self, session: int) -> None:
+        while not self._stop.wait(self.lease_check_interval_s):
+            if self._session != session:
+                return
+            try:
+                self.check_files()
+            except Exception:  # never let the watcher die
+                _log.exception("model %r: checking the served files failed", self._name)
+
     # -- the background thread ------------------------------------------------------------------
 
     def start(self) -> None:
         """Load what is there now (synchronously, verified first unless ``verify_tables`` is
-        off), then poll, and run any background verification, in a daemon thread."""
+        off), then poll, and run any background verification, in a daemon thread; and watch
+        the served files' leases in another (a long load must not delay a revocation)."""
         with self._swap_lock:
             self._stop.clear()
             session = self._session
@@ -1062,6 +1366,11 @@ class Reloader:
                 target=self._run, args=(session,), name="embserve-reloader", daemon=True
             )
             self._thread.start()
+        if self._watcher is None:
+            self._watcher = threading.Thread(
+                target=self._watch, args=(session,), name="embserve-lease-watch", daemon=True
+            )
+            self._watcher.start()
 
     def _run(self, session: int) -> None:
         while True:
@@ -1081,26 +1390,44 @@ class Reloader:
                 _log.exception("model %r: reloader poll failed", self._name)
 
     def stop(self, timeout: float = 0.25) -> None:
-        """Stop polling; return within about ``timeout`` seconds even during a long load.
+        """Stop polling and watching; return within about ``timeout`` seconds even during a
+        long load.
 
         A load or verification in progress is cancelled at its next progress report; one that
         does not report progress runs on in its daemon thread and is discarded when it ends.
-        Nothing is installed after this returns (until :meth:`start`).
+        Nothing is installed after this returns (until :meth:`start`). The served version
+        stays (requests still draining use it).
         """
         with self._swap_lock:
             self._stop.set()
             self._session += 1
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout)
-            if thread.is_alive():
-                _log.info(
-                    "model %r: a load is still running; it will be discarded when it ends",
-                    self._name,
-                )
+        deadline = time.monotonic() + timeout
+        for attr in ("_thread", "_watcher"):
+            thread = getattr(self, attr)
+            setattr(self, attr, None)
+            if thread is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))
+                if thread.is_alive() and attr == "_thread":
+                    _log.info(
+                        "model %r: a load is still running; it will be discarded when it ends",
+                        self._name,
+                    )
 
 
-def _close(reader: BundleReader | None) -> None:
-    """Release a reader whose model will never serve."""
+def _release(reader: BundleReader | None) -> None:
+    """Release a reader whose arrays nobody uses any more (its leases go at once)."""
     if reader is not None:
-        reader.close()
+        try:
+            reader.fence()
+        except es.CheckpointError as exc:  # the leases then go when the reader is collected
+            _log.warning("could not release checkpoint %r: %s", reader.prefix, exc)
+
+
+def _lease_break_seconds() -> float:
+    """``/proc/sys/fs/lease-break-time``: how long the kernel holds a writer back (45 s by
+    default) before it lets it through whether or not the lease holder let go."""
+    try:
+        with open("/proc/sys/fs/lease-break-time") as f:
+            return float(f.read().strip())
+    except (OSError, ValueError):
+        return 45.0
