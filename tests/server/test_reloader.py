@@ -275,7 +275,11 @@ def test_a_failing_loader_never_kills_the_thread(tmp_path: Path) -> None:
         raise RuntimeError("bug in a loader")
 
     metrics = ServerMetrics()
-    reloader = Reloader(str(directory), loader, poll_interval_s=0.02, metrics=metrics)
+    # No retry of the same files within the test (transient failures are retried with backoff:
+    # tests/server/test_reload_safety.py).
+    reloader = Reloader(
+        str(directory), loader, poll_interval_s=0.02, metrics=metrics, retry_initial_s=3600
+    )
     reloader.start()
     try:
         assert reloader.current is None
