@@ -16,6 +16,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import embserve as es
@@ -207,6 +208,27 @@ def test_inspect_a_checkpoint_saved_by_embserve(
     assert code == 0
     assert "embedding  a      float32  [9, 3]  108 B  momenta, velocities" in out
     assert "2 embedding tables, 140 B; 4 optimizer slots, 280 B" in out
+
+
+def test_inspect_counts_tensors_that_cannot_be_mapped(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A table stored at an unaligned offset is copied into every serving process: inspect says
+    which, how big and why (TensorFlow does not align data; a bool before a table is enough)."""
+    from embserve.checkpoint import BundleWriter
+
+    with BundleWriter(tmp_path / "ckpt") as w:
+        w.add("flag", np.array([True]))
+        w.add("table", np.ones((5, 3), np.float32))
+        w.add("aligned", np.ones(2, np.int8))
+    code, out, err = run(capsys, "inspect", tmp_path / "ckpt")
+    assert code == 0, err
+    assert (
+        "copied: 1 of 3 numeric tensors (60 B) cannot be mapped and are copied into every "
+        "process: table (offset 1 is not a multiple of float32's 4-byte alignment)"
+    ) in out
+    _, aligned, _ = run(capsys, "inspect", FIXTURES / "tpu_adagrad")
+    assert "zero-copy: all 5 numeric tensors map straight from the data files" in aligned
 
 
 # ---------------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ EXPECTED_ALL = [
     "TableConfig",
     "serving_embedding_lookup",
     "train",
+    "CheckpointBusyError",
     "CheckpointError",
     "CheckpointMismatchError",
     "CheckpointNotFoundError",

@@ -9,6 +9,7 @@ from embserve import train  # es.train mirrors tf.train
 from embserve.config import FeatureConfig, QuantizationConfig, RowIdInitializer, TableConfig
 from embserve.embedding import TPUEmbeddingForServing
 from embserve.errors import (
+    CheckpointBusyError,
     CheckpointError,
     CheckpointMismatchError,
     CheckpointNotFoundError,
@@ -41,6 +42,7 @@ __all__ = [
     # tf.train's checkpoint calls, as the module es.train
     "train",
     # embserve's own: input containers and errors
+    "CheckpointBusyError",
     "CheckpointError",
     "CheckpointMismatchError",
     "CheckpointNotFoundError",

@@ -37,9 +37,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TextIO
 
-from embserve.checkpoint import OBJECT_GRAPH_KEY, BundleReader, TensorInfo, latest_checkpoint
-from embserve.checkpoint.dtypes import SUPPORTED
-from embserve.errors import CheckpointNotFoundError, EmbserveError
+from embserve.checkpoint import OBJECT_GRAPH_KEY, BundleReader, TensorInfo
+from embserve.checkpoint.dtypes import SUPPORTED, DataType
+from embserve.errors import EmbserveError
 from embserve.server.args import add_serve_arguments, run_from_args
 
 if TYPE_CHECKING:
@@ -230,24 +230,6 @@ class _NothingToDoError(EmbserveError):
     """The input is valid but cannot give what was asked (e.g. a config without tables)."""
 
 
-def _open(path: str) -> BundleReader:
-    """Open ``path`` (prefix or directory), with a hint when a directory has checkpoints but
-    no state file naming one (``Checkpoint.write`` and ``Saver(write_state=False)`` leave
-    none): the user then has to pick a prefix, and the message lists them."""
-    if os.path.isdir(path) and latest_checkpoint(path) is None:
-        prefixes = sorted(
-            name[: -len(".index")] for name in os.listdir(path) if name.endswith(".index")
-        )
-        if prefixes:
-            shown = ", ".join(prefixes[:5]) + (", ..." if len(prefixes) > 5 else "")
-            raise CheckpointNotFoundError(
-                f"no checkpoint recorded in directory {path!r} (it has no usable 'checkpoint' "
-                f"state file), but it holds {len(prefixes)} checkpoint(s): {shown}; pass a "
-                f"prefix, e.g. {os.path.join(path, prefixes[-1])!r}"
-            )
-    return BundleReader(path)
-
-
 def _find_tables(reader: BundleReader) -> list[FoundTable]:
     """The TPU embedding tables of a checkpoint, by object-graph signature.
 
@@ -259,6 +241,25 @@ def _find_tables(reader: BundleReader) -> list[FoundTable]:
     if not reader.has_tensor(OBJECT_GRAPH_KEY):
         return []  # a TF1 name-based checkpoint: no objects, so no TPUEmbedding objects
     return list(find_embedding_tables(reader))
+
+
+def _copies_line(infos: Sequence[TensorInfo]) -> str:
+    """The totals line saying which numeric tensors cannot be served as views of the data files
+    (each serving process then holds a private copy: a misaligned offset, or slices). String
+    tensors are always decoded into objects and are not counted."""
+    numeric = [i for i in infos if i.dtype != DataType.STRING]
+    copied = [i for i in numeric if not i.zero_copy]
+    if not copied:
+        everything = _count(len(numeric), "numeric tensor")
+        return f"  zero-copy: all {everything} map straight from the data files"
+    shown = "; ".join(f"{i.key} ({i.copy_reason})" for i in copied[:5])
+    more = f"; and {len(copied) - 5} more" if len(copied) > 5 else ""
+    total = sum(_tensor_bytes(i) for i in copied)
+    return (
+        f"  copied: {len(copied)} of {_count(len(numeric), 'numeric tensor')} "
+        f"({format_bytes(total)}) cannot be mapped and are copied into every process: "
+        f"{shown}{more}"
+    )
 
 
 def _report(reader: BundleReader, path: str, found: Sequence[FoundTable]) -> str:
@@ -308,6 +309,7 @@ def _report(reader: BundleReader, path: str, found: Sequence[FoundTable]) -> str
         why = "" if graph else " (no object graph: a TF1 name-based checkpoint)"
         lines.append(f"embedding tables: none found{why}")
 
+    lines.append(_copies_line(infos))
     table_bytes = sum(_tensor_bytes(reader.info(t.key)) for t in found)
     slot_keys = [k for t in found for k in t.slots.values()]
     slot_bytes = sum(_tensor_bytes(reader.info(k)) for k in slot_keys)
@@ -419,7 +421,7 @@ def _inspect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     serving.toml`` never leaves a config for a corrupt checkpoint.
     """
     path: str = args.path
-    reader = _open(path)
+    reader = BundleReader(path)
     try:
         found = _find_tables(reader)
         if args.config:
