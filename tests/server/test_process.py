@@ -517,3 +517,73 @@ def test_running_in_a_thread(tmp_path: Path) -> None:
         _check_small(Outcome(0, 0, status, headers.get("x-model-version"), body), {1: tables})
     with pytest.raises(ConnectionRefusedError):  # shut down when the block exited
         _request(port, "GET", "/healthz", timeout=5)
+
+
+def test_sigterm_drain_is_bounded(tmp_path: Path, server_factory: Callable[..., Server]) -> None:
+    """A request still in flight when SIGTERM arrives gets ``drain_timeout_s``, then is
+    cancelled and the process exits 0 (the drain used to wait for it forever). The request
+    here is an upload that stalls: its own deadline (body_timeout_s, 60 s) is far away."""
+    directory = tmp_path / "ckpts"
+    save_version(directory, 1, random_tables(1))
+    config = write_config(
+        tmp_path / "serving.toml",
+        directory,
+        server="drain_timeout_s = 1.0\nbody_timeout_s = 60\nheader_timeout_s = 60\n",
+    )
+    server = server_factory(config)
+    assert server.proc is not None
+    with socket.create_connection((HOST, server.port), timeout=WAIT_TIMEOUT) as sock:
+        sock.sendall(
+            f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{".encode()
+        )
+        time.sleep(0.5)  # the request is in the app, waiting for its body
+        term_at = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        code = server.proc.wait(WAIT_TIMEOUT)
+        took = time.monotonic() - term_at
+    assert code == 0, server.log()
+    assert took < 10.0, took
+    assert "timeout graceful shutdown exceeded" in server.log()
+
+
+def _memory_kib(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of ``pid`` in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        fields = dict(line.split(":", 1) for line in f if ":" in line)
+    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_hostile_requests_get_4xx_with_bounded_memory(
+    tmp_path: Path, server_factory: Callable[..., Server]
+) -> None:
+    """The review's requests against a real process: the amplification request (61 KB asking
+    for 256 x 20,000 x dim floats), Unicode and 4,301-digit versions, JSON nested 960 to 10,000
+    deep. Every answer is a 4xx, the process lives, and its peak RSS grows by less than 64 MiB
+    (the amplification alone used to allocate 1.25 GiB at dim 64)."""
+    from tests.server.test_limits import amplification_body
+
+    directory = tmp_path / "ckpts"
+    save_version(directory, 1, random_tables(1))
+    server = server_factory(write_config(tmp_path / "serving.toml", directory))
+    assert server.proc is not None
+    _request(server.port, "POST", PREDICT, json.dumps(SMALL).encode())  # warm
+    rss_before, peak_before = _memory_kib(server.proc.pid)
+    requests: list[tuple[str, str, bytes | None]] = [
+        ("POST", PREDICT, amplification_body("hist")),
+        ("POST", PREDICT, amplification_body("recent")),
+        ("POST", PREDICT, amplification_body("hist", bags=200_000, batch=16)),  # 600 KB
+    ]
+    for version in ["%C2%B2", "%E2%91%A0", "%D9%A1", "%EF%BC%91", "9" * 4301]:
+        requests.append(("POST", f"/v1/models/{MODEL}/versions/{version}:predict", b"{}"))
+        requests.append(("GET", f"/v1/models/{MODEL}/versions/{version}", None))
+    for depth in (960, 970, 1000, 1030, 10_000):
+        deep = "[" * depth + "1" + "]" * depth
+        requests.append(("POST", PREDICT, f'{{"instances": [{{"hist": {deep}}}]}}'.encode()))
+    for method, path, body in requests:
+        status, _, answer = _request(server.port, method, path, body)
+        assert 400 <= status < 500, (path[:80], status, answer[:300])
+    rss_after, peak_after = _memory_kib(server.proc.pid)
+    assert server.proc.poll() is None
+    print(f"server RSS {rss_before} -> {rss_after} KiB, peak {peak_before} -> {peak_after} KiB")
+    assert peak_after - rss_before < 64 << 10, (rss_before, peak_before, rss_after, peak_after)

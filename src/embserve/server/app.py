@@ -14,8 +14,10 @@ route                                             answer
 
 **Errors** are TF Serving's ``{"error": "..."}``: 400 for bad input (the message names the
 feature and what is wrong: unknown feature, wrong JSON type, id out of range, too many ids,
-examples or output floats), 404 for an unknown model, version or route, 413 for a body over
-``limits.max_body_bytes`` (read with that cap, never whole), 503 while no version is loaded.
+examples or output floats, a version beyond int64), 404 for an unknown model, version or
+route, 408 for a body that has not arrived ``[server] body_timeout_s`` after the request's
+head, 413 for a body over ``limits.max_body_bytes`` (read with that cap, never whole; 408 and
+413 close the connection), 503 while no version is loaded.
 Bad input never gets a 500: a 500 means a bug. Its answer is a bare
 ``{"error": "Internal Server Error"}`` (the exception's type and message could tell a client
 about the server's insides); the detail is logged with its traceback and counted in
@@ -66,6 +68,7 @@ from embserve.server.reloader import LoadedVersion, Loader, Reloader, make_loade
 from embserve.server.rest import DecodedRequest, RequestError, RestCodec
 
 try:
+    import anyio
     import orjson
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
@@ -92,6 +95,7 @@ ROUTES = {
     "metrics": "/metrics",
 }
 _UNMATCHED = "unmatched"
+_CLOSE = {"Connection": "close"}
 _INT64_MAX = 2**63 - 1
 _INT64_DIGITS = len(str(_INT64_MAX))
 _CLIENT_CLOSED = 499
@@ -128,8 +132,10 @@ def _error(status: int, message: str, headers: Mapping[str, str] | None = None) 
     return _json({"error": message}, status, headers)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it exceeds ``limit`` bytes."""
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The request body, refused with 413 as soon as it exceeds ``limit`` bytes, and with 408
+    when it has not fully arrived ``timeout_s`` seconds after the request's head (a total
+    deadline, so a client trickling a byte at a time cannot extend it)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -144,14 +150,21 @@ async def _read_body(request: Request, limit: int) -> bytes:
             )
     chunks: list[bytes] = []
     received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > limit:
-            raise RequestError(
-                413,
-                f"request body exceeds the limit of {limit} bytes (limits.max_body_bytes)",
-            )
-        chunks.append(chunk)
+    with anyio.move_on_after(timeout_s) as deadline:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise RequestError(
+                    413,
+                    f"request body exceeds the limit of {limit} bytes (limits.max_body_bytes)",
+                )
+            chunks.append(chunk)
+    if deadline.cancelled_caught:
+        raise RequestError(
+            408,
+            f"request body not received within {timeout_s:g} s ({received} bytes arrived; "
+            "server.body_timeout_s)",
+        )
     return b"".join(chunks)
 
 
@@ -180,7 +193,9 @@ class _Service:
             try:
                 response = await handler(request)
             except RequestError as exc:
-                response = _error(exc.status, exc.message)
+                # 408 / 413 leave the body unread: close rather than read what is left.
+                close = _CLOSE if exc.status in (408, 413) else None
+                response = _error(exc.status, exc.message, close)
             except ClientDisconnect:
                 # The client left mid-upload: nobody to answer, and no bug. Counted as 499,
                 # nginx's "client closed request".
@@ -252,8 +267,8 @@ class _Service:
                 f"Servable not found for request: Specific({self.config.name}, {version}) "
                 f"(serving version {loaded.version})",
             )
-        body = await _read_body(request, self.config.limits.max_body_bytes)
         server = self.config.server
+        body = await _read_body(request, self.config.limits.max_body_bytes, server.body_timeout_s)
         if len(body) > server.inline_max_body_bytes:
             payload = await self._in_lookup_thread(self._predict, loaded, body)
         else:

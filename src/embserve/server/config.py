@@ -216,7 +216,8 @@ class ServerOptions:
             gets 408 and its connection is closed. The default, 20 s, lets the largest body
             (8 MiB) arrive at 3.4 Mbit/s.
         drain_timeout_s: at shutdown (SIGTERM), requests in flight get this long to finish
-            before they are cancelled. ``0`` (the default) means ``body_timeout_s`` plus 5 s:
+            before they are cancelled (rounded up to whole seconds, as uvicorn takes them).
+            ``0`` (the default) means ``body_timeout_s`` plus 5 s:
             a request still arriving is cut at ``body_timeout_s`` anyway, and the slowest
             lookup and encoding the limits allow take well under a second.
         max_connections: open connections per worker process; a connection beyond it is

@@ -18,8 +18,16 @@ hold one copy of the tables. Metrics are summed over the workers through prometh
 multi-process mode, in a temporary ``PROMETHEUS_MULTIPROC_DIR`` removed at exit (one set by the
 caller is used as is).
 
-**Shutdown.** SIGTERM (or SIGINT) stops accepting connections, lets requests in flight finish,
-stops the checkpoint watcher, and exits 0.
+**Connections** (``[server]`` of the config, enforced by :class:`NoDelayHTTPProtocol` and the
+app): a request head must arrive within ``header_timeout_s`` (10 s) of the connection opening
+or of its first byte, else the connection is closed; its body within ``body_timeout_s`` (20 s)
+of the head, else 408 and the connection is closed; a worker holds at most
+``max_connections`` (1,000) connections and answers any beyond with 503; uvicorn closes
+keep-alive connections idle for 5 s.
+
+**Shutdown.** SIGTERM (or SIGINT) stops accepting connections, lets requests in flight finish
+for up to ``drain_timeout_s`` (default ``body_timeout_s`` + 5 s = 25 s) and then cancels the
+rest, stops the checkpoint watcher, and exits 0.
 
 Exit codes (:func:`~.args.run_from_args`): 0 after a clean shutdown, 1 for a config that
 cannot be served or a missing ``serve`` extra (one line on stderr), 2 for bad arguments, 3 when
@@ -32,7 +40,10 @@ import argparse
 import asyncio
 import contextlib
 import copy
+import functools
 import json
+import logging
+import math
 import os
 import shutil
 import signal
@@ -42,11 +53,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from embserve.server import missing_extra
 from embserve.server.args import add_serve_arguments, run_from_args
-from embserve.server.config import ServingConfig, load_config
+from embserve.server.config import ServerOptions, ServingConfig, load_config
 
 try:
     # The app's dependencies are checked here too, so `serve` fails before it starts anything.
@@ -61,9 +73,11 @@ except ImportError as exc:
 
 __all__ = [
     "ENV_ARGS",
+    "ConnectionLimits",
     "NoDelayHTTPProtocol",
     "add_serve_arguments",
     "app_from_env",
+    "http_protocol",
     "main",
     "run_from_args",
     "running",
@@ -74,6 +88,7 @@ __all__ = [
 #: Environment variable carrying the serve arguments to spawned worker processes (JSON).
 ENV_ARGS = "EMBSERVE_SERVE_ARGS"
 _MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_log = logging.getLogger("embserve.server")
 
 
 def set_tcp_nodelay(transport: asyncio.BaseTransport) -> None:
@@ -84,20 +99,123 @@ def set_tcp_nodelay(transport: asyncio.BaseTransport) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-class NoDelayHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
-    """uvicorn's HTTP protocol, with ``TCP_NODELAY`` set on every connection.
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """What :class:`NoDelayHTTPProtocol` enforces per connection (from ``[server]``).
 
-    With ``--workers N`` uvicorn binds the listening socket itself with ``proto=0``, and
-    asyncio then leaves Nagle's algorithm on for the accepted connections (it only sets
-    ``TCP_NODELAY`` when the socket says ``IPPROTO_TCP``): every keep-alive request after the
-    first waited ~40 ms for the client's delayed ACK (measured: 23 req/s instead of ~600 at
-    batch 1; uvicorn issue #3149, open in uvicorn 0.54). Setting the option here fixes both
-    paths whatever the uvicorn version.
+    Attributes:
+        header_timeout_s: seconds a connection has to send a complete request head, from when
+            it opens or from the first byte of its next request.
+        max_connections: open connections per worker process; more are answered 503 and
+            closed at once.
     """
+
+    header_timeout_s: float
+    max_connections: int
+
+    @classmethod
+    def of(cls, options: ServerOptions) -> ConnectionLimits:
+        """The limits ``options`` configure."""
+        return cls(options.header_timeout_s, options.max_connections)
+
+
+class NoDelayHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
+    """uvicorn's HTTP protocol, with ``TCP_NODELAY`` on every connection, a deadline for request
+    heads and a cap on open connections.
+
+    ``TCP_NODELAY``: with ``--workers N`` uvicorn binds the listening socket itself with
+    ``proto=0``, and asyncio then leaves Nagle's algorithm on for the accepted connections (it
+    only sets ``TCP_NODELAY`` when the socket says ``IPPROTO_TCP``): every keep-alive request
+    after the first waited ~40 ms for the client's delayed ACK (measured: 23 req/s instead of
+    ~600 at batch 1; uvicorn issue #3149, open in uvicorn 0.54). Setting the option here fixes
+    both paths whatever the uvicorn version.
+
+    Limits (with ``connection_limits``; uvicorn passes the other arguments): uvicorn closes a
+    keep-alive connection idle for 5 s, but has no deadline for a request head, so a client
+    that opened a connection and sent nothing, or half a head, or a byte every few seconds,
+    held it (and its buffers) forever: an outside probe found 54 of 60 half-sent requests
+    still open after 75 s. Here a timer runs from the moment the connection opens, or the
+    first byte of its next request arrives, until a complete head has been parsed (a new
+    request cycle starts); when it fires first, the connection is closed without an answer
+    (nobody is waiting for one). The body has its own deadline in the app (``408``). A
+    connection beyond ``max_connections`` is answered 503 and closed as soon as it opens.
+    """
+
+    def __init__(
+        self, *args: Any, connection_limits: ConnectionLimits | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._limits = connection_limits
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_cycle: Any = None  # the request cycle when the timer started
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         set_tcp_nodelay(transport)
         super().connection_made(transport)
+        limits = self._limits
+        if limits is None:
+            return
+        if len(self.connections) > limits.max_connections:
+            _refuse(transport, limits.max_connections)
+            return
+        self._start_head_timer()
+
+    def data_received(self, data: bytes) -> None:
+        if self._limits is not None and self._head_timer is None and self._between_requests():
+            self._start_head_timer()  # the first byte of the next request
+        super().data_received(data)
+        if self._head_timer is not None and self.cycle is not self._head_cycle:
+            self._stop_head_timer()  # a complete head: its request cycle has started
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def _between_requests(self) -> bool:
+        cycle = self.cycle
+        return cycle is None or bool(cycle.response_complete)
+
+    def _start_head_timer(self) -> None:
+        assert self._limits is not None
+        self._head_cycle = self.cycle
+        self._head_timer = self.loop.call_later(self._limits.header_timeout_s, self._head_timed_out)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.cycle is self._head_cycle and not self.transport.is_closing():
+            self.transport.close()
+
+
+_refusals_logged_at = [0.0]
+
+
+def _refuse(transport: asyncio.BaseTransport, cap: int) -> None:
+    """Answer a connection beyond the cap with 503 and close it (logged at most every 10 s)."""
+    body = json.dumps(
+        {"error": f"too many open connections (server.max_connections = {cap} per worker)"}
+    ).encode()
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+        f"connection: close\r\ncontent-length: {len(body)}\r\n\r\n"
+    ).encode()
+    assert isinstance(transport, asyncio.WriteTransport)
+    transport.write(head + body)
+    transport.close()
+    now = time.monotonic()
+    if now - _refusals_logged_at[0] >= 10.0:
+        _refusals_logged_at[0] = now
+        _log.warning("refusing connections beyond server.max_connections = %d", cap)
+
+
+def http_protocol(options: ServerOptions) -> Any:
+    """The ``http`` argument for uvicorn: :class:`NoDelayHTTPProtocol` with ``options``'
+    connection limits (a ``functools.partial``, which pickles to spawned workers)."""
+    return functools.partial(NoDelayHTTPProtocol, connection_limits=ConnectionLimits.of(options))
 
 
 def _log_config(log_level: str) -> dict[str, Any]:
@@ -161,8 +279,8 @@ def serve(
         "log_level": log_level.lower(),
         "log_config": _log_config(log_level),
         "access_log": access_log,
-        "timeout_graceful_shutdown": None,  # drain every request in flight
-        "http": NoDelayHTTPProtocol,
+        "timeout_graceful_shutdown": _drain_seconds(config),
+        "http": http_protocol(config.server),
     }
     # uvicorn re-raises the shutdown signal through the handler it found at start; with the
     # default one, SIGTERM would kill the process after the graceful drain (exit -15).
@@ -209,8 +327,9 @@ def running(
     For demos, notebooks and benchmarks that need a live server next to their own code
     (``with running("serving.toml") as url: ...``). ``port=0`` picks a free port. The server
     has loaded the checkpoint (or failed to) when the URL is yielded, and is shut down
-    gracefully (requests in flight finish) when the block exits. Signals stay with the caller:
-    only the main thread can receive them.
+    gracefully when the block exits (requests in flight get ``drain_timeout_s`` to finish).
+    The config's connection limits and timeouts apply. Signals stay with the caller: only the
+    main thread can receive them.
 
     Raises:
         ServingConfigError: the config cannot be served.
@@ -229,7 +348,8 @@ def running(
             log_config=_log_config(log_level),
             access_log=False,
             lifespan="on",
-            http=NoDelayHTTPProtocol,
+            http=http_protocol(config.server),
+            timeout_graceful_shutdown=_drain_seconds(config),
         )
     )
     thread = threading.Thread(target=server.run, name="embserve-server", daemon=True)
@@ -247,6 +367,11 @@ def running(
     finally:
         server.should_exit = True
         thread.join(start_timeout)
+
+
+def _drain_seconds(config: ServingConfig) -> int:
+    """``drain_timeout_s`` rounded up to whole seconds (uvicorn takes an integer)."""
+    return math.ceil(config.server.drain_timeout_s)
 
 
 def _ignore_after_drain(signum: int, frame: Any) -> None:
