@@ -217,7 +217,7 @@ class _Service:
         if name != self.config.name:
             raise RequestError(
                 404,
-                f"Servable not found for request: Latest({name}) (this server serves "
+                f"Servable not found for request: Latest({_cut(name)}) (this server serves "
                 f"model {self.config.name!r})",
             )
 
@@ -400,7 +400,9 @@ class _Service:
         status = exc.status_code if isinstance(exc, HTTPException) else 404
         headers = exc.headers if isinstance(exc, HTTPException) else None
         self.metrics.observe_request(_UNMATCHED, status, 0.0)
-        return _error(status, f"Malformed request: {request.method} {request.url.path}", headers)
+        return _error(
+            status, f"Malformed request: {request.method} {_cut(request.url.path, 200)}", headers
+        )
 
 
 def create_app(
