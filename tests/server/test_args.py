@@ -79,3 +79,16 @@ def test_tcp_nodelay_on_sockets_uvicorn_binds_with_proto_0() -> None:
         set_tcp_nodelay(_Transport(sock))  # type: ignore[arg-type]
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     set_tcp_nodelay(_Transport(None))  # type: ignore[arg-type]  # not a socket: nothing to do
+
+
+def test_http_protocol_carries_the_limits_to_spawned_workers() -> None:
+    """uvicorn pickles its Config (with the ``http`` protocol factory) into each spawned worker
+    process: the factory must survive that with the configured limits."""
+    import pickle
+
+    from embserve.server.config import ServerOptions
+    from embserve.server.main import ConnectionLimits, NoDelayHTTPProtocol, http_protocol
+
+    factory = pickle.loads(pickle.dumps(http_protocol(ServerOptions(header_timeout_s=3.5))))
+    assert factory.func is NoDelayHTTPProtocol
+    assert factory.keywords == {"connection_limits": ConnectionLimits(3.5, 1000)}
