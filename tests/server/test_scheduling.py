@@ -201,3 +201,31 @@ def test_lookup_threads_default_to_cores_over_kernel_threads() -> None:
     cores = len(os.sched_getaffinity(0))
     kernel = numba.get_num_threads() if _jit.PARALLEL else 1
     assert lookup_threads(0) == max(1, cores // kernel)
+
+
+@pytest.mark.parametrize("payload", [SMALL, LARGE_OUTPUT], ids=["on-the-loop", "lookup-thread"])
+def test_a_request_is_counted_in_flight_on_its_version(
+    tmp_path: Path, ckpt_dir: Path, payload: Any
+) -> None:
+    """Predict reads its version through ``Reloader.use()``: counted in flight from the
+    lookup to the answer (a version taken out of service waits for these requests)."""
+    client, models = _client(tmp_path, ckpt_dir)
+    with client:
+        app = client.app
+        reloader = app.state.reloader  # type: ignore[attr-defined]
+        loaded = reloader.current
+        model = models[0]
+        model.gate.clear()
+        held: dict[str, Any] = {}
+        sender = threading.Thread(
+            target=lambda: held.setdefault("r", client.post(PREDICT, json=payload))
+        )
+        sender.start()
+        try:
+            assert model.entered.acquire(timeout=WAIT_S)
+            assert loaded.in_flight == 1
+        finally:
+            model.gate.set()
+            sender.join(WAIT_S)
+        assert held["r"].status_code == 200
+        assert loaded.in_flight == 0

@@ -24,14 +24,16 @@ about the server's insides); the detail is logged with its traceback and counted
 ``embserve_internal_errors_total``.
 
 **Where a request runs.** A predict request reads the served
-:class:`~.reloader.LoadedVersion` once, so a reload swapping the version meanwhile does not
-affect it. Its body is decoded on the event loop when it is small (``[server]
-inline_max_body_bytes``, 256 KiB by default); then the lookup and the encoding run on the loop
-when the request's output (and its ids × dim) stays within ``[server]
-inline_max_output_floats`` (32,768 by default: the size from which lookups use numba's
-parallel kernels), and otherwise in a *lookup thread*. A large body is decoded, looked up and
-encoded in a lookup thread altogether. So the size of the work decides, not the size of the
-body: a 3 KB body can ask for megabytes of output. Small requests stay on the loop because
+:class:`~.reloader.LoadedVersion` once, after its body has arrived, through
+:meth:`~.reloader.Reloader.use`, which counts it in flight on that version until its answer is
+built: a reload swapping the version meanwhile does not affect it, and a version taken out of
+service is released only after its requests. Its body is decoded on the event loop when it is
+small (``[server] inline_max_body_bytes``, 256 KiB by default); then the lookup and the
+encoding run on the loop when the request's output (and its ids × dim) stays within
+``[server] inline_max_output_floats`` (32,768 by default: the size from which lookups use
+numba's parallel kernels), and otherwise in a *lookup thread*. A large body is decoded, looked
+up and encoded in a lookup thread altogether. So the size of the work decides, not the size of
+the body: a 3 KB body can ask for megabytes of output. Small requests stay on the loop because
 their work is mostly GIL-bound JSON and Python, where a thread only adds a hand-off and GIL
 contention (on 2 cores, batch-1 requests with 26 features from 4 clients ran at 635 req/s
 inline against 296 req/s through a pool).
@@ -224,13 +226,24 @@ class _Service:
     def _loaded(self) -> LoadedVersion:
         loaded = self.reloader.current
         if loaded is None:
-            detail = self.reloader.last_error
-            raise RequestError(
-                503,
-                f"model {self.config.name!r} has no version loaded yet (watching "
-                f"{self.config.checkpoint})" + (f"; last load error: {detail}" if detail else ""),
-            )
+            raise self._unavailable()
         return loaded
+
+    def _unavailable(self) -> RequestError:
+        detail = self.reloader.last_error
+        return RequestError(
+            503,
+            f"model {self.config.name!r} has no version loaded yet (watching "
+            f"{self.config.checkpoint})" + (f"; last load error: {detail}" if detail else ""),
+        )
+
+    def _check_version(self, loaded: LoadedVersion, version: int | None) -> None:
+        if version is not None and version != loaded.version:
+            raise RequestError(
+                404,
+                f"Servable not found for request: Specific({self.config.name}, {version}) "
+                f"(serving version {loaded.version})",
+            )
 
     def _version(self, request: Request) -> int | None:
         """The URL's version: ASCII digits within int64 (TF Serving's ``\\d+`` and
@@ -259,24 +272,25 @@ class _Service:
 
     async def predict(self, request: Request) -> Response:
         self._model(request)
-        loaded = self._loaded()  # read once: this request stays on this version
         version = self._version(request)
-        if version is not None and version != loaded.version:
-            raise RequestError(
-                404,
-                f"Servable not found for request: Specific({self.config.name}, {version}) "
-                f"(serving version {loaded.version})",
-            )
+        self._check_version(self._loaded(), version)  # 503 / 404 before reading a body
         server = self.config.server
         body = await _read_body(request, self.config.limits.max_body_bytes, server.body_timeout_s)
-        if len(body) > server.inline_max_body_bytes:
-            payload = await self._in_lookup_thread(self._predict, loaded, body)
-        else:
-            decoded = self.codec.decode(body)
-            if decoded.work_floats(self.config.features) <= server.inline_max_output_floats:
-                payload = self._answer(loaded, decoded)
+        # The version is read once, and the request counted in flight on it until its answer
+        # is built: a reload swapping it meanwhile does not affect this request, and a version
+        # taken out of service (files changed in place) is released only after its requests.
+        with self.reloader.use() as loaded:
+            if loaded is None:
+                raise self._unavailable()
+            self._check_version(loaded, version)
+            if len(body) > server.inline_max_body_bytes:
+                payload = await self._in_lookup_thread(self._predict, loaded, body)
             else:
-                payload = await self._in_lookup_thread(self._answer, loaded, decoded)
+                decoded = self.codec.decode(body)
+                if decoded.work_floats(self.config.features) <= server.inline_max_output_floats:
+                    payload = self._answer(loaded, decoded)
+                else:
+                    payload = await self._in_lookup_thread(self._answer, loaded, decoded)
         return Response(
             payload,
             media_type="application/json",
