@@ -102,3 +102,118 @@ def test_serving_lookup_gives_the_same_rows_for_any_table_layout(
         got = emb(ids)
         for name, v in ids.items():
             np.testing.assert_array_equal(got[name], table[v])
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 9: finite weights (or finite rows) whose combination overflows float32
+
+
+def _bag_model(combiner: str, dim: int, rows: np.ndarray | None = None, **fc: Any) -> Any:
+    table = es.TableConfig(10, dim, combiner=combiner, name="t")
+    emb = es.TPUEmbeddingForServing({"f": es.FeatureConfig(table, **fc)}, None)
+    values = np.full((10, dim), 2.0, np.float32) if rows is None else rows
+    emb._set_variables({"t": {"parameters": values}})
+    return emb
+
+
+def _ragged_weighted(rows: list[list[int]], weights: list[list[float]]) -> tuple[Any, Any]:
+    ids = es.RaggedTensor.from_list(rows)
+    w = es.RaggedTensor.from_row_splits(
+        np.array([x for r in weights for x in r], np.float32), ids.row_splits
+    )
+    return {"f": ids}, {"f": w}
+
+
+def _sparse_weighted(rows: list[list[int]], weights: list[list[float]]) -> tuple[Any, Any]:
+    indices = [[b, j] for b, r in enumerate(rows) for j in range(len(r))]
+    values = [i for r in rows for i in r]
+    shape = [len(rows), max(len(r) for r in rows)]
+    sp = es.SparseTensor(indices, values, shape)
+    w = es.SparseTensor(indices, np.array([x for r in weights for x in r], np.float32), shape)
+    return {"f": sp}, {"f": w}
+
+
+INPUT_FORMS = {
+    "ragged": ({}, _ragged_weighted),
+    "sparse validated": ({}, _sparse_weighted),
+    "sparse plain": ({"validate_weights_and_indices": False}, _sparse_weighted),
+}
+
+
+@pytest.mark.parametrize("form", list(INPUT_FORMS))
+@pytest.mark.parametrize("dim", [5, 16])
+@pytest.mark.parametrize(
+    ("combiner", "weights"),
+    [
+        ("sum", [[1.0], [3.4e38]]),  # 3.4e38 * 2.0: inf
+        ("mean", [[1.0], [3.4e38]]),  # inf / 3.4e38: inf
+        ("sqrtn", [[1.0], [3.4e38]]),  # Σ w² = inf: inf / inf = NaN (served as null)
+        ("sqrtn", [[1.0], [1e30, 1.0]]),  # Σ w² = inf: 2e30 / inf = 0 (silently zero)
+        ("mean", [[1.0], [3e38, 3e38]]),  # Σ w = inf
+    ],
+)
+def test_finite_weights_that_overflow_are_refused(
+    form: str, dim: int, combiner: str, weights: list[list[float]]
+) -> None:
+    fc, make = INPUT_FORMS[form]
+    emb = _bag_model(combiner, dim, **fc)
+    rows = [[1] * len(w) for w in weights]
+    rows[-1] = list(range(1, len(weights[-1]) + 1))
+    inputs, w = make(rows, weights)
+    with pytest.raises(es.InputError, match=r"feature 'f'.*example 1.*overflow") as info:
+        emb(inputs, w)
+    assert "float32" in str(info.value)
+
+
+@pytest.mark.parametrize("dim", [5, 16])
+@pytest.mark.parametrize("combiner", ["sum", "mean", "sqrtn"])
+def test_finite_rows_whose_sum_overflows_are_refused(dim: int, combiner: str) -> None:
+    rows = np.ones((10, dim), np.float32)
+    rows[3] = 3e38
+    emb = _bag_model(combiner, dim, rows)
+    with pytest.raises(es.InputError, match=r"feature 'f'.*example 2.*overflow"):
+        emb({"f": es.RaggedTensor.from_list([[1], [2, 3], [3, 3]])})
+
+
+def test_a_sparse_sequence_whose_duplicates_overflow_is_refused() -> None:
+    rows = np.ones((10, 4), np.float32)
+    rows[3] = 3e38
+    emb = _bag_model("sum", 4, rows, max_sequence_length=3)
+    sp = es.SparseTensor([[0, 0], [1, 2], [1, 2], [1, 0]], [1, 3, 3, 2], [2, 3])
+    with pytest.raises(es.InputError, match=r"feature 'f'.*example 1.*position 2.*overflow"):
+        emb({"f": sp})
+    ok = es.SparseTensor([[0, 0], [1, 2], [1, 1]], [1, 3, 3], [2, 3])
+    assert np.isfinite(emb({"f": ok})["f"]).all()
+
+
+@pytest.mark.parametrize("combiner", ["sum", "mean", "sqrtn"])
+def test_a_table_holding_inf_or_nan_is_served_as_tensorflow_would(combiner: str) -> None:
+    """Non-finite outputs from non-finite rows are the table's, not an overflow: returned."""
+    rows = np.ones((10, 16), np.float32)
+    rows[4] = np.inf
+    rows[5] = np.nan
+    emb = _bag_model(combiner, 16, rows)
+    got = emb({"f": es.RaggedTensor.from_list([[1], [4, 1], [5], [2]])})["f"]
+    assert np.isinf(got[1]).all()
+    assert np.isnan(got[2]).all()
+    assert np.isfinite(got[[0, 3]]).all()
+    # ... but a finite bag that overflows after them is still refused.
+    rows[6] = 3e38
+    emb = _bag_model(combiner, 16, rows)
+    with pytest.raises(es.InputError, match="example 2"):
+        emb({"f": es.RaggedTensor.from_list([[1], [4, 1], [6, 6]])})
+    # Plain copies (dense ids, sequences) return the rows as stored.
+    assert np.isinf(emb({"f": np.array([4])})["f"]).all()
+    seq = _bag_model(combiner, 16, rows, max_sequence_length=2)
+    sp = es.SparseTensor([[0, 0], [0, 1]], [4, 5], [1, 2])
+    got = seq({"f": sp})["f"]
+    assert np.isinf(got[0, 0]).all()
+    assert np.isnan(got[0, 1]).all()
+
+
+def test_rank3_validated_sparse_names_the_bag_by_its_index() -> None:
+    emb = _bag_model("sum", 4)
+    sp = es.SparseTensor([[0, 0, 0], [1, 1, 0]], [1, 2], [2, 2, 3])
+    w = es.SparseTensor(sp.indices, np.array([1.0, 3.4e38], np.float32), sp.dense_shape)
+    with pytest.raises(es.InputError, match=r"example \[1, 1\]"):
+        emb({"f": sp}, {"f": w})

@@ -6,6 +6,12 @@ flat validated arrays (:mod:`embserve.inputs`), checks every id that will be rea
 table's row count (:mod:`embserve.kernels.check`), and only then runs a kernel. The outputs are
 packed back into the structure of ``inputs``.
 
+Overflow: a combined (pooled or scattered) output that is inf or NaN although the weights and the
+table rows that fed it are finite raises :class:`~embserve.errors.InputError` naming the feature
+and example, and so does a ``mean`` / ``sqrtn`` denominator (Σ w, Σ w²) that overflows float32,
+which TensorFlow turns into silent zeros. TensorFlow returns such outputs; a table that itself
+holds inf / NaN is served as TensorFlow serves it.
+
 Structure is matched by joined string path, as TensorFlow does: ``inputs`` may be any subset of
 ``feature_config`` and may use other container types, as long as the paths agree. Beyond
 TensorFlow, a Python list of ids sitting at a feature's own path is taken as that feature's dense
@@ -42,7 +48,14 @@ from embserve.kernels import _jit
 from embserve.kernels.arena import OutputArena
 from embserve.kernels.check import first_bad_id
 from embserve.kernels.multi import GroupCache, TableGroup
-from embserve.kernels.pooled import MEAN, SQRTN, SUM, pooled_parallel, pooled_serial
+from embserve.kernels.pooled import (
+    MEAN,
+    SQRTN,
+    SUM,
+    pooled_overflow,
+    pooled_parallel,
+    pooled_serial,
+)
 from embserve.kernels.sequence import (
     gather_parallel,
     gather_serial,
@@ -199,12 +212,47 @@ def _splits_from_rows(rows: np.ndarray, nrows: int) -> np.ndarray:
 
 
 def _pool(
-    f: _Feature, ids: np.ndarray, weights: np.ndarray, splits: np.ndarray, nbags: int
+    f: _Feature,
+    ids: np.ndarray,
+    weights: np.ndarray,
+    splits: np.ndarray,
+    nbags: int,
+    bag_name: Any = str,
 ) -> np.ndarray:
     out = f.output((nbags, f.table.shape[1]))
     kernel = pooled_parallel if _parallel(ids.shape[0] * f.table.shape[1]) else pooled_serial
-    kernel(f.table, ids, weights, splits, f.combiner, out)
+    first = kernel(f.table, ids, weights, splits, f.combiner, out)
+    if first >= 0:
+        _refuse_overflow(f, ids, weights, splits, out, first, bag_name)
     return out
+
+
+def _refuse_overflow(
+    f: _Feature,
+    ids: np.ndarray,
+    weights: np.ndarray,
+    splits: np.ndarray,
+    out: np.ndarray,
+    first: int,
+    bag_name: Any,
+) -> None:
+    """Raise when finite inputs overflowed in the bags from ``first`` on (the kernel flagged
+    ``first``); return when every non-finite output came from the table's own inf / NaN."""
+    bag, why = pooled_overflow(f.table, ids, weights, splits, f.combiner, out, first)
+    if bag < 0:
+        return
+    dtype = f.table.dtype
+    if why == 1:
+        what = "sum of the weights" if f.combiner == MEAN else "sum of the squared weights"
+        raise InputError(
+            f"feature {f.path!r}: the {what} of example {bag_name(bag)} overflows float32, "
+            f"the denominator of its {f.combiner_name} (the weights are finite, the result "
+            "would be zeros or NaN); use smaller weights"
+        )
+    raise InputError(
+        f"feature {f.path!r}: the combined embedding of example {bag_name(bag)} overflows "
+        f"{dtype} (inf or NaN from finite weights and table rows); use smaller weights"
+    )
 
 
 def _sparse_locate(indices: np.ndarray) -> Any:
@@ -273,8 +321,37 @@ def _sparse_sequence(f: _Feature, sp: SparseParts, seq_len: int) -> np.ndarray:
     kernel = (
         scatter_add_parallel if _parallel(ids.shape[0] * f.table.shape[1]) else scatter_add_serial
     )
-    kernel(f.table, ids, np.ascontiguousarray(cols_k), splits, out)  # cols: a column slice
+    cols_k = np.ascontiguousarray(cols_k)  # a column slice of the indices
+    first = kernel(f.table, ids, cols_k, splits, out)
+    if first >= 0:
+        _refuse_scatter_overflow(f, ids, rows_k, cols_k, out, first)
     return out
+
+
+def _refuse_scatter_overflow(
+    f: _Feature,
+    ids: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    out: np.ndarray,
+    first: int,
+) -> None:
+    """Raise when entries sharing a position summed finite rows to inf / NaN (the kernel
+    flagged example ``first``); positions fed by a non-finite table row are the table's."""
+    bad = ~np.isfinite(out[first:]).all(axis=-1)  # [examples from first, L]
+    later = rows >= first
+    hit = np.zeros(rows.shape[0], dtype=bool)
+    hit[later] = bad[rows[later] - first, cols[later]]
+    fed_by_nonfinite = ~np.isfinite(f.table[ids[hit]]).all(axis=1)
+    bad[rows[hit][fed_by_nonfinite] - first, cols[hit][fed_by_nonfinite]] = False
+    refused = np.argwhere(bad)
+    if refused.shape[0]:
+        b, j = (int(x) for x in refused[0])
+        raise InputError(
+            f"feature {f.path!r}: the sum of the sparse entries at example {b + first}, "
+            f"position {j} overflows {f.table.dtype} (entries with the same index are added; "
+            "their table rows are finite)"
+        )
 
 
 def _sparse_plain(f: _Feature, sp: SparseParts, weight: Any) -> np.ndarray:
@@ -361,8 +438,15 @@ def _sparse_validated(f: _Feature, sp: SparseParts, weight: Any) -> np.ndarray:
         if weight is not None:
             weights = weights[order]
     # ids / weights are contiguous: the parts from inputs.py, or new arrays from indexing.
-    out = _pool(f, ids, weights, _splits_from_rows(rows, nbags), nbags)
-    return out.reshape((*sp.dense_shape[:-1], f.table.shape[1]))
+    bags = sp.dense_shape[:-1]
+    name: Any = str
+    if len(bags) > 1:
+
+        def name(b: int) -> str:
+            return str([int(i) for i in np.unravel_index(b, bags)])
+
+    out = _pool(f, ids, weights, _splits_from_rows(rows, nbags), nbags, name)
+    return out.reshape((*bags, f.table.shape[1]))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embserve.kernels.pooled import MEAN, SQRTN, SUM, pooled_parallel, pooled_serial
+from embserve.kernels.pooled import (
+    MEAN,
+    SQRTN,
+    SUM,
+    pooled_overflow,
+    pooled_parallel,
+    pooled_serial,
+)
 
 
 def _expected(table, ids, weights, splits, combiner):  # type: ignore[no-untyped-def]
@@ -31,7 +38,8 @@ def test_pooled_matches_loop(kernel, combiner, weighted, id_dtype) -> None:  # t
     ids = rng.integers(0, 50, size=splits[-1]).astype(id_dtype)
     weights = rng.uniform(-1, 2, size=splits[-1]).astype(np.float32) if weighted else None
     out = np.full((40, 7), np.nan, np.float32)
-    kernel(table, ids, weights if weighted else np.empty(0, np.float32), splits, combiner, out)
+    w = weights if weighted else np.empty(0, np.float32)
+    assert kernel(table, ids, w, splits, combiner, out) == -1
     np.testing.assert_allclose(
         out, _expected(table, ids, weights, splits, combiner), rtol=2e-5, atol=2e-5
     )
@@ -105,3 +113,89 @@ def test_sums_are_bit_identical_to_sequential_float32(kernel, dim, weighted, id_
         np.testing.assert_allclose(
             out, _expected(table, ids, weights, splits, combiner), rtol=3e-5, atol=3e-5
         )
+
+
+# Overflow (issue 10, item 9): every driver returns -1 when every output value and denominator
+# is finite, else a bag at or before the first one that is not; pooled_overflow then finds it
+# and decides, exactly, whether finite inputs produced it.
+
+BIG = np.float32(3e38)
+
+
+def _run(kernel, table, bags, weights, combiner):  # type: ignore[no-untyped-def]
+    lengths = [len(b) for b in bags]
+    splits = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    ids = np.array([i for b in bags for i in b], np.int64)
+    w = np.empty(0, np.float32) if weights is None else np.asarray(weights, np.float32)
+    out = np.full((len(bags), table.shape[1]), np.nan, table.dtype)
+    first = kernel(table, ids, w, splits, combiner, out)
+    return first, out, (table, ids, w, splits, combiner, out)
+
+
+@pytest.mark.parametrize("kernel", [pooled_serial, pooled_parallel])
+@pytest.mark.parametrize("dim", [7, 16])
+@pytest.mark.parametrize("combiner", [SUM, MEAN, SQRTN])
+def test_a_bag_whose_sum_overflows_is_reported(kernel, dim, combiner) -> None:  # type: ignore[no-untyped-def]
+    table = np.ones((8, dim), np.float32)
+    table[3] = BIG
+    bags = [[1, 2]] * 70 + [[3, 3]] + [[3]] * 5  # bag 70: 6e38 overflows; bag 71+: finite
+    first, out, args = _run(kernel, table, bags, None, combiner)
+    assert 0 <= first <= 70
+    assert not np.isfinite(out[70]).any()
+    assert pooled_overflow(*args, first) == (70, 0)
+
+
+@pytest.mark.parametrize("kernel", [pooled_serial, pooled_parallel])
+@pytest.mark.parametrize("dim", [7, 16])
+@pytest.mark.parametrize("combiner", [SUM, MEAN, SQRTN])
+def test_a_weight_that_overflows_the_product_is_reported(kernel, dim, combiner) -> None:  # type: ignore[no-untyped-def]
+    table = np.full((8, dim), 2.0, np.float32)
+    first, _, args = _run(kernel, table, [[1], [2]], [1.0, 3.4e38], combiner)
+    assert 0 <= first <= 1
+    assert pooled_overflow(*args, first)[0] == 1
+
+
+@pytest.mark.parametrize("kernel", [pooled_serial, pooled_parallel])
+@pytest.mark.parametrize("dim", [7, 16])
+@pytest.mark.parametrize(
+    ("combiner", "weights"),
+    [(SQRTN, [1e30, 1.0]), (MEAN, [3e38, 3e38]), (SQRTN, [2e19, 2e19])],
+)
+def test_a_denominator_that_overflows_is_reported(kernel, dim, combiner, weights) -> None:  # type: ignore[no-untyped-def]
+    """sqrtn divides by sqrt(Σ w²): w = 1e30 squares to inf in float32, and the finite numerator
+    divided by inf gave a silent zero vector; mean's Σ w overflows the same way."""
+    table = np.full((8, dim), 1e-9, np.float32)
+    first, _out, args = _run(kernel, table, [[1], [1, 2]], [1.0, *weights], combiner)
+    assert 0 <= first <= 1
+    assert pooled_overflow(*args, first) == (1, 1)
+
+
+@pytest.mark.parametrize("kernel", [pooled_serial, pooled_parallel])
+@pytest.mark.parametrize("dim", [7, 16])
+def test_non_finite_rows_are_the_tables_not_an_overflow(kernel, dim) -> None:  # type: ignore[no-untyped-def]
+    """A table may hold inf / NaN: the output is what TensorFlow returns, and only a bag whose
+    own rows were all finite counts as an overflow, even after such a bag."""
+    table = np.ones((8, dim), np.float32)
+    table[4] = np.inf
+    table[5] = np.nan
+    table[6] = BIG
+    first, out, args = _run(kernel, table, [[1], [4, 1], [5], [2]], None, SUM)
+    assert 0 <= first <= 1
+    assert np.isinf(out[1]).all()
+    assert np.isnan(out[2]).all()
+    assert pooled_overflow(*args, first) == (-1, 0)
+    first, out, args = _run(kernel, table, [[1], [4, 1], [6, 6], [5]], None, SUM)
+    assert 0 <= first <= 1
+    assert pooled_overflow(*args, first) == (2, 0)
+
+
+@pytest.mark.parametrize("kernel", [pooled_serial, pooled_parallel])
+@pytest.mark.parametrize("dim", [7, 16])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_clean_lookups_return_minus_one(kernel, dim, weighted) -> None:  # type: ignore[no-untyped-def]
+    table = np.full((8, dim), 1e30, np.float32)
+    weights = [2.0, 3.0, 0.0] if weighted else None
+    for combiner in (SUM, MEAN, SQRTN):
+        first, out, _args = _run(kernel, table, [[1, 2], [], [3]], weights, combiner)
+        assert first == -1
+        assert np.isfinite(out).all()

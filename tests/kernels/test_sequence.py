@@ -51,3 +51,19 @@ def test_scatter_adds_duplicates(kernel) -> None:  # type: ignore[no-untyped-def
     expected[0, 0] = TABLE[1] + TABLE[3]
     expected[2, 1] = TABLE[4]
     np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("kernel", [scatter_add_serial, scatter_add_parallel])
+def test_scatter_reports_the_first_row_with_a_non_finite_output(kernel) -> None:  # type: ignore[no-untyped-def]
+    """Duplicate positions add up, so two finite rows can overflow (issue 10, item 9): the
+    kernel returns the first example whose output holds inf / NaN, -1 when none does."""
+    table = np.ones((5, 3), np.float32)
+    table[2] = 3e38
+    ids = np.array([1, 1, 2, 2, 2], np.int64)
+    cols = np.array([0, 0, 1, 1, 0], np.int64)
+    splits = np.array([0, 2, 2, 5], np.int64)
+    out = np.zeros((3, 2, 3), np.float32)
+    assert kernel(table, ids, cols, splits, out) == 2
+    assert np.isinf(out[2, 1]).all()
+    out[...] = 0
+    assert kernel(table, ids[:2], cols[:2], np.array([0, 2, 2, 2], np.int64), out) == -1

@@ -105,14 +105,21 @@ def sum_rows(
     out: Any,
     weighted: Any,
     nvec: Any,
+    denom: Any,
 ) -> Any:
-    """``out[0 : 8 * nvec] = Σ_k [weights[k] *] row_k[0 : 8 * nvec]`` for ``k`` in ``[start, end)``,
-    where ``row_k`` starts at address ``table + ids[k] * row_bytes``.
+    """``out[0 : 8 * nvec] = Σ_k [weights[k] *] row_k[0 : 8 * nvec] / denom`` for ``k`` in
+    ``[start, end)``, where ``row_k`` starts at address ``table + ids[k] * row_bytes``; returns
+    whether any stored value is inf or NaN.
 
     ``table`` and ``out`` are addresses of float32 data, ``ids`` an int32 / int64 array,
     ``weights`` a float32 array read only when ``weighted`` (a literal bool) is true, ``nvec`` a
-    literal int. The
-    row ``PREFETCH_ROWS`` ids ahead is prefetched. The caller guarantees every id is in range.
+    literal int, ``denom`` a float32 divisor (1 skips the division: the sum is stored as is).
+    The row ``PREFETCH_ROWS`` ids ahead is prefetched. The caller guarantees every id is in
+    range and ``denom`` is not 0. The division (IEEE, as numba's) and the finiteness test run on
+    the accumulators in registers, before the one store: the overflow check of issue 10 costs
+    a few vector instructions per bag instead of a second pass over the row (measured on
+    B=1024 bags of 1-40 ids, dim 64, cache-resident table: a numba pass after the store made
+    mean 55% slower).
     """
     if not isinstance(nvec, types.IntegerLiteral) or not isinstance(weighted, types.BooleanLiteral):
         return None
@@ -125,9 +132,11 @@ def sum_rows(
             return None
     if weighted.literal_value and weights.dtype != types.float32:
         return None
+    if not isinstance(denom, types.Float):
+        return None
     n_vec = nvec.literal_value
     use_weights = weighted.literal_value
-    sig = types.void(table, row_bytes, ids, weights, start, end, out, weighted, nvec)
+    sig = types.boolean(table, row_bytes, ids, weights, start, end, out, weighted, nvec, denom)
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
         i64 = ir.IntType(64)
@@ -205,8 +214,41 @@ def sum_rows(
         builder.branch(head)
 
         builder.position_at_end(done)
-        for j, acc in enumerate(accs):
-            builder.store(acc, lanes(out_addr, j), align=4)
-        return context.get_dummy_value()
+        divisor = context.cast(builder, args[9], argtys[9], types.float32)
+        lane0 = ir.Constant(i32, 0)
+        divisors = builder.shuffle_vector(
+            builder.insert_element(ir.Constant(vec, ir.Undefined), divisor, lane0),
+            ir.Constant(vec, ir.Undefined),
+            ir.Constant(ir.VectorType(i32, 8), [0] * 8),
+        )
+        divide = builder.append_basic_block("rows.divide")
+        store = builder.append_basic_block("rows.store")
+        builder.cbranch(builder.fcmp_ordered("==", divisor, ir.Constant(f32, 1.0)), store, divide)
+        builder.position_at_end(divide)
+        quotients = [builder.fdiv(acc, divisors) for acc in accs]
+        builder.branch(store)
+
+        builder.position_at_end(store)
+        values = []
+        for acc, quotient in zip(accs, quotients, strict=True):
+            value = builder.phi(vec)
+            value.add_incoming(acc, done)
+            value.add_incoming(quotient, divide)
+            values.append(value)
+        for j, value in enumerate(values):
+            builder.store(value, lanes(out_addr, j), align=4)
+        # One test for the whole block: x - x is 0 for finite x and NaN for inf / NaN, and NaN
+        # survives addition. The stored values are summed first (a tree, for parallelism), so a
+        # sum that overflows while every value is finite is a false alarm, which the caller's
+        # exact check (pooled_overflow) clears; a test per vector cost twice as many
+        # instructions (4 ns per bag of 64 floats, cache-resident table).
+        level = list(values)
+        while len(level) > 1:
+            pairs = [builder.fadd(a, b) for a, b in zip(level[::2], level[1::2], strict=False)]
+            level = pairs + ([level[-1]] if len(level) % 2 else [])
+        probe = builder.fsub(level[0], level[0])
+        bad = builder.fcmp_unordered("!=", probe, ir.Constant(vec, [0.0] * 8))
+        mask = builder.bitcast(bad, ir.IntType(8))
+        return builder.icmp_unsigned("!=", mask, ir.Constant(ir.IntType(8), 0))
 
     return sig, codegen

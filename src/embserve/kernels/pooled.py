@@ -10,6 +10,16 @@ Division is TensorFlow's ``div_no_nan``: a zero denominator (an empty bag, or we
 zero under ``mean``) gives a zero vector. Accumulation is in the table's dtype in bag order, like
 TensorFlow's segment sums, so float32 results agree to the last bit or two.
 
+Overflow. Finite weights and rows can combine to inf or NaN in float32 (``3.4e38 * 2``), and a
+denominator can overflow while the output stays finite: ``sqrtn`` with weights ``[1e30, 1]``
+squares 1e30 to inf, and the finite sum divided by inf is a silent zero vector. The drivers test
+every output value and denominator while the bag is in registers or cache and return -1 when all
+are finite, else a bag at or before the first that is not; :func:`pooled_overflow` then finds,
+exactly, the first bag whose non-finite result came from finite inputs (a table may hold inf or
+NaN: such outputs are the table's and are returned as TensorFlow returns them). Cost, B=1024
+bags of 1-40 ids, both versions interleaved in one process: within noise (±5%) for sum, and mean
+/ sqrtn got 5-12% faster because the register kernel now divides before its one store.
+
 Callers guarantee: ``ids`` within ``[0, table.shape[0])``, ``splits`` non-decreasing from 0 to
 ``len(ids)``, ``out`` shaped ``[len(splits) - 1, table.shape[1]]`` in the table's dtype,
 ``weights`` as long as ``ids`` (or empty: unweighted). Rows are read and written by address, so
@@ -28,7 +38,15 @@ from embserve.kernels._jit import jit, jit_inline, jit_parallel
 from embserve.kernels._native import PREFETCH_ROWS, prefetch_row, sum_rows
 from embserve.kernels.check import LAYOUT_MESSAGE, c_rows
 
-__all__ = ["CHUNKS", "MEAN", "SQRTN", "SUM", "pooled_parallel", "pooled_serial"]
+__all__ = [
+    "CHUNKS",
+    "MEAN",
+    "SQRTN",
+    "SUM",
+    "pooled_overflow",
+    "pooled_parallel",
+    "pooled_serial",
+]
 
 SUM = 0
 MEAN = 1
@@ -54,39 +72,136 @@ def _vector_dim(table):  # type: ignore[no-untyped-def]
 
 
 @jit_inline
-def _sum_bag(base, row_bytes, ids, weights, start, end, target, dim, weighted):  # type: ignore[no-untyped-def]
-    """Bag sum into the row at address ``target``, in column blocks of 64 then 16 floats; each
-    row scaled by its weight first when ``weighted`` (a literal: callers write True or False,
-    which numba carries into this inlined body and on to :func:`sum_rows`)."""
+def _sum_bag(base, row_bytes, ids, weights, start, end, target, dim, weighted, denom):  # type: ignore[no-untyped-def]
+    """Bag sum divided by ``denom`` into the row at address ``target``, in column blocks of 64
+    then 16 floats; each row scaled by its weight first when ``weighted`` (a literal: callers
+    write True or False, which numba carries into this inlined body and on to
+    :func:`sum_rows`). Whether any stored value is inf or NaN."""
+    bad = False
     col = 0
     while dim - col >= 64:
-        sum_rows(base + 4 * col, row_bytes, ids, weights, start, end, target + 4 * col, weighted, 8)  # type: ignore[call-arg]
+        bad |= sum_rows(
+            base + 4 * col,
+            row_bytes,
+            ids,
+            weights,
+            start,
+            end,
+            target + 4 * col,
+            weighted,
+            8,
+            denom,
+        )  # type: ignore[call-arg]
         col += 64
     while col < dim:
-        sum_rows(base + 4 * col, row_bytes, ids, weights, start, end, target + 4 * col, weighted, 2)  # type: ignore[call-arg]
+        bad |= sum_rows(
+            base + 4 * col,
+            row_bytes,
+            ids,
+            weights,
+            start,
+            end,
+            target + 4 * col,
+            weighted,
+            2,
+            denom,
+        )  # type: ignore[call-arg]
         col += 16
+    return bad
 
 
 @jit_inline
-def _bags(table, ids, splits, combiner, out, b0, b1, acc):  # type: ignore[no-untyped-def]
+def _rows_nonfinite(out, b0, b1):  # type: ignore[no-untyped-def]
+    """Whether rows ``b0 .. b1`` of ``out`` hold an inf or NaN: one branch-free pass over the
+    rows just written (still in cache)."""
+    bad = False
+    for b in range(b0, b1):
+        o = out[b]
+        for d in range(o.shape[0]):
+            v = o[d]
+            bad |= (v - v) != 0  # NaN exactly when v is NaN or ±inf
+    return bad
+
+
+@jit_inline
+def _nonfinite(o, dim):  # type: ignore[no-untyped-def]
+    """Whether the row ``o`` holds an inf or NaN."""
+    bad = False
+    for d in range(dim):
+        v = o[d]
+        bad |= (v - v) != 0
+    return bad
+
+
+# Each driver runs one of four bag loops: register (vector) or array accumulation, weighted or
+# not. The array loops write their output rows in the loop body itself: the same division moved
+# into an inlined helper made them 15-23% slower (B=1024 bags of 1-40 ids, dims 5 and 20,
+# cache-resident table).
+
+
+@jit_inline
+def _bags_vector(table, ids, splits, combiner, out, b0, b1):  # type: ignore[no-untyped-def]
+    """Unweighted bags ``b0 .. b1`` through the register kernel; whether an output value is inf
+    or NaN (tested in registers by :func:`sum_rows`)."""
+    dim = table.shape[1]
+    row_bytes = dim * table.itemsize
+    base = table.ctypes.data
+    out_base = out.ctypes.data
+    bad = False
+    for b in range(b0, b1):
+        start = splits[b]
+        end = splits[b + 1]
+        denom = np.float32(1)  # sum, and empty bags (their sum is zeros)
+        if end > start and combiner == MEAN:
+            denom = np.float32(end - start)
+        elif end > start and combiner == SQRTN:
+            denom = np.float32(math.sqrt(end - start))
+        target = out_base + b * row_bytes
+        bad |= _sum_bag(base, row_bytes, ids, ids, start, end, target, dim, False, denom)
+    return bad
+
+
+@jit_inline
+def _bags_vector_weighted(table, ids, weights, splits, combiner, out, b0, b1):  # type: ignore[no-untyped-def]
+    """Weighted bags ``b0 .. b1`` through the register kernel; whether an output value or a
+    denominator is inf or NaN."""
+    dim = table.shape[1]
+    row_bytes = dim * table.itemsize
+    base = table.ctypes.data
+    out_base = out.ctypes.data
+    bad = False
+    for b in range(b0, b1):
+        start = splits[b]
+        end = splits[b + 1]
+        denom = np.float32(1)
+        if combiner != SUM:
+            wsum = np.float32(0)
+            for k in range(start, end):
+                w = weights[k]
+                wsum += w if combiner == MEAN else w * w
+            denom = wsum if combiner == MEAN else np.float32(math.sqrt(wsum))
+            bad |= (denom - denom) != 0  # NaN exactly when denom is NaN or ±inf
+        if denom == 0:  # TF's div_no_nan: weights summing to 0 give zeros
+            o = out[b]
+            for d in range(dim):
+                o[d] = 0
+        else:
+            target = out_base + b * row_bytes
+            bad |= _sum_bag(base, row_bytes, ids, weights, start, end, target, dim, True, denom)
+    return bad
+
+
+@jit_inline
+def _bags_array(table, ids, splits, combiner, out, b0, b1, acc):  # type: ignore[no-untyped-def]
+    """Unweighted bags ``b0 .. b1`` through an accumulator array; whether an output value is
+    inf or NaN."""
     dim = table.shape[1]
     row_bytes = dim * table.itemsize
     base = table.ctypes.data
     last = ids.shape[0] - 1
-    vector = _vector_dim(table)
-    out_base = out.ctypes.data
     for b in range(b0, b1):
         start = splits[b]
         end = splits[b + 1]
-        if vector:
-            _sum_bag(base, row_bytes, ids, ids, start, end, out_base + b * row_bytes, dim, False)
-            n = end - start
-            if n > 0 and combiner != SUM:
-                o = out[b]
-                denom = np.float32(n) if combiner == MEAN else np.float32(math.sqrt(n))
-                for d in range(dim):
-                    o[d] = o[d] / denom
-            continue
         for d in range(dim):
             acc[d] = 0
         for k in range(start, end):
@@ -104,31 +219,20 @@ def _bags(table, ids, splits, combiner, out, b0, b1, acc):  # type: ignore[no-un
         else:
             for d in range(dim):
                 o[d] = acc[d]
+    return _rows_nonfinite(out, b0, b1)
 
 
 @jit_inline
-def _bags_weighted(table, ids, weights, splits, combiner, out, b0, b1, acc):  # type: ignore[no-untyped-def]
+def _bags_array_weighted(table, ids, weights, splits, combiner, out, b0, b1, acc):  # type: ignore[no-untyped-def]
+    """Weighted bags ``b0 .. b1`` through an accumulator array; whether an output value or a
+    denominator is inf or NaN."""
     dim = table.shape[1]
     row_bytes = dim * table.itemsize
     base = table.ctypes.data
     last = ids.shape[0] - 1
-    vector = _vector_dim(table)
-    out_base = out.ctypes.data
+    bad = False
     for b in range(b0, b1):
         end = splits[b + 1]
-        if vector:
-            target = out_base + b * row_bytes
-            _sum_bag(base, row_bytes, ids, weights, splits[b], end, target, dim, True)
-            if combiner != SUM:
-                wsum = np.float32(0)
-                for k in range(splits[b], end):
-                    w = weights[k]
-                    wsum += w if combiner == MEAN else w * w
-                denom = wsum if combiner == MEAN else np.float32(math.sqrt(wsum))
-                o = out[b]
-                for d in range(dim):
-                    o[d] = o[d] / denom if denom != 0 else np.float32(0)
-            continue
         for d in range(dim):
             acc[d] = 0
         wsum = np.float32(0)
@@ -143,11 +247,26 @@ def _bags_weighted(table, ids, weights, splits, combiner, out, b0, b1, acc):  # 
         o = out[b]
         if combiner != SUM:
             denom = wsum if combiner == MEAN else np.float32(math.sqrt(wsum))
+            bad |= (denom - denom) != 0  # NaN exactly when denom is NaN or ±inf
             for d in range(dim):
                 o[d] = acc[d] / denom if denom != 0 else np.float32(0)
         else:
             for d in range(dim):
                 o[d] = acc[d]
+    return bad | _rows_nonfinite(out, b0, b1)
+
+
+@jit_inline
+def _bags(table, ids, weights, splits, combiner, out, b0, b1, acc):  # type: ignore[no-untyped-def]
+    """Reduce bags ``b0 .. b1`` (``weights`` empty: unweighted); whether an output value or a
+    denominator is inf or NaN."""
+    if _vector_dim(table):
+        if weights.shape[0] == 0:
+            return _bags_vector(table, ids, splits, combiner, out, b0, b1)
+        return _bags_vector_weighted(table, ids, weights, splits, combiner, out, b0, b1)
+    if weights.shape[0] == 0:
+        return _bags_array(table, ids, splits, combiner, out, b0, b1, acc)
+    return _bags_array_weighted(table, ids, weights, splits, combiner, out, b0, b1, acc)
 
 
 @jit_inline
@@ -164,29 +283,70 @@ def _chunk_start(splits, c, chunks):  # type: ignore[no-untyped-def]
 
 @jit
 def pooled_serial(table, ids, weights, splits, combiner, out):  # type: ignore[no-untyped-def]
-    """Reduce every bag, one thread. ``weights`` of length 0 means unweighted."""
+    """Reduce every bag, one thread. ``weights`` of length 0 means unweighted.
+
+    Returns -1 when every output value and every denominator is finite, else 0: the bag from
+    which :func:`pooled_overflow` looks for the first one that is not (the check runs while
+    the rows are in cache; the search only on that rare path).
+    """
     if not (c_rows(table) and c_rows(out)):
         raise ValueError(LAYOUT_MESSAGE)
     acc = np.empty(table.shape[1], dtype=out.dtype)
-    n_bags = splits.shape[0] - 1
-    if weights.shape[0] == 0:
-        _bags(table, ids, splits, combiner, out, 0, n_bags, acc)
-    else:
-        _bags_weighted(table, ids, weights, splits, combiner, out, 0, n_bags, acc)
+    bad = _bags(table, ids, weights, splits, combiner, out, 0, splits.shape[0] - 1, acc)
+    return 0 if bad else -1
 
 
 @jit_parallel
 def pooled_parallel(table, ids, weights, splits, combiner, out):  # type: ignore[no-untyped-def]
-    """Reduce every bag, runs of bags with equal id counts spread over the thread pool."""
+    """:func:`pooled_serial` with runs of bags of equal id counts spread over the thread pool;
+    returns -1, or the first bag of the first run holding a non-finite value."""
     if not (c_rows(table) and c_rows(out)):
         raise ValueError(LAYOUT_MESSAGE)
     chunks = min(CHUNKS, max(splits.shape[0] - 1, 1))
-    weighted = weights.shape[0] != 0
+    # One flag per run: a prange reduction over the inlined bag loops does not compile (numba
+    # 0.68: "unexpected cycle in lookup()").
+    flagged = np.empty(chunks, dtype=np.bool_)
     for c in prange(chunks):
         acc = np.empty(table.shape[1], dtype=out.dtype)
         b0 = _chunk_start(splits, c, chunks)
         b1 = _chunk_start(splits, c + 1, chunks)
-        if weighted:
-            _bags_weighted(table, ids, weights, splits, combiner, out, b0, b1, acc)
-        else:
-            _bags(table, ids, splits, combiner, out, b0, b1, acc)
+        flagged[c] = _bags(table, ids, weights, splits, combiner, out, b0, b1, acc)
+    for c in range(chunks):  # runs are in bag order
+        if flagged[c]:
+            return _chunk_start(splits, c, chunks)
+    return -1
+
+
+@jit
+def pooled_overflow(table, ids, weights, splits, combiner, out, start):  # type: ignore[no-untyped-def]
+    """Whether finite inputs overflowed, after a driver returned ``start``: ``(bag, why)``.
+
+    ``why`` is 1 when the bag's denominator overflowed (Σ w under mean, Σ w² under sqrtn,
+    summed in the kernels' order and dtype: weights are finite, so that is always an overflow
+    of the weights) and 0 when its output row is not finite although every table row it read is
+    finite. Returns ``(-1, 0)`` when every non-finite output from ``start`` on came from a
+    non-finite table row (a table may hold inf / NaN; the output is then TensorFlow's). The
+    rare path only: the drivers' own check costs a pass over each hot output row.
+    """
+    dim = table.shape[1]
+    weighted = weights.shape[0] != 0
+    for b in range(start, splits.shape[0] - 1):
+        if weighted and combiner != SUM:
+            wsum = np.float32(0)
+            for k in range(splits[b], splits[b + 1]):
+                w = weights[k]
+                wsum += w if combiner == MEAN else w * w
+            denom = wsum if combiner == MEAN else np.float32(math.sqrt(wsum))
+            if not math.isfinite(denom):
+                return b, 1
+        if not _nonfinite(out[b], dim):
+            continue
+        rows_finite = True
+        for k in range(splits[b], splits[b + 1]):
+            r = table[ids[k]]
+            for d in range(dim):
+                if not math.isfinite(r[d]):
+                    rows_finite = False
+        if rows_finite:
+            return b, 0
+    return -1, 0

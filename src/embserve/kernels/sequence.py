@@ -9,6 +9,7 @@ reads whole tables by address through :func:`_gather_range`). Every loop prefetc
 
 from __future__ import annotations
 
+import numpy as np
 from numba import prange
 
 from embserve.kernels._jit import jit, jit_inline, jit_parallel
@@ -108,17 +109,30 @@ def sequence_parallel(table, ids, splits, out):  # type: ignore[no-untyped-def]
 
 @jit_inline
 def _scatter_row(table, ids, cols, splits, out, b):  # type: ignore[no-untyped-def]
+    """Add row ``b``'s entries into place; whether a position it touched is not finite.
+
+    Only sums can overflow, and only where entries share a position, but finding those costs
+    more than re-reading the touched rows while they are in cache.
+    """
     dim = table.shape[1]
     row_bytes = dim * table.itemsize
     base = table.ctypes.data
+    start = splits[b]
     end = splits[b + 1]
-    for k in range(splits[b], end):
+    for k in range(start, end):
         if k + PREFETCH_ROWS < end:
             prefetch_row(base + ids[k + PREFETCH_ROWS] * row_bytes, row_bytes)
         row = table[ids[k]]
         o = out[b, cols[k]]
         for d in range(dim):
             o[d] += row[d]
+    bad = False
+    for k in range(start, end):
+        o = out[b, cols[k]]
+        for d in range(dim):
+            v = o[d]
+            bad |= (v - v) != 0
+    return bad
 
 
 @jit
@@ -126,11 +140,16 @@ def scatter_add_serial(table, ids, cols, splits, out):  # type: ignore[no-untype
     """``out[b, cols[k]] += table[ids[k]]`` for the entries ``k`` of row ``b`` (CSR by row).
 
     ``out`` must be zero-filled. Duplicate positions add up, as TensorFlow's scatter does.
+    Returns the first row ``b`` holding an inf or NaN at a position it wrote, or -1 (the
+    caller decides whether finite rows overflowed or the table holds non-finite values).
     """
     if not (c_rows(table) and c_rows(out)):
         raise ValueError(LAYOUT_MESSAGE)
+    first = -1
     for b in range(splits.shape[0] - 1):
-        _scatter_row(table, ids, cols, splits, out, b)
+        if _scatter_row(table, ids, cols, splits, out, b) and first < 0:
+            first = b
+    return first
 
 
 @jit_parallel
@@ -138,5 +157,11 @@ def scatter_add_parallel(table, ids, cols, splits, out):  # type: ignore[no-unty
     """:func:`scatter_add_serial` with rows spread over the thread pool (rows never overlap)."""
     if not (c_rows(table) and c_rows(out)):
         raise ValueError(LAYOUT_MESSAGE)
-    for b in prange(splits.shape[0] - 1):
-        _scatter_row(table, ids, cols, splits, out, b)
+    n = splits.shape[0] - 1
+    flagged = np.zeros(n, dtype=np.bool_)
+    for b in prange(n):
+        flagged[b] = _scatter_row(table, ids, cols, splits, out, b)
+    for b in range(n):
+        if flagged[b]:
+            return b
+    return -1
