@@ -42,6 +42,8 @@ Usage::
     .venv/bin/python benchmarks/serve_load.py            # full run, ~4 minutes
     .venv/bin/python benchmarks/serve_load.py --write    # ... and insert it into RESULTS.md
     .venv/bin/python benchmarks/serve_load.py --quick    # seconds-long smoke run (tests)
+    .venv/bin/python benchmarks/serve_load.py --worker-counts 1 --clients 8 \\
+        --batches 1,256,1024 --baseline-src /tmp/old/src   # a change against older code
 
 Needs the ``serve`` extra (``pip install -e '.[serve]'``, part of ``dev``).
 """
@@ -85,6 +87,10 @@ SEED = 20_260_105
 BATCHES = (1, 256)
 WORKER_COUNTS = (1, 2)
 SERVERS = ("embserve", "bare")
+#: With ``--baseline-src DIR``: embserve again, importing embserve from ``DIR`` (another
+#: checkout's ``src``), in the same interleaved rounds, so a change is measured against the
+#: code before it under the same machine conditions.
+BASELINE = "baseline"
 #: Distinct request bodies cycled per batch size (batch 256 bodies are ~90 KB each, batch 1024
 #: ~360 KB: over the server's 256 KiB inline_max_body_bytes, so answered in its thread pool).
 N_BODIES = {1: 512, 256: 16, 1024: 4}
@@ -108,6 +114,7 @@ class Sizes:
     warmup_seconds: float
     worker_counts: tuple[int, ...] = WORKER_COUNTS
     batches: tuple[int, ...] = BATCHES
+    servers: tuple[str, ...] = SERVERS
 
 
 FULL = Sizes(
@@ -335,11 +342,18 @@ class Server:
             return ""
 
 
-def _start_server(kind: str, workers: int, config: Path, tmp: Path) -> Server:
+def _start_server(
+    kind: str, workers: int, config: Path, tmp: Path, baseline_src: str | None = None
+) -> Server:
     port = _free_port()
     log_path = tmp / f"{kind}-{workers}.log"
     env = dict(os.environ)
-    if kind == "embserve":
+    if kind == BASELINE:
+        assert baseline_src is not None
+        env["PYTHONPATH"] = os.pathsep.join(
+            [baseline_src, *filter(None, [os.environ.get("PYTHONPATH")])]
+        )
+    if kind in ("embserve", BASELINE):
         argv = [sys.executable, "-m", "embserve", "serve", str(config)]
         argv += ["--workers", str(workers), "--port", str(port), "--host", HOST]
         argv += ["--log-level", "warning", "--no-access-log"]
@@ -476,7 +490,7 @@ def _check_answers(
                 list(p) != names or any(len(p[n]) != DIM for n in names) for p in predictions
             ):
                 raise RuntimeError(f"{server.label}: wrong answer shape at batch {batch}")
-            if server.kind == "embserve":
+            if server.kind in ("embserve", BASELINE):
                 for instance, prediction in zip(first[batch], predictions, strict=True):
                     for i, name in enumerate(names):
                         row = tables[f"t{i:02d}"][instance[name]]
@@ -710,7 +724,7 @@ def _measure(
     servers: dict[tuple[str, int], Server], clients: Clients, sizes: Sizes, budget_s: float
 ) -> tuple[dict[tuple[str, int, int], Cell], int, list[str]]:
     """Warm-up cells, then interleaved rounds; returns the cells, rounds done and notes."""
-    keys = [(k, w, b) for w in sizes.worker_counts for b in sizes.batches for k in SERVERS]
+    keys = [(k, w, b) for w in sizes.worker_counts for b in sizes.batches for k in sizes.servers]
     cells = {key: Cell(*key) for key in keys}
     notes: list[str] = []
     _log(f"warm-up: {sizes.warmup_seconds} s per cell, untimed")
@@ -1000,6 +1014,30 @@ def _results_table(
     return "\n".join(rows)
 
 
+def _baseline_table(cells: dict[tuple[str, int, int], Cell]) -> str:
+    """embserve against the baseline checkout: latency percentiles and req/s per cell."""
+    rows = [
+        "| workers | batch | p50 ms baseline → now | p99 ms baseline → now "
+        "| req/s baseline → now | now / baseline req/s per round: median (range) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for workers in sorted({w for _, w, _ in cells}):
+        for batch in sorted({b for _, _, b in cells}):
+            e, b = cells[("embserve", workers, batch)], cells[(BASELINE, workers, batch)]
+            if not e.rates or not b.rates:
+                continue
+            per_round = [x / y for x, y in zip(e.rates, b.rates, strict=True)]
+            rows.append(
+                f"| {workers} | {batch} "
+                f"| {b.percentile_ms(50):.2f} → {e.percentile_ms(50):.2f} "
+                f"| {b.percentile_ms(99):.2f} → {e.percentile_ms(99):.2f} "
+                f"| {_fmt_rate(b.rate)} → {_fmt_rate(e.rate)} "
+                f"| {statistics.median(per_round):.3f} "
+                f"({min(per_round):.2f}–{max(per_round):.2f}) |"
+            )
+    return "\n".join(rows)
+
+
 def _ratio_table(cells: dict[tuple[str, int, int], Cell]) -> tuple[str, list[str]]:
     """embserve / bare per (workers, batch): of the medians, and per round (adjacent cells)."""
     rows = [
@@ -1039,6 +1077,7 @@ def _report(
     notes: Sequence[str],
     request_parts: Sequence[tuple[str, dict[int, float]]],
     setup: str,
+    baseline_src: str | None = None,
 ) -> str:
     date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     ratios, verdicts = _ratio_table(cells)
@@ -1071,6 +1110,19 @@ def _report(
         "processes over the cells, per request.",
         *[f"- {note}" for note in notes],
         "",
+        *(
+            [
+                "### embserve against the baseline",
+                "",
+                _baseline_table(cells),
+                "",
+                f"baseline = the same `embserve serve` command importing embserve from "
+                f"`{baseline_src}` (`PYTHONPATH`), measured in the same interleaved rounds.",
+                "",
+            ]
+            if baseline_src
+            else []
+        ),
         "### embserve against the bare endpoint",
         "",
         ratios,
@@ -1126,6 +1178,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=lambda text: tuple(int(x) for x in text.split(",")),
         help=f"comma-separated batch sizes, of {sorted(N_BODIES)} (full: 1,256)",
     )
+    parser.add_argument(
+        "--baseline-src",
+        metavar="DIR",
+        help="also run embserve importing embserve from DIR (another checkout's src) as "
+        "'baseline', interleaved with the others",
+    )
     parser.add_argument("--max-minutes", type=float, default=15.0, help="time budget (15)")
     parser.add_argument("--bare-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -1144,6 +1202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "max_requests": args.max_requests,
             "worker_counts": args.worker_counts,
             "batches": args.batches,
+            "servers": (*SERVERS, BASELINE) if args.baseline_src else None,
         }.items()
         if v is not None
     }
@@ -1167,9 +1226,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             _log(f"checkpoint {prefix}: {ckpt_bytes / 1e6:.0f} MB in {write_s:.1f} s")
             t0 = time.perf_counter()
             for workers in sizes.worker_counts:
-                for kind in SERVERS:
+                for kind in sizes.servers:
                     servers[(kind, workers)] = _start_server(
-                        kind, workers, tmp / "serving.toml", tmp
+                        kind, workers, tmp / "serving.toml", tmp, args.baseline_src
                     )
             clients.start(sizes.clients, bodies)
             _wait_ready(list(servers.values()))
@@ -1196,8 +1255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     setup = (
         f"- checkpoint: {ckpt_bytes / 1e6:,.0f} MB, tables generated and written in "
-        f"{write_s:.1f} s; {len(SERVERS) * len(sizes.worker_counts)} servers started and loaded "
-        f"in {start_s:.1f} s (at once)\n"
+        f"{write_s:.1f} s; {len(servers)} servers started and loaded in {start_s:.1f} s "
+        "(at once)\n"
         f"- whole run: {time.monotonic() - started:.0f} s"
     )
     section = _report(
@@ -1210,6 +1269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         notes=notes,
         request_parts=parts,
         setup=setup,
+        baseline_src=args.baseline_src,
     )
     publish(section, args.write)
     return 0
