@@ -217,3 +217,122 @@ def test_rank3_validated_sparse_names_the_bag_by_its_index() -> None:
     w = es.SparseTensor(sp.indices, np.array([1.0, 3.4e38], np.float32), sp.dense_shape)
     with pytest.raises(es.InputError, match=r"example \[1, 1\]"):
         emb({"f": sp}, {"f": w})
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 1 (library): sizes declared in the input, not the ids sent, are bounded before allocating
+
+
+HUGE = 2**40  # rows: with dim 4 a 16 TiB output ("Unable to allocate 72.8 TiB" was the symptom)
+
+
+def _model(**fc: Any) -> Any:
+    table = es.TableConfig(10, 4, name="t")
+    return es.TPUEmbeddingForServing({"f": es.FeatureConfig(table, **fc)}, None)
+
+
+DECLARED = {
+    "validated dense_shape": ({}, lambda: es.SparseTensor([[0, 0]], [1], [HUGE, 4])),
+    "validated, no entries": (
+        {},
+        lambda: es.SparseTensor(np.zeros((0, 2)), np.zeros(0, np.int64), [HUGE, 4]),
+    ),
+    "validated rank 3": ({}, lambda: es.SparseTensor([[0, 0, 0]], [1], [HUGE, 2, 4])),
+    "plain row index": (
+        {"validate_weights_and_indices": False},
+        lambda: es.SparseTensor([[HUGE, 0]], [1], [HUGE + 1, 1]),
+    ),
+    "sequence dense_shape": (
+        {"max_sequence_length": 3},
+        lambda: es.SparseTensor([[0, 0]], [1], [HUGE, 3]),
+    ),
+    "ragged output_shape": ({"output_shape": [HUGE]}, lambda: es.RaggedTensor.from_list([[1]])),
+    "ragged sequence length": (
+        {"max_sequence_length": HUGE},
+        lambda: es.RaggedTensor.from_list([[1], [2]]),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(DECLARED))
+def test_a_huge_declared_size_is_an_input_error_naming_the_feature(case: str) -> None:
+    fc, make = DECLARED[case]
+    with pytest.raises(es.InputError, match=r"feature 'f'.*MAX_OUTPUT_BYTES") as info:
+        _model(**fc)({"f": make()})
+    assert "TensorFlow" in str(info.value)  # ... would fail with ResourceExhausted
+
+
+def test_a_shape_whose_element_count_overflows_int64_is_refused() -> None:
+    """The rank-3 reshape's linear index would wrap around in int64 and land in a wrong row."""
+    sp = es.SparseTensor([[0, 1, 0]], [1], [2, 2**62, 4])
+    with pytest.raises(es.InputError, match=r"feature 'f'.*dense_shape"):
+        _model()({"f": sp})
+
+
+@pytest.mark.parametrize("case", list(DECLARED))
+def test_the_bound_is_checked_before_allocating(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same inputs at a size that fits: served; with the limit just below it: refused."""
+    from embserve import lookup
+
+    fc = DECLARED[case][0]
+    small = {
+        "validated dense_shape": lambda: es.SparseTensor([[0, 0]], [1], [50, 4]),
+        "validated, no entries": lambda: es.SparseTensor(
+            np.zeros((0, 2)), np.zeros(0, np.int64), [50, 4]
+        ),
+        "validated rank 3": lambda: es.SparseTensor([[0, 0, 0]], [1], [25, 2, 4]),
+        "plain row index": lambda: es.SparseTensor([[49, 0]], [1], [50, 1]),
+        "sequence dense_shape": lambda: es.SparseTensor([[0, 0]], [1], [50, 1]),
+        "ragged output_shape": lambda: es.RaggedTensor.from_list([[1]]),
+        "ragged sequence length": lambda: es.RaggedTensor.from_list([[1], [2]]),
+    }[case]
+    fc = dict(fc)
+    if "output_shape" in fc:
+        fc["output_shape"] = [50]
+    if fc.get("max_sequence_length") == HUGE:
+        fc["max_sequence_length"] = 25
+    out = _model(**fc)({"f": small()})["f"]
+    assert out.nbytes in (50 * 4 * 4, 50 * 3 * 4 * 4)
+    monkeypatch.setattr(lookup, "MAX_OUTPUT_BYTES", out.nbytes - 1)
+    with pytest.raises(es.InputError, match=f"more than {out.nbytes - 1:,} bytes"):
+        _model(**fc)({"f": small()})
+
+
+def test_the_bound_also_covers_dense_ids_and_the_fused_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from embserve import lookup
+
+    monkeypatch.setattr(lookup, "MAX_OUTPUT_BYTES", 99 * 4 * 4)
+    emb = _model()
+    assert emb({"f": np.arange(99) % 10})["f"].shape == (99, 4)
+    with pytest.raises(es.InputError, match=r"feature 'f'.*MAX_OUTPUT_BYTES"):
+        emb({"f": np.arange(100) % 10})
+
+
+def test_a_memory_error_below_the_bound_becomes_an_input_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the bound lifted, the allocation itself fails: still an error naming the feature."""
+    from embserve import lookup
+
+    monkeypatch.setattr(lookup, "MAX_OUTPUT_BYTES", 2**62)
+    with pytest.raises(es.InputError, match=r"feature 'f'.*could not allocate") as info:
+        _model()({"f": es.SparseTensor([[0, 0]], [1], [2**54, 4])})
+    assert isinstance(info.value.__cause__, MemoryError) or info.value.__cause__ is None
+
+
+def test_the_default_bound_is_a_quarter_of_this_machines_memory() -> None:
+    import os
+
+    from embserve import lookup
+
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert 0 < lookup.MAX_OUTPUT_BYTES <= physical // 4
+
+
+def test_ragged_rows_declared_by_nrows_are_bounded() -> None:
+    with pytest.raises(es.InputError, match="nrows"):
+        es.RaggedTensor.from_value_rowids([1], [0], nrows=HUGE * 1024)
+    with pytest.raises(es.InputError, match="value_rowids"):
+        es.RaggedTensor.from_value_rowids([1], [HUGE * 1024])

@@ -16,6 +16,7 @@ later trust (shapes, dtypes, split monotonicity, index bounds). Their errors are
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -33,6 +34,7 @@ __all__ = [
     "SparseParts",
     "SparseTensor",
     "kind_of",
+    "memory_bytes",
     "to_dense_ids",
     "to_ragged",
     "to_sparse",
@@ -44,6 +46,35 @@ SPARSE = "sparse"
 RAGGED = "ragged"
 
 _ID_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
+
+
+def _cgroup_limit() -> int | None:
+    """The memory limit of this process's cgroup (v2, else v1), or None when unlimited."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            return int(text)
+    return None
+
+
+def memory_bytes() -> int:
+    """The memory this process may use: physical memory, or its cgroup's limit when lower
+    (a container's limit is what the OOM killer enforces). 1 TiB when neither is known."""
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        physical = 1 << 40
+    limit = _cgroup_limit()
+    return min(physical, limit) if limit else physical
+
+
+# Row splits that from_value_rowids may allocate (8 bytes per row, and as much for the count):
+# a quarter of this machine's memory, as embserve.lookup.MAX_OUTPUT_BYTES.
+_MAX_SPLIT_BYTES = memory_bytes() // 4
 
 
 def _where(path: str) -> str:
@@ -142,6 +173,14 @@ class RaggedTensor:
                 "RaggedTensor.from_value_rowids: value_rowids must be non-negative and sorted"
             )
         n = int(rowids[-1]) + 1 if rowids.size else 0
+        top = int(rowids.max()) + 1 if rowids.size else 0  # what bincount allocates
+        for what, rows in (("value_rowids", top), ("nrows", 0 if nrows is None else int(nrows))):
+            if 16 * rows > _MAX_SPLIT_BYTES:
+                raise InputError(
+                    f"RaggedTensor.from_value_rowids: {what} declares {rows:,} rows, whose row "
+                    f"splits would need more than {_MAX_SPLIT_BYTES:,} bytes (a quarter of "
+                    "this machine's memory)"
+                )
         if nrows is not None:
             if validate and nrows < n:
                 raise InputError(

@@ -6,6 +6,12 @@ flat validated arrays (:mod:`embserve.inputs`), checks every id that will be rea
 table's row count (:mod:`embserve.kernels.check`), and only then runs a kernel. The outputs are
 packed back into the structure of ``inputs``.
 
+Sizes: sizes the caller declares (a sparse ``dense_shape``, the largest row index on the plain
+sparse path, ``output_shape``, ``max_sequence_length``) are checked against
+:data:`MAX_OUTPUT_BYTES` before anything is allocated, and an allocation that still fails raises
+:class:`~embserve.errors.InputError` naming the feature rather than ``MemoryError`` (TensorFlow
+fails such lookups with ``ResourceExhausted``).
+
 Overflow: a combined (pooled or scattered) output that is inf or NaN although the weights and the
 table rows that fed it are finite raises :class:`~embserve.errors.InputError` naming the feature
 and example, and so does a ``mean`` / ``sqrtn`` denominator (Σ w, Σ w²) that overflows float32,
@@ -39,6 +45,7 @@ from embserve.inputs import (
     RaggedParts,
     SparseParts,
     kind_of,
+    memory_bytes,
     to_dense_ids,
     to_ragged,
     to_sparse,
@@ -65,7 +72,7 @@ from embserve.kernels.sequence import (
     sequence_serial,
 )
 
-__all__ = ["LookupPlan", "serving_embedding_lookup"]
+__all__ = ["MAX_OUTPUT_BYTES", "LookupPlan", "serving_embedding_lookup"]
 
 _log = logging.getLogger("embserve")
 
@@ -78,6 +85,17 @@ _FAST_ID_DTYPES = frozenset((np.dtype(np.int32), np.dtype(np.int64)))
 _MAX_DENSE_GROUPS = 16
 _NDARRAY = {np.ndarray}
 _dtype_of = operator.attrgetter("dtype")
+
+# The largest output one feature's lookup may allocate, with its per-example index arrays (16
+# bytes per example or bag); checked before anything is allocated. Sizes a caller declares
+# (a sparse dense_shape, a row index on the plain sparse path, an output_shape or
+# max_sequence_length) can ask for any amount: [2**40, 4] once meant "Unable to allocate 72.8
+# TiB", and with overcommit a merely large request is granted and then OOM-kills the process
+# while it is filled. A quarter of the memory this process may use (physical, or its cgroup's
+# limit): larger than any output a server could encode and send (JSON is 3-4x the float bytes),
+# small enough to leave the tables' page cache and the caller's own copies room. Set it to
+# change the bound; the server's per-request limits are the tighter, intended ones.
+MAX_OUTPUT_BYTES: int = memory_bytes() // 4
 
 # Below this many output floats a call runs on the calling thread: waking the pool costs more
 # than the work (a parallel region costs ~15-20 µs here; 32k floats gather in about that time).
@@ -99,6 +117,19 @@ def _parallel(n_floats: int) -> bool:
 
 def _table_name(table_config: TableConfig) -> str:
     return str(table_config.name) if table_config.name is not None else "<unnamed table>"
+
+
+def _check_size(path: str, what: str, shape: tuple[int, ...], itemsize: int, bags: int) -> None:
+    """Raise InputError, before anything is allocated, when an output of ``shape`` plus ``bags``
+    examples' index arrays would exceed :data:`MAX_OUTPUT_BYTES`."""
+    need = math.prod(shape) * itemsize + 16 * bags
+    if need > MAX_OUTPUT_BYTES:
+        raise InputError(
+            f"feature {path!r}: {what} asks for an output of shape {list(shape)} ({need:,} bytes "
+            f"with its index arrays), more than {MAX_OUTPUT_BYTES:,} bytes "
+            "(embserve.lookup.MAX_OUTPUT_BYTES, a quarter of this machine's memory by default); "
+            "TensorFlow would fail to allocate it (ResourceExhausted)"
+        )
 
 
 def _prepare_table(table: Any, table_config: TableConfig) -> np.ndarray:
@@ -147,7 +178,10 @@ class _Feature:
         self.arena = OutputArena()
 
     def output(self, shape: tuple[int, ...], zero: bool = False) -> np.ndarray:
-        """An output array of ``shape`` in the table's dtype, from this feature's arena."""
+        """An output array of ``shape`` in the table's dtype, from this feature's arena (within
+        :data:`MAX_OUTPUT_BYTES`)."""
+        if math.prod(shape) * self.table.itemsize > MAX_OUTPUT_BYTES:
+            _check_size(self.path, "the input", shape, self.table.itemsize, 0)
         out = self.arena.take(shape, self.table.dtype)
         if zero:
             out.fill(0)
@@ -298,6 +332,8 @@ def _lookup_sparse(f: _Feature, raw: Any, weight: Any) -> np.ndarray:
 def _sparse_sequence(f: _Feature, sp: SparseParts, seq_len: int) -> np.ndarray:
     """Entry ``[b, j]`` lands at ``out[b, j]`` when ``b < dense_shape[0]`` and ``j < L``."""
     batch = sp.dense_shape[0]
+    shape = (batch, seq_len, f.table.shape[1])
+    _check_size(f.path, f"dense_shape {list(sp.dense_shape)}", shape, f.table.itemsize, batch)
     rows = sp.indices[:, 0]
     cols = sp.indices[:, 1]
     if rows.shape[0] and (rows.min() < 0 or cols.min() < 0):
@@ -317,7 +353,7 @@ def _sparse_sequence(f: _Feature, sp: SparseParts, seq_len: int) -> np.ndarray:
         order = np.argsort(rows_k, kind="stable")
         ids, rows_k, cols_k = ids[order], rows_k[order], cols_k[order]
     splits = _splits_from_rows(rows_k, batch)
-    out = f.output((batch, seq_len, f.table.shape[1]), zero=True)
+    out = f.output(shape, zero=True)
     kernel = (
         scatter_add_parallel if _parallel(ids.shape[0] * f.table.shape[1]) else scatter_add_serial
     )
@@ -374,6 +410,8 @@ def _sparse_plain(f: _Feature, sp: SparseParts, weight: Any) -> np.ndarray:
     f.check_ids(sp.values, False, _sparse_locate(sp.indices))
     weights = _NO_WEIGHTS if weight is None else weight_values(weight, n, f.path, cast=True)
     nrows = int(rows[-1]) + 1 if n else 0
+    dim = f.table.shape[1]
+    _check_size(f.path, f"row index {nrows - 1}", (nrows, dim), f.table.itemsize, nrows)
     return _pool(f, sp.values, weights, _splits_from_rows(rows, nrows), nrows)
 
 
@@ -387,6 +425,13 @@ def _validated_rows(f: _Feature, sp: SparseParts) -> tuple[np.ndarray, int]:
     """
     shape = sp.dense_shape
     nbags = math.prod(shape[:-1])
+    out_shape = (*shape[:-1], f.table.shape[1])
+    _check_size(f.path, f"dense_shape {list(shape)}", out_shape, f.table.itemsize, nbags)
+    if len(shape) > 2 and math.prod(shape) >= 2**63:
+        raise InputError(
+            f"feature {f.path!r}: dense_shape {list(shape)} has {math.prod(shape):,} elements, "
+            "more than an int64 index can address"
+        )
     if len(shape) == 2:
         rows = sp.indices[:, 0]
     elif sp.indices.shape[0] == 0:
@@ -605,7 +650,10 @@ class LookupPlan:
         if n == 0:
             return None
         dim = group.dim
-        out = group.gather(stacked.reshape(-1), _parallel(len(keys) * n * dim))
+        floats = len(keys) * n * dim
+        if 4 * floats > MAX_OUTPUT_BYTES:
+            return None  # the general path names the feature
+        out = group.gather(stacked.reshape(-1), _parallel(floats))
         if out is None:
             return None
         if len(shape) == 1:
@@ -683,13 +731,19 @@ class LookupPlan:
                 _check_weight(path, kind, raw, weight, cfg)
             # KeyError naming the TableConfig when it is missing, as in TensorFlow.
             f = self._feature(path, cfg, tables[cfg.table])
-            if kind == DENSE:
-                outputs.append(_lookup_dense(f, raw))
-            elif kind == SPARSE:
-                outputs.append(_lookup_sparse(f, raw, weight))
-            else:
-                assert kind == RAGGED
-                outputs.append(_lookup_ragged(f, raw, weight))
+            try:
+                if kind == DENSE:
+                    outputs.append(_lookup_dense(f, raw))
+                elif kind == SPARSE:
+                    outputs.append(_lookup_sparse(f, raw, weight))
+                else:
+                    assert kind == RAGGED
+                    outputs.append(_lookup_ragged(f, raw, weight))
+            except MemoryError as exc:  # below MAX_OUTPUT_BYTES, but not available now
+                raise InputError(
+                    f"feature {path!r}: the lookup could not allocate its output ({exc}); "
+                    "TensorFlow would fail the same way (ResourceExhausted)"
+                ) from exc
         if fast is not None:
             by_path = dict(zip([p for p, _ in flat_inputs], outputs, strict=True))
             return {k: by_path[k] for k in inputs}
