@@ -1673,16 +1673,43 @@ class TestFusedDense:
         assert emb2({"f0": np.array([1]), "f2": np.array([2])})["f2"].tolist() == [[2.0] * 4]
 
     def test_key_orders_chosen_by_callers_keep_the_cache_bounded(self):
+        """4 features give 64 key orders, four times the cap: the cache stays bounded and every
+        order still gets its own features' rows, including orders evicted and built again."""
         import itertools
 
         from embserve import lookup
 
-        emb, _ = self._model()
+        emb, _ = self._model(dims=(4, 4, 4, 4))
+        tables = {f"f{i}": t for i, t in enumerate(emb.embedding_tables.values())}
         ids = np.array([1, 2])
-        for order in itertools.islice(itertools.permutations(["f0", "f1", "f2"]), 6):
-            for n in range(1, 4):
-                emb({k: ids for k in order[:n]})
-        assert len(emb._plan._dense[2]) <= lookup._MAX_DENSE_GROUPS
+        orders = [
+            order
+            for n in range(1, 5)
+            for order in itertools.permutations(["f0", "f1", "f2", "f3"], n)
+        ]
+        assert len(orders) == 64 > 2 * lookup._MAX_DENSE_GROUPS
+        for _ in range(2):
+            for order in orders:
+                got = emb({k: ids for k in order})
+                assert list(got) == list(order)
+                for k in order:
+                    np.testing.assert_array_equal(got[k], tables[k][ids])
+                assert len(emb._plan._dense[2]) <= lookup._MAX_DENSE_GROUPS
+        assert tuple(orders[-1]) in emb._plan._dense[2]  # the fused path ran and was cached
+
+    def test_a_plan_run_with_other_tables_uses_them(self):
+        """The fused groups hold table addresses: a call with another tables mapping (same
+        TableConfigs) must not reuse groups built from the previous one."""
+        from embserve.lookup import LookupPlan
+
+        _, fc = self._model()
+        plan = LookupPlan(fc)
+        ids = {"f0": np.array([1, 2]), "f1": np.array([3, 4])}
+        for value in (1.0, 2.0, 3.0):
+            tables = {f.table: np.full((50, 4), value, np.float32) for f in fc.values()}
+            got = plan.run(ids, None, tables)
+            assert got["f0"].tolist() == [[value] * 4] * 2
+            assert plan._dense[2][("f0", "f1")] is not None  # the fused path ran
 
     def test_an_unsupported_combiner_fails_the_same_on_both_paths(self):
         emb, fc = self._model()

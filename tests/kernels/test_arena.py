@@ -55,22 +55,31 @@ def test_buffers_over_the_limit_are_never_retained() -> None:
 
 
 def test_concurrent_takers_never_share_a_buffer() -> None:
+    """Six threads each take a buffer, fill it, and only after all have filled (a barrier) check
+    it, still holding it: a buffer handed to two of them shows the other's value. Without the
+    barrier, fill and compare ran back to back and a shared buffer went unnoticed."""
     arena = OutputArena(keep=2)
+    n = 6
+    filled = threading.Barrier(n)
+    checked = threading.Barrier(n)
     errors: list[str] = []
 
     def work(value: float) -> None:
-        for _ in range(2000):
+        for i in range(200):
             out = arena.take((256,), np.float32)
             out.fill(value)
+            filled.wait()
             if not (out == value).all():
-                errors.append("shared")
+                errors.append(f"thread {value}, round {i}: buffer shared")
+            checked.wait()
+            del out
 
-    threads = [threading.Thread(target=work, args=(float(i),)) for i in range(6)]
+    threads = [threading.Thread(target=work, args=(float(i),)) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert not errors
+    assert not errors, errors[:3]
 
 
 @pytest.mark.skipif(not REUSE, reason="reuse is off on this interpreter")
@@ -111,3 +120,13 @@ def test_without_exact_refcounts_every_take_allocates(monkeypatch: pytest.Monkey
     assert _addr(arena.take((64,), np.float32)) != address
     assert len(arena._pool) == 0
     del keep
+
+
+def test_at_most_keep_buffers_are_retained() -> None:
+    arena = OutputArena(keep=2)
+    held = [arena.take((n,), np.float32) for n in (10, 100, 1000, 10000)]  # all busy
+    assert len(arena._pool) == 2
+    del held
+    for n in (7, 70, 700, 7000, 70000):
+        arena.take((n,), np.float32)
+        assert len(arena._pool) <= 2
