@@ -29,14 +29,14 @@ about the server's insides); the detail is logged with its traceback and counted
 built: a reload swapping the version meanwhile does not affect it, and a version taken out of
 service is released only after its requests. Its body is decoded on the event loop when it is
 small (``[server] inline_max_body_bytes``, 256 KiB by default); then the lookup and the
-encoding run on the loop when the request's output (and its ids × dim) stays within
-``[server] inline_max_output_floats`` (32,768 by default: the size from which lookups use
-numba's parallel kernels), and otherwise in a *lookup thread*. A large body is decoded, looked
-up and encoded in a lookup thread altogether. So the size of the work decides, not the size of
-the body: a 3 KB body can ask for megabytes of output. Small requests stay on the loop because
-their work is mostly GIL-bound JSON and Python, where a thread only adds a hand-off and GIL
-contention (on 2 cores, batch-1 requests with 26 features from 4 clients ran at 635 req/s
-inline against 296 req/s through a pool).
+encoding run on the loop when the request's output floats, and its ids times the largest table
+dim, both stay within ``[server] inline_max_output_floats`` (32,768 by default: the size from
+which lookups use numba's parallel kernels), and otherwise in a *lookup thread*. A large body
+is decoded, looked up and encoded in a lookup thread altogether. So the size of the work
+decides, not the size of the body: a 3 KB body can ask for megabytes of output. Small requests
+stay on the loop because their work is mostly GIL-bound JSON and Python, where a thread only
+adds a hand-off and GIL contention (on 2 cores, batch-1 requests with 26 features from 4
+clients ran at 635 req/s inline against 296 req/s through a pool).
 
 **Lookup threads** are a pool of ``[server] max_concurrent_lookups`` threads (default: the
 usable CPU cores divided by numba's kernel threads, at least 1); requests beyond it wait their
@@ -70,7 +70,6 @@ from embserve.server.reloader import LoadedVersion, Loader, Reloader, make_loade
 from embserve.server.rest import DecodedRequest, RequestError, RestCodec
 
 try:
-    import anyio
     import orjson
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
@@ -134,40 +133,76 @@ def _error(status: int, message: str, headers: Mapping[str, str] | None = None) 
     return _json({"error": message}, status, headers)
 
 
-async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
-    """The request body, refused with 413 as soon as it exceeds ``limit`` bytes, and with 408
-    when it has not fully arrived ``timeout_s`` seconds after the request's head (a total
-    deadline, so a client trickling a byte at a time cannot extend it)."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise RequestError(400, f"invalid Content-Length header {declared!r}") from None
-        if size > limit:
-            raise RequestError(
-                413,
-                f"request body of {size} bytes exceeds the limit of {limit} bytes "
-                "(limits.max_body_bytes)",
-            )
-    chunks: list[bytes] = []
-    received = 0
-    with anyio.move_on_after(timeout_s) as deadline:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > limit:
+class _BodyDeadlines:
+    """The deadlines of the request bodies being read, enforced by one periodic sweep.
+
+    A body must have arrived ``timeout_s`` after its request's head (a total deadline: a
+    client trickling a byte at a time cannot extend it). A per-request timer
+    (``asyncio.timeout``) cost 5-9 us per request, most of it for bodies that had arrived
+    with their head; registering in a dict costs ~0.5 us, and one task wakes every
+    ``timeout_s / 4`` (at most 1 s), cancelling the reads past their deadline. So a body is
+    cut between ``timeout_s`` and ``timeout_s`` plus that period.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.period_s = min(1.0, timeout_s / 4)
+        self.reading: dict[asyncio.Task[Any], float] = {}  # task -> deadline (loop time)
+        self.expired: set[asyncio.Task[Any]] = set()
+
+    async def sweep(self) -> None:
+        """Cancel the reads past their deadline, every ``period_s``, until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.period_s)
+            now = loop.time()
+            for task, deadline in list(self.reading.items()):
+                if deadline <= now and task not in self.expired:
+                    self.expired.add(task)
+                    task.cancel()
+
+    async def read(self, request: Request, limit: int) -> bytes:
+        """The request body, refused with 413 as soon as it exceeds ``limit`` bytes, and with
+        408 when it has not fully arrived in time."""
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                raise RequestError(400, f"invalid Content-Length header {declared!r}") from None
+            if size > limit:
                 raise RequestError(
                     413,
-                    f"request body exceeds the limit of {limit} bytes (limits.max_body_bytes)",
+                    f"request body of {size} bytes exceeds the limit of {limit} bytes "
+                    "(limits.max_body_bytes)",
                 )
-            chunks.append(chunk)
-    if deadline.cancelled_caught:
-        raise RequestError(
-            408,
-            f"request body not received within {timeout_s:g} s ({received} bytes arrived; "
-            "server.body_timeout_s)",
-        )
-    return b"".join(chunks)
+        task = asyncio.current_task()
+        assert task is not None
+        self.reading[task] = asyncio.get_running_loop().time() + self.timeout_s
+        chunks: list[bytes] = []
+        received = 0
+        try:
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > limit:
+                    raise RequestError(
+                        413,
+                        f"request body exceeds the limit of {limit} bytes (limits.max_body_bytes)",
+                    )
+                chunks.append(chunk)
+        except asyncio.CancelledError:
+            if task not in self.expired:
+                raise  # cancelled by someone else (a drain past its timeout)
+            task.uncancel()
+            raise RequestError(
+                408,
+                f"request body not received within {self.timeout_s:g} s ({received} bytes "
+                "arrived; server.body_timeout_s)",
+            ) from None
+        finally:
+            del self.reading[task]
+            self.expired.discard(task)
+        return b"".join(chunks)
 
 
 class _Service:
@@ -179,6 +214,9 @@ class _Service:
         self.metrics = metrics
         self.codec = RestCodec(config.features, config.limits)
         self.metadata_body = self._metadata()
+        self.bodies = _BodyDeadlines(config.server.body_timeout_s)
+        # ids x this bounds the floats a lookup reads (for where a request runs)
+        self.max_dim = max(t.dim for t in config.tables)
         # Threads are started on first use; shut down with the app's lifespan.
         self.lookups = ThreadPoolExecutor(
             lookup_threads(config.server.max_concurrent_lookups),
@@ -275,7 +313,7 @@ class _Service:
         version = self._version(request)
         self._check_version(self._loaded(), version)  # 503 / 404 before reading a body
         server = self.config.server
-        body = await _read_body(request, self.config.limits.max_body_bytes, server.body_timeout_s)
+        body = await self.bodies.read(request, self.config.limits.max_body_bytes)
         # The version is read once, and the request counted in flight on it until its answer
         # is built: a reload swapping it meanwhile does not affect this request, and a version
         # taken out of service (files changed in place) is released only after its requests.
@@ -287,7 +325,8 @@ class _Service:
                 payload = await self._in_lookup_thread(self._predict, loaded, body)
             else:
                 decoded = self.codec.decode(body)
-                if decoded.work_floats(self.config.features) <= server.inline_max_output_floats:
+                inline = server.inline_max_output_floats
+                if decoded.output_floats <= inline and decoded.num_ids * self.max_dim <= inline:
                     payload = self._answer(loaded, decoded)
                 else:
                     payload = await self._in_lookup_thread(self._answer, loaded, decoded)
@@ -470,6 +509,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await run_in_threadpool(reloader.start)
+        sweeper = asyncio.create_task(service.bodies.sweep(), name="embserve-body-deadlines")
         # Everything imported and loaded so far lives as long as the process: move it out of
         # the collector's generations. A full collection over the ~121k objects of the
         # imports took ~50 ms (stalling every request in flight); after freezing, ~0.75 ms.
@@ -477,6 +517,7 @@ def create_app(
         try:
             yield
         finally:
+            sweeper.cancel()
             service.lookups.shutdown(wait=False, cancel_futures=True)
             await run_in_threadpool(reloader.stop)
             metrics.close()

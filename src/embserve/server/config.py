@@ -32,9 +32,9 @@ A TOML file, read with the standard library's :mod:`tomllib`::
     [server]                      # optional
     inline_max_body_bytes = 262144  # predict bodies up to this size are decoded on the event
                                     # loop, larger ones in a lookup thread (0: never inline)
-    inline_max_output_floats = 32768  # requests whose output (and ids x dim) stay within this
-                                    # are looked up and encoded on the event loop, larger ones
-                                    # in a lookup thread (0: never inline)
+    inline_max_output_floats = 32768  # requests whose output floats (and ids x the largest
+                                    # dim) stay within this are looked up and encoded on the
+                                    # event loop, larger ones in a lookup thread (0: never)
     max_concurrent_lookups = 0    # lookup threads; 0: CPU cores / numba kernel threads
     header_timeout_s = 10.0       # a connection must send a request's headers within this
     body_timeout_s = 20.0         # ... and its whole body within this after the headers (408)
@@ -198,13 +198,13 @@ class ServerOptions:
         inline_max_body_bytes: predict bodies up to this size are decoded on the event loop;
             larger ones are decoded (and looked up, and encoded) in a lookup thread, so parsing
             megabytes of JSON does not stall every other connection (0: never on the loop).
-        inline_max_output_floats: a decoded request whose output floats, and ids × dim, both
-            stay within this is looked up and encoded on the event loop; a larger one in a
-            lookup thread (0: never on the loop). Small requests are GIL-bound Python, where a
-            thread hop costs more than it saves. The default, 32,768, is the size from which
-            lookups run numba's parallel kernels (``embserve.lookup.PARALLEL_MIN_FLOATS``), so
-            the event loop only ever runs serial kernels; encoding that many floats as JSON
-            takes ~1.3 ms.
+        inline_max_output_floats: a decoded request whose output floats, and its ids times
+            the largest table dim, both stay within this is looked up and encoded on the event
+            loop; a larger one in a lookup thread (0: never on the loop). Small requests are
+            GIL-bound Python, where a thread hop costs more than it saves. The default, 32,768,
+            is the size from which lookups run numba's parallel kernels
+            (``embserve.lookup.PARALLEL_MIN_FLOATS``), so the event loop only ever runs serial
+            kernels; encoding that many floats as JSON takes ~1.3 ms.
         max_concurrent_lookups: how many lookup threads run at once (the rest queue). ``0``:
             the usable CPU cores divided by numba's kernel threads (at least 1), because every
             calling thread starts its own OpenMP team: with anyio's 40 pool threads, 8

@@ -158,14 +158,19 @@ class NoDelayHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
         if len(self.connections) > limits.max_connections:
             _refuse(transport, limits.max_connections)
             return
-        self._start_head_timer()
+        self._start_head_timer(self.cycle)
 
     def data_received(self, data: bytes) -> None:
-        if self._limits is not None and self._head_timer is None and self._between_requests():
-            self._start_head_timer()  # the first byte of the next request
+        cycle = self.cycle
+        between = self._head_timer is None and self._limits is not None and self._between_requests()
         super().data_received(data)
-        if self._head_timer is not None and self.cycle is not self._head_cycle:
-            self._stop_head_timer()  # a complete head: its request cycle has started
+        if self._head_timer is not None:
+            if self.cycle is not self._head_cycle:
+                self._stop_head_timer()  # a complete head: its request cycle has started
+        elif between and self.cycle is cycle:
+            # The first bytes of the next request, but not yet its whole head. (A head that
+            # arrives whole, the usual case, never arms the timer: ~2 us saved per request.)
+            self._start_head_timer(cycle)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
@@ -175,9 +180,9 @@ class NoDelayHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
         cycle = self.cycle
         return cycle is None or bool(cycle.response_complete)
 
-    def _start_head_timer(self) -> None:
+    def _start_head_timer(self, cycle: Any = None) -> None:
         assert self._limits is not None
-        self._head_cycle = self.cycle
+        self._head_cycle = cycle
         self._head_timer = self.loop.call_later(self._limits.header_timeout_s, self._head_timed_out)
 
     def _stop_head_timer(self) -> None:

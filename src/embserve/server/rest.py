@@ -136,11 +136,15 @@ class DecodedRequest:
             ``"instances"`` (answer with ``"predictions"``).
         batch: the number of instances (row form), or of rows of the first column.
         features: feature name → :class:`FeatureInput`, in request order.
+        num_ids: ids, summed over the features.
+        output_floats: floats the lookup returns, summed over the features.
     """
 
     columnar: bool
     batch: int
     features: dict[str, FeatureInput]
+    num_ids: int = 0
+    output_floats: int = 0
 
     @property
     def ids(self) -> dict[str, Any]:
@@ -158,19 +162,6 @@ class DecodedRequest:
     def ids_per_feature(self) -> dict[str, int]:
         """Feature name → number of ids."""
         return {name: f.num_ids for name, f in self.features.items()}
-
-    @property
-    def output_floats(self) -> int:
-        """Floats the lookup returns, summed over the features."""
-        return sum(f.output_floats for f in self.features.values())
-
-    def work_floats(self, features: Mapping[str, es.FeatureConfig]) -> int:
-        """The larger of the floats the lookup writes and reads (ids × dim), summed over the
-        features: what the lookup's kernels size their work by (``features`` gives the dims)."""
-        return sum(
-            max(f.output_floats, f.num_ids * features[name].table.dim)
-            for name, f in self.features.items()
-        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -392,7 +383,7 @@ class RestCodec:
             if len(names) == 1
             else dict(zip(names, zip(*picked, strict=True), strict=True))
         )
-        return DecodedRequest(False, batch, self._convert(columns, columnar=False))
+        return self._convert(columns, batch, columnar=False)
 
     def _mismatched_instance(
         self, i: int, inst: dict[str, Any], columns: Sequence[str]
@@ -434,11 +425,11 @@ class RestCodec:
             self._check_batch(len(column), f"feature {name!r}")
             if batch < 0:
                 batch = len(column)
-        return DecodedRequest(True, batch, self._convert(inputs, columnar=True))
+        return self._convert(inputs, batch, columnar=True)
 
     def _convert(
-        self, columns: Mapping[str, Sequence[Any]], *, columnar: bool
-    ) -> dict[str, FeatureInput]:
+        self, columns: Mapping[str, Sequence[Any]], batch: int, *, columnar: bool
+    ) -> DecodedRequest:
         out: dict[str, FeatureInput] = {}
         total = 0
         floats_left = self.limits.max_output_floats
@@ -454,7 +445,9 @@ class RestCodec:
                     f"{name!r})",
                 )
             out[name] = feature
-        return out
+        return DecodedRequest(
+            columnar, batch, out, total, self.limits.max_output_floats - floats_left
+        )
 
     def _check_output(self, name: str, dims: Sequence[int], floats_left: int) -> int:
         """The floats of an output of shape ``dims``; 400 when they exceed what the request
@@ -498,7 +491,9 @@ class RestCodec:
         kinds = set(map(type, values))
         if kinds <= {int}:
             if cfg.max_sequence_length == 0 and cfg.output_shape is None:
-                floats = self._check_output(name, [len(values), cfg.table.dim], floats_left)
+                floats = len(values) * cfg.table.dim  # (inline: the hot path, 26 x per request)
+                if floats > floats_left:
+                    self._check_output(name, [len(values), cfg.table.dim], floats_left)
                 ids = _int64(values)
                 if ids is None:
                     i, bad = next(
