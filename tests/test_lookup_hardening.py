@@ -264,8 +264,8 @@ def test_a_huge_declared_size_is_an_input_error_naming_the_feature(case: str) ->
 
 def test_a_shape_whose_element_count_overflows_int64_is_refused() -> None:
     """The rank-3 reshape's linear index would wrap around in int64 and land in a wrong row."""
-    sp = es.SparseTensor([[0, 1, 0]], [1], [2, 2**62, 4])
-    with pytest.raises(es.InputError, match=r"feature 'f'.*dense_shape"):
+    sp = es.SparseTensor([[1, 0, 0]], [1], [2, 2, 2**62])  # 4 bags, 2**64 elements
+    with pytest.raises(es.InputError, match=r"feature 'f'.*dense_shape.*int64"):
         _model()({"f": sp})
 
 

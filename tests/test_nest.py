@@ -36,8 +36,10 @@ def test_namedtuple_in_field_order_and_ordereddict_sorted() -> None:
 
 
 def test_unsortable_keys_raise_type_error() -> None:
-    with pytest.raises(TypeError, match="not supported between"):
+    with pytest.raises(TypeError, match=r"not supported between.*at the top level"):
         nest.flatten({1: 1, "a": 2})
+    with pytest.raises(TypeError, match=r"not supported between.*at path 'x/0'"):
+        nest.flatten({"x": [{1: 1, "a": 2}]})
 
 
 def test_pack_keeps_container_types_and_dict_order() -> None:

@@ -30,6 +30,7 @@ import logging
 import math
 import operator
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,7 @@ import numpy as np
 from embserve import config as _config
 from embserve import nest
 from embserve.config import FeatureConfig, TableConfig
-from embserve.errors import FeatureConfigTypeError, IdOutOfRangeError, InputError
+from embserve.errors import ConfigError, FeatureConfigTypeError, IdOutOfRangeError, InputError
 from embserve.inputs import (
     DENSE,
     RAGGED,
@@ -72,7 +73,13 @@ from embserve.kernels.sequence import (
     sequence_serial,
 )
 
-__all__ = ["MAX_OUTPUT_BYTES", "LookupPlan", "serving_embedding_lookup"]
+__all__ = [
+    "MAX_OUTPUT_BYTES",
+    "FeatureSpec",
+    "LookupPlan",
+    "flatten_feature_config",
+    "serving_embedding_lookup",
+]
 
 _log = logging.getLogger("embserve")
 
@@ -150,27 +157,229 @@ def _prepare_table(table: Any, table_config: TableConfig) -> np.ndarray:
     return arr
 
 
+# ---------------------------------------------------------------------------------------------
+# Feature configs: flattened once, described once
+
+
+def flatten_feature_config(
+    feature_config: Any, *, unique_paths: bool = False
+) -> dict[str, FeatureConfig]:
+    """``tf.nest`` path → ``FeatureConfig`` for a feature_config structure, in tf.nest order.
+
+    Paths join dict keys (visited in sorted order), namedtuple field names and list / tuple
+    indices with ``/``; a lone ``FeatureConfig`` has path ``""``. Inputs are matched to features
+    by these paths, by lookups and by the server's requests alike.
+
+    Args:
+        feature_config: a ``FeatureConfig`` or nested dicts, lists, tuples and namedtuples of
+            them.
+        unique_paths: refuse two leaves with the same path (``{"a/b": x, "a": {"b": y}}``).
+            TensorFlow keeps the last one silently, so lookups leave this off; a serving config
+            should turn it on.
+
+    Raises:
+        FeatureConfigTypeError: a leaf is not a ``FeatureConfig`` (TensorFlow's
+            ``AttributeError``, and a ``ConfigError``), naming its path.
+        TypeError: the keys of a dict cannot be sorted (as ``tf.nest``), naming its path.
+        ConfigError: with ``unique_paths``, two leaves share a path.
+    """
+    flat = nest.flatten_with_paths(feature_config)
+    features: dict[str, FeatureConfig] = {}
+    for path, leaf in flat:
+        if not isinstance(leaf, FeatureConfig):
+            raise FeatureConfigTypeError(
+                f"feature_config leaf at path {path!r} is a {type(leaf).__name__}, not a "
+                f"FeatureConfig ({type(leaf).__name__!r} object has no attribute "
+                "'output_shape')"
+            )
+        if unique_paths and path in features:
+            raise ConfigError(
+                f"feature_config has two features at path {path!r}; inputs are matched to "
+                "features by path, so one of them could never be looked up"
+            )
+        features[path] = leaf
+    return features
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureSpec:
+    """What a feature accepts and what its lookup returns, decided in one place.
+
+    The lookup itself reads these rules from here; so can anything that prepares inputs or
+    describes outputs (a REST codec, a metadata route, a smoke check). A snapshot of the
+    ``FeatureConfig`` and its ``TableConfig`` when made (:meth:`of`): make a new one after
+    changing a config. Shapes use the table config's ``dim``; a lookup with tables of another
+    width returns that width.
+
+    Attributes:
+        path: the feature's path in the feature_config.
+        table: the table's name (``None`` before ``TPUEmbeddingForServing`` names it).
+        dim: the table config's embedding width.
+        combiner: ``"sum"``, ``"mean"`` or ``"sqrtn"``.
+        max_sequence_length: 0 for a pooled feature.
+        output_shape: the configured output shape without ``dim``, or ``None``.
+        validate_weights_and_indices: the sparse path (validated, or TF's plain one).
+    """
+
+    path: str
+    table: str | None
+    dim: int
+    combiner: str
+    max_sequence_length: int
+    output_shape: tuple[int | None, ...] | None
+    validate_weights_and_indices: bool
+
+    @classmethod
+    def of(cls, path: str, config: FeatureConfig) -> FeatureSpec:
+        """The spec of ``config`` as it is now."""
+        table = config.table
+        shape = config.output_shape
+        return cls(
+            path=path,
+            table=None if table.name is None else str(table.name),
+            dim=int(table.dim),
+            combiner=str(table.combiner),
+            max_sequence_length=int(config.max_sequence_length),
+            output_shape=None if shape is None else tuple(shape),
+            validate_weights_and_indices=bool(config.validate_weights_and_indices),
+        )
+
+    @property
+    def sequence(self) -> bool:
+        """A sequence feature: ragged or rank-2 sparse ids give ``[batch, L, dim]``."""
+        return self.max_sequence_length > 0
+
+    @property
+    def accepts_dense(self) -> bool:
+        """Dense ids are accepted (not for sequence features). They give one row per id and
+        ignore ``output_shape``, as in TensorFlow: send bags to have it applied."""
+        return not self.sequence
+
+    @property
+    def accepts_weights(self) -> bool:
+        """Sparse / ragged weights are accepted (not for sequence features)."""
+        return not self.sequence
+
+    @property
+    def example_shape(self) -> tuple[int, ...] | None:
+        """One example's output when given as a bag: ``(dim,)`` pooled, ``(L, dim)`` for a
+        sequence feature; ``None`` when ``output_shape`` shapes the whole output instead."""
+        if self.output_shape is not None:
+            return None
+        if self.sequence:
+            return (self.max_sequence_length, self.dim)
+        return (self.dim,)
+
+    def ragged_length(self, batch: int) -> int:
+        """How ragged input of ``batch`` rows is read: 0 when each row is pooled into one
+        vector, else the sequence length ``L`` each row is cut or padded to (the feature's
+        ``max_sequence_length``, or ``size // batch`` when an ``output_shape`` of ``size``
+        elements exceeds the batch: TensorFlow then ignores the combiner and weights).
+
+        Raises:
+            InputError: an ``output_shape`` that cannot apply to this batch (TensorFlow's
+                errors: partially known, empty batch, not a multiple of the batch).
+        """
+        shape = self.output_shape
+        if shape is None:
+            return self.max_sequence_length
+        if any(d is None for d in shape):
+            raise InputError(
+                f"feature {self.path!r}: Cannot convert a partially known TensorShape "
+                f"{shape} to a Tensor (output_shape must be fully known)"
+            )
+        size = math.prod(int(d) for d in shape if d is not None)
+        if size == batch:
+            return 0
+        if batch == 0:
+            raise InputError(
+                f"feature {self.path!r}: output_shape {shape} cannot be applied to an empty "
+                "batch (TensorFlow: 'Integer division by zero')"
+            )
+        if size > batch and size % batch == 0:
+            return size // batch
+        raise InputError(
+            "Output shape set in the FeatureConfig should be the factor of the input data "
+            f"batch size. But instead got output shape {shape}, input data batch size "
+            f"{batch} (feature {self.path!r})"
+        )
+
+    def ragged_output_shape(self, batch: int) -> tuple[int, ...]:
+        """The output shape for ragged input of ``batch`` rows (raises as
+        :meth:`ragged_length`)."""
+        length = self.ragged_length(batch)
+        if self.output_shape is not None:
+            return (*(int(d) for d in self.output_shape if d is not None), self.dim)
+        return (batch, length, self.dim) if length else (batch, self.dim)
+
+    def sparse_sequence(self, rank: int) -> bool:
+        """Whether sparse input of this rank takes the sequence path (rank 2, no
+        ``output_shape``); otherwise ``max_sequence_length`` is ignored and bags are pooled."""
+        return self.sequence and self.output_shape is None and rank == 2
+
+    def sparse_output_shape(self, dense_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The output shape for sparse input of ``dense_shape`` (``output_shape`` does not
+        apply to sparse input). On the plain path (``validate_weights_and_indices=False``,
+        rank <= 2) the output has ``1 + largest row index`` rows instead of
+        ``dense_shape[0]``."""
+        if self.sparse_sequence(len(dense_shape)):
+            return (dense_shape[0], self.max_sequence_length, self.dim)
+        return (*dense_shape[:-1], self.dim)
+
+    def check_dense(self) -> None:
+        """Raise :class:`InputError` unless dense ids are accepted (TensorFlow's message)."""
+        if not self.accepts_dense:
+            raise InputError(
+                f"Feature {self.path} is a sequence feature but a dense tensor was passed. "
+                "Sequence features need sparse or ragged input."
+            )
+
+    def check_weights(self) -> None:
+        """Raise :class:`InputError` unless weights are accepted (TensorFlow's message)."""
+        if not self.accepts_weights:
+            raise InputError(f"Weight specified for {self.path}, but this is a sequence feature.")
+
+    def dense_output_shape(self, ids_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The output shape for dense ids of ``ids_shape``: one row per id.
+
+        Raises:
+            InputError: a sequence feature (it needs sparse or ragged input).
+        """
+        self.check_dense()
+        return (*ids_shape, self.dim)
+
+
 class _Feature:
     """What one feature's lookup needs, read from its FeatureConfig once per call."""
 
     __slots__ = (
         "arena",
+        "changes",
         "combiner",
         "combiner_name",
-        "config",
         "path",
         "source",
+        "spec",
         "table",
         "table_name",
     )
 
-    def __init__(self, path: str, config: FeatureConfig, table: np.ndarray, source: Any) -> None:
+    def __init__(
+        self,
+        path: str,
+        config: FeatureConfig,
+        spec: FeatureSpec,
+        table: np.ndarray,
+        source: Any,
+        changes: int,
+    ) -> None:
+        self.changes = changes  # the config change count the spec is at least as new as
         self.path = path
-        self.config = config
+        self.spec = spec
         self.table = table
         self.source = source  # the table object the caller passed, before _prepare_table
         self.table_name = _table_name(config.table)
-        combiner = config.table.combiner
+        combiner = spec.combiner
         if combiner not in _COMBINERS:
             raise InputError(f"feature {path!r}: combiner {combiner!r} is not supported on CPU")
         self.combiner_name = combiner
@@ -217,11 +426,7 @@ def _dense_locate(shape: tuple[int, ...]) -> Any:
 
 
 def _lookup_dense(f: _Feature, raw: Any) -> np.ndarray:
-    if f.config.max_sequence_length > 0:
-        raise InputError(
-            f"Feature {f.path} is a sequence feature but a dense tensor was passed. "
-            "Sequence features need sparse or ragged input."
-        )
+    f.spec.check_dense()
     ids = to_dense_ids(raw, f.path)
     flat = ids.reshape(-1)  # a view when contiguous, else a contiguous copy
     table = f.table
@@ -311,20 +516,20 @@ def _ragged_locate(splits: np.ndarray) -> Any:
 
 
 def _lookup_sparse(f: _Feature, raw: Any, weight: Any) -> np.ndarray:
-    cfg = f.config
-    seq_len = cfg.max_sequence_length
+    spec = f.spec
     rank = np.size(raw.dense_shape)
-    if seq_len > 0 and cfg.output_shape is None and rank == 2:
-        return _sparse_sequence(f, to_sparse(raw, f.path, allow_int16=True), seq_len)
+    if spec.sparse_sequence(rank):
+        sp = to_sparse(raw, f.path, allow_int16=True)
+        return _sparse_sequence(f, sp, spec.max_sequence_length)
     sp = to_sparse(raw, f.path)
-    if seq_len > 0:
+    if spec.sequence:
         _warn_once(
             f.path,
             f"max_sequence_length setting will be ignored because the rank of the input "
             f"tensor is {rank} which is not 2"
-            + (" (or output_shape is set)" if cfg.output_shape is not None else ""),
+            + (" (or output_shape is set)" if spec.output_shape is not None else ""),
         )
-    if not cfg.validate_weights_and_indices and rank <= 2:
+    if not spec.validate_weights_and_indices and rank <= 2:
         return _sparse_plain(f, sp, weight)
     return _sparse_validated(f, sp, weight)
 
@@ -521,43 +726,21 @@ def _lookup_ragged(f: _Feature, raw: Any, weight: Any) -> np.ndarray:
             )
         weights = weight_values(weight, rg.values.shape[0], f.path, cast=False)
     batch = rg.row_splits.shape[0] - 1
-    cfg = f.config
-    dim = f.table.shape[1]
-    if cfg.output_shape is None:
-        if cfg.max_sequence_length > 0:
-            return _sequence(f, rg, cfg.max_sequence_length)
-        return _pool(f, rg.values, weights, rg.row_splits, batch)
-    out_shape = tuple(cfg.output_shape)
-    if any(d is None for d in out_shape):
-        raise InputError(
-            f"feature {f.path!r}: Cannot convert a partially known TensorShape "
-            f"{out_shape} to a Tensor (output_shape must be fully known)"
-        )
-    size = math.prod(int(d) for d in out_shape if d is not None)
-    if size == batch:
-        out = _pool(f, rg.values, weights, rg.row_splits, batch)
-    elif batch == 0:
-        raise InputError(
-            f"feature {f.path!r}: output_shape {out_shape} cannot be applied to an empty batch "
-            "(TensorFlow: 'Integer division by zero')"
-        )
-    elif size > batch and size % batch == 0:
-        # TensorFlow's sequence reading of output_shape: the combiner and weights are ignored.
-        out = _sequence(f, rg, size // batch)
-    else:
-        raise InputError(
-            "Output shape set in the FeatureConfig should be the factor of the input data "
-            f"batch size. But instead got output shape {out_shape}, input data batch size "
-            f"{batch} (feature {f.path!r})"
-        )
-    return out.reshape((*out_shape, dim))
+    length = f.spec.ragged_length(batch)  # 0: pooled; raises for an output_shape that misfits
+    # length > 0: a sequence feature, or TensorFlow's sequence reading of an output_shape
+    # larger than the batch (the combiner and weights are then ignored).
+    out = _sequence(f, rg, length) if length else _pool(f, rg.values, weights, rg.row_splits, batch)
+    shape = f.spec.output_shape
+    if shape is None:
+        return out
+    return out.reshape((*(int(d) for d in shape if d is not None), f.table.shape[1]))
 
 
 # ---------------------------------------------------------------------------------------------
 # The call
 
 
-def _check_weight(path: str, kind: str, raw: Any, weight: Any, cfg: FeatureConfig) -> None:
+def _check_weight(path: str, kind: str, raw: Any, weight: Any, spec: FeatureSpec) -> None:
     """TensorFlow's per-leaf weight rules, in its order."""
     if weight is None:
         return
@@ -568,8 +751,7 @@ def _check_weight(path: str, kind: str, raw: Any, weight: Any, cfg: FeatureConfi
             f"Weight for {path} is of type {type(weight)} but it does not match type of the "
             f"input which is {type(raw)}."
         )
-    if cfg.max_sequence_length > 0:
-        raise InputError(f"Weight specified for {path}, but this is a sequence feature.")
+    spec.check_weights()
 
 
 class LookupPlan:
@@ -579,20 +761,14 @@ class LookupPlan:
     lookup call. ``TPUEmbeddingForServing`` keeps one plan for its lifetime.
     """
 
-    __slots__ = ("_cache", "_dense", "features", "paths", "stop_paths")
+    __slots__ = ("_cache", "_dense", "_specs", "features", "paths", "stop_paths")
 
     def __init__(self, feature_config: Any) -> None:
-        flat = nest.flatten_with_paths(feature_config)
-        for path, leaf in flat:
-            if not isinstance(leaf, FeatureConfig):
-                raise FeatureConfigTypeError(
-                    f"feature_config leaf at path {path!r} is a {type(leaf).__name__}, not a "
-                    f"FeatureConfig ({type(leaf).__name__!r} object has no attribute "
-                    "'output_shape')"
-                )
-        self.paths: list[str] = [p for p, _ in flat]
-        self.features: dict[str, FeatureConfig] = dict(flat)
+        self.features: dict[str, FeatureConfig] = flatten_feature_config(feature_config)
+        self.paths: list[str] = list(self.features)
         self.stop_paths: frozenset[str] = frozenset(self.paths)
+        # (config change count, path -> FeatureSpec): rebuilt after any config change.
+        self._specs: tuple[int, dict[str, FeatureSpec]] = (-1, {})
         # path -> the _Feature of the last call, reused while the same table object is passed:
         # building it (table checks, names, combiner) cost ~1.5 µs per feature per call.
         self._cache: dict[str, _Feature] = {}
@@ -600,6 +776,18 @@ class LookupPlan:
         # group or None when not eligible): replaced whole, never edited in place for another
         # mapping, so a group built from old tables cannot land among the new ones.
         self._dense: tuple[Any, int, GroupCache] = (None, -1, GroupCache(_MAX_DENSE_GROUPS))
+
+    def spec(self, path: str) -> FeatureSpec:
+        """The :class:`FeatureSpec` of the feature at ``path``, for the configs as they are."""
+        changes = _config.CHANGES[0]
+        seen, specs = self._specs
+        if seen != changes:
+            specs = {}
+            self._specs = (changes, specs)
+        spec = specs.get(path)
+        if spec is None:
+            spec = specs[path] = FeatureSpec.of(path, self.features[path])
+        return spec
 
     def forget_tables(self) -> None:
         """Drop cached references to tables (after a restore replaced them)."""
@@ -613,7 +801,7 @@ class LookupPlan:
         prepared: list[np.ndarray] = []
         for key in keys:
             cfg = self.features.get(key) if type(key) is str else None
-            if cfg is None or cfg.max_sequence_length > 0 or cfg.table not in tables:
+            if cfg is None or not self.spec(key).accepts_dense or cfg.table not in tables:
                 return None
             try:  # the general path's per-feature state: prepared table, combiner checked
                 table = self._feature(key, cfg, tables[cfg.table]).table
@@ -663,14 +851,11 @@ class LookupPlan:
 
     def _feature(self, path: str, cfg: FeatureConfig, source: Any) -> _Feature:
         f = self._cache.get(path)
-        if (
-            f is not None
-            and f.source is source
-            and f.config is cfg
-            and f.combiner_name == cfg.table.combiner
-        ):
+        changes = _config.CHANGES[0]
+        if f is not None and f.source is source and f.changes == changes:
             return f
-        f = _Feature(path, cfg, _prepare_table(source, cfg.table), source)
+        spec = self.spec(path)  # read after the count: at least as new as it
+        f = _Feature(path, cfg, spec, _prepare_table(source, cfg.table), source, changes)
         self._cache[path] = f
         return f
 
@@ -728,7 +913,7 @@ class LookupPlan:
                     "expected."
                 )
             if weight is not None:
-                _check_weight(path, kind, raw, weight, cfg)
+                _check_weight(path, kind, raw, weight, self.spec(path))
             # KeyError naming the TableConfig when it is missing, as in TensorFlow.
             f = self._feature(path, cfg, tables[cfg.table])
             try:

@@ -11,6 +11,9 @@ indices joined with ``/``; a bare leaf has path ``""``). This module reproduces 
 Packing rebuilds the original container types: a dict keeps its insertion order, a namedtuple
 is rebuilt with its fields, lists stay lists and tuples stay tuples.
 
+A feature_config is flattened by :func:`embserve.lookup.flatten_feature_config` (path →
+``FeatureConfig``, with the config errors), which builds on :func:`flatten_with_paths`.
+
 :func:`flatten_with_paths` takes an optional set of *stop paths*: when the walk reaches a node whose
 path is in the set, that node is a leaf whatever its type. Lookups use it so that a Python list of
 ids sitting at a feature's path is an input, not more structure.
@@ -67,7 +70,12 @@ def _flatten_into(
     if (stop_paths is not None and path in stop_paths) or not is_nested(node):
         out.append((path, node))
         return
-    for key, child in _children(node):
+    try:
+        children = _children(node)
+    except TypeError as exc:  # tf.nest's class and words, plus where
+        where = f"at path {path!r}" if path else "at the top level"
+        raise TypeError(f"{exc} (the keys of the mapping {where} cannot be sorted)") from None
+    for key, child in children:
         _flatten_into(child, join_path(path, key), stop_paths, out)
 
 
@@ -79,6 +87,10 @@ def flatten_with_paths(
     Args:
         structure: a leaf, or nested mappings / lists / tuples / namedtuples.
         stop_paths: paths at which the walk stops and takes the node as a leaf.
+
+    Raises:
+        TypeError: the keys of a mapping cannot be sorted (as in ``tf.nest``); the message
+            names the mapping's path.
     """
     out: list[tuple[str, Any]] = []
     _flatten_into(structure, "", stop_paths, out)

@@ -32,7 +32,9 @@ def test_gathers_every_feature_from_its_own_table(kernel, id_dtype, n) -> None: 
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize(("feature", "position", "value"), [(0, 0, 5), (1, 99, 1000), (2, 3, -1)])
+@pytest.mark.parametrize(
+    ("feature", "position", "value"), [(0, 0, 5), (1, 99, 1000), (2, 3, -1), (1, 7, -1)]
+)
 def test_first_bad_id_is_reported_before_anything_is_written(
     kernel, feature, position, value
 ) -> None:  # type: ignore[no-untyped-def]
