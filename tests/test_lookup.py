@@ -1711,6 +1711,25 @@ class TestFusedDense:
             assert got["f0"].tolist() == [[value] * 4] * 2
             assert plan._dense[2][("f0", "f1")] is not None  # the fused path ran
 
+    def test_a_restore_releases_the_previous_tables(self):
+        """The plan's per-feature state and fused groups refer to the tables: installing new
+        ones must drop those references at once (a restored checkpoint's old maps would
+        otherwise stay mapped until the next call)."""
+        import gc
+        import weakref
+
+        emb, _ = self._model()
+        old = emb.variables["t0"]["parameters"]
+        emb({"f0": np.array([1]), "f1": np.array([2])})  # fused path
+        emb({"f0": es.RaggedTensor.from_list([[1, 2]])})  # general path
+        gone = weakref.ref(old)
+        del old
+        emb._set_variables(
+            {f"t{i}": {"parameters": np.zeros((50, 4), np.float32)} for i in range(3)}
+        )
+        gc.collect()
+        assert gone() is None
+
     def test_an_unsupported_combiner_fails_the_same_on_both_paths(self):
         emb, fc = self._model()
         fc["f0"].table.combiner = "max"

@@ -130,3 +130,12 @@ def test_at_most_keep_buffers_are_retained() -> None:
     for n in (7, 70, 700, 7000, 70000):
         arena.take((n,), np.float32)
         assert len(arena._pool) <= 2
+
+
+@pytest.mark.skipif(not REUSE, reason="reuse is off on this interpreter")
+def test_a_free_buffer_of_another_dtype_is_not_handed_out() -> None:
+    arena = OutputArena(keep=1)
+    arena.take((10,), np.float32)  # dropped: free
+    out = arena.take((10,), np.float64)
+    assert out.dtype == np.float64
+    assert out.nbytes == 80
