@@ -33,8 +33,8 @@ A TOML file, read with the standard library's :mod:`tomllib`::
     inline_max_body_bytes = 262144  # predict bodies up to this size are decoded on the event
                                     # loop, larger ones in a lookup thread (0: never inline)
     inline_max_output_floats = 32768  # requests whose output floats (and ids x the largest
-                                    # dim) stay within this are looked up and encoded on the
-                                    # event loop, larger ones in a lookup thread (0: never)
+                                    # dim) stay within this are looked up on the event loop,
+                                    # larger ones in a lookup thread (0: never on the loop)
     max_concurrent_lookups = 0    # lookup threads; 0: CPU cores / numba kernel threads
     header_timeout_s = 10.0       # a connection must send a request's headers within this
     body_timeout_s = 20.0         # ... and its whole body within this after the headers (408)
@@ -196,15 +196,17 @@ class ServerOptions:
 
     Attributes:
         inline_max_body_bytes: predict bodies up to this size are decoded on the event loop;
-            larger ones are decoded (and looked up, and encoded) in a lookup thread, so parsing
-            megabytes of JSON does not stall every other connection (0: never on the loop).
+            larger ones are decoded (and looked up, and encoded) in a lookup thread, where
+            parsing megabytes of JSON hands the GIL back to the loop every few milliseconds
+            instead of stalling every other connection (0: never on the loop).
         inline_max_output_floats: a decoded request whose output floats, and its ids times
-            the largest table dim, both stay within this is looked up and encoded on the event
-            loop; a larger one in a lookup thread (0: never on the loop). Small requests are
-            GIL-bound Python, where a thread hop costs more than it saves. The default, 32,768,
-            is the size from which lookups run numba's parallel kernels
-            (``embserve.lookup.PARALLEL_MIN_FLOATS``), so the event loop only ever runs serial
-            kernels; encoding that many floats as JSON takes ~1.3 ms.
+            the largest table dim, both stay within this is looked up on the event loop; a
+            larger one in a lookup thread, whose kernels release the GIL and run beside the
+            loop (0: never on the loop). Its answer is encoded on the loop either way (orjson
+            holds the GIL wherever it runs). Small lookups stay on the loop because a thread
+            hop costs more than they do. The default, 32,768, is the size from which lookups
+            run numba's parallel kernels (``embserve.lookup.PARALLEL_MIN_FLOATS``), so the
+            event loop only ever runs serial kernels.
         max_concurrent_lookups: how many lookup threads run at once (the rest queue). ``0``:
             the usable CPU cores divided by numba's kernel threads (at least 1), because every
             calling thread starts its own OpenMP team: with anyio's 40 pool threads, 8
