@@ -112,14 +112,13 @@ def _sum_bag(base, row_bytes, ids, weights, start, end, target, dim, weighted, d
 
 @jit_inline
 def _rows_nonfinite(out, b0, b1):  # type: ignore[no-untyped-def]
-    """Whether rows ``b0 .. b1`` of ``out`` hold an inf or NaN: one branch-free pass over the
-    rows just written (still in cache)."""
+    """Whether rows ``b0 .. b1`` of ``out`` hold an inf or NaN: one flat, branch-free pass over
+    the rows just written (a view: ``out`` is C-ordered rows, checked at entry)."""
+    flat = out[b0:b1].ravel()
     bad = False
-    for b in range(b0, b1):
-        o = out[b]
-        for d in range(o.shape[0]):
-            v = o[d]
-            bad |= (v - v) != 0  # NaN exactly when v is NaN or ±inf
+    for i in range(flat.shape[0]):
+        v = flat[i]
+        bad |= (v - v) != 0  # NaN exactly when v is NaN or ±inf
     return bad
 
 
@@ -134,9 +133,10 @@ def _nonfinite(o, dim):  # type: ignore[no-untyped-def]
 
 
 # Each driver runs one of four bag loops: register (vector) or array accumulation, weighted or
-# not. The array loops write their output rows in the loop body itself: the same division moved
-# into an inlined helper made them 15-23% slower (B=1024 bags of 1-40 ids, dims 5 and 20,
-# cache-resident table).
+# not. The array loops write their output rows in the loop body itself and test them afterwards
+# in one flat pass over the run of rows (B=1024 bags of 1-40 ids, dims 5 and 20, cache-resident
+# table, against no test: the division in an inlined helper was 15-23% slower; the test row by
+# row 8-15%, in the writing loop 0-7%, one flat pass 0-4%).
 
 
 @jit_inline
