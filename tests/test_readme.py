@@ -25,3 +25,17 @@ def test_quick_start_runs_and_prints_the_documented_output() -> None:
     with contextlib.redirect_stdout(out):
         exec(compile(code, str(README), "exec"), {})
     assert out.getvalue().strip() == "\n".join(printed)
+
+
+def test_serving_config_example_is_a_valid_config() -> None:
+    """The README's serving config (with its [limits] and [server] keys) parses as written."""
+    from embserve.server.config import parse_config
+
+    section = README.read_text(encoding="utf-8").split("## Serving over HTTP", 1)[1]
+    match = re.search(r"```toml\n(.*?)```", section, re.S)
+    assert match, "no toml block under '## Serving over HTTP'"
+    config = parse_config(match.group(1), source="README.md")
+    assert config.limits.max_output_floats == 8388608
+    assert config.server.verify_tables
+    assert not config.server.copy_tables
+    assert config.server.drain_timeout_s == config.server.body_timeout_s + 5
