@@ -284,8 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--slow-wait",
         type=float,
-        default=20.0,
-        help="seconds the stalled connections wait before counting (default 20)",
+        default=25.0,
+        help="seconds the stalled connections wait before counting (default 25: past the "
+        "server's 20 s body timeout and the sweep that enforces it)",
     )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="embserve-probe-") as work:
