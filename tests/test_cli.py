@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +20,12 @@ import pytest
 
 import embserve as es
 from embserve import train
-from embserve.checkpoint import BundleReader
-from embserve.cli import ProgressBar, format_bytes, main, serving_config_toml
+from embserve.checkpoint import OBJECT_GRAPH_KEY, BundleReader
+from embserve.checkpointing import find_embedding_tables
+from embserve.cli import ProgressBar, format_bytes, main
+from embserve.server.config import ServingConfig, parse_config, serving_config_toml
+from embserve.server.reloader import Reloader, make_loader
+from tests.nested_checkpoints import nest_embedding
 
 FIXTURES = Path(__file__).resolve().parent / "data" / "checkpoints"
 
@@ -368,38 +371,126 @@ def test_a_garbage_index_file(capsys: pytest.CaptureFixture[str], tmp_path: Path
 
 
 # ---------------------------------------------------------------------------------------------
-# inspect --config
+# inspect --config: every skeleton is a config the server loads (issue 10, item 16)
 
 
-def test_config_is_toml_describing_the_tables(capsys: pytest.CaptureFixture[str]) -> None:
-    path = FIXTURES / "tpu_adagrad"
+def _fixture_prefixes() -> list[Path]:
+    """Every checkpoint prefix among the TensorFlow-made fixtures."""
+    return sorted(i.with_suffix("") for i in FIXTURES.glob("*/*.index"))
+
+
+def _embedding_prefixes() -> list[Path]:
+    """The fixture prefixes that hold TPU embedding tables."""
+    out = []
+    for prefix in _fixture_prefixes():
+        with BundleReader(prefix) as reader:
+            if reader.has_tensor(OBJECT_GRAPH_KEY) and find_embedding_tables(reader):
+                out.append(prefix)
+    return out
+
+
+def _skeleton(capsys: pytest.CaptureFixture[str], path: Path) -> tuple[str, ServingConfig]:
+    """``inspect PATH --config``'s output and what the server's parser makes of it."""
     code, out, err = run(capsys, "inspect", path, "--config")
     assert code == 0, err
     assert err == ""
-    config = tomllib.loads(out)
-    assert config["model"] == {
-        "name": "embedding",
-        "checkpoint": os.path.abspath(path),
-        "object": "embedding",
-    }
-    tables = {t["name"]: t for t in config["tables"]}
-    assert {n: (t["vocabulary_size"], t["dim"]) for n, t in tables.items()} == TPU_TABLES
-    assert all(t["combiner"] == "mean" for t in tables.values())
-    features = config["features"]
-    assert [(f["path"], f["table"]) for f in features] == [("t0", "t0"), ("t1", "t1")]
-    assert all(f["max_sequence_length"] == 0 for f in features)
-    # Comment lines explain the keys, including what checkpoints do not store.
-    assert "# sum | mean | sqrtn; not stored in checkpoints: set it" in out
-    assert "# output_shape = [..]" in out
+    return out, parse_config(out, source="inspect --config")
+
+
+def _serve_once(config: ServingConfig) -> es.TPUEmbeddingForServing:
+    """What the server does with ``config``: find the checkpoint, load and verify it."""
+    reloader = Reloader(config.checkpoint, make_loader(config), poll_interval_s=0)
+    loaded = reloader.poll()
+    assert loaded is not None, reloader.last_error
+    return loaded.model
+
+
+def _assert_serves_the_checkpoint(config: ServingConfig, prefix: Path) -> None:
+    """The server restores every table the skeleton names, with the checkpoint's values."""
+    model = _serve_once(config)
+    with BundleReader(prefix) as reader:
+        found = [t for t in find_embedding_tables(reader) if t.object_path == config.object_path]
+        assert [t.table for t in found] == [str(t.name) for t in config.tables]
+        for t in found:
+            stored = reader.get_tensor(t.key)
+            served = model({t.table: np.arange(stored.shape[0])})[t.table]
+            np.testing.assert_array_equal(served, stored)
+
+
+def test_every_fixture_with_tables_is_tested() -> None:
+    names = {p.parent.name for p in _embedding_prefixes()}
+    assert names == {"keras", "tpu_adagrad", "tpu_adam", "tpu_none"}
+
+
+@pytest.mark.parametrize("prefix", _embedding_prefixes(), ids=lambda p: p.parent.name)
+@pytest.mark.parametrize("as_directory", [False, True], ids=["prefix", "directory"])
+def test_config_of_every_fixture_loads_and_serves(
+    capsys: pytest.CaptureFixture[str], prefix: Path, as_directory: bool
+) -> None:
+    path = prefix.parent if as_directory else prefix
+    _, config = _skeleton(capsys, path)
+    assert config.checkpoint == os.path.abspath(path)
+    _assert_serves_the_checkpoint(config, prefix)
+
+
+@pytest.mark.parametrize(
+    ("fixture", "object_path", "written"),
+    [
+        ("tpu_adagrad", ("model", "layer_with_weights-0"), 'object = "model/layer_with_weights-0"'),
+        ("tpu_adam", ("model", "embedding"), 'object = "model/embedding"'),
+        ("keras", ("outer", "dense/emb", "x.y"), 'object = ["outer", "dense/emb", "x.y"]'),
+    ],
+)
+def test_config_of_a_nested_embedding_loads_and_serves(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    fixture: str,
+    object_path: tuple[str, ...],
+    written: str,
+) -> None:
+    """tf.train.Checkpoint(model=keras_model) puts the embedding below the root: the server
+    restores it from the path the skeleton names (it used to refuse "model/embedding")."""
+    prefix = Path(nest_embedding(FIXTURES / fixture / "ckpt-1", tmp_path / "ckpt-1", object_path))
+    out, config = _skeleton(capsys, prefix)
+    assert written in [line.partition("  #")[0].rstrip() for line in out.splitlines()]
+    assert config.object_path == object_path
+    assert config.name == object_path[-1]
+    _assert_serves_the_checkpoint(config, prefix)
+
+
+def test_config_describes_the_tables(capsys: pytest.CaptureFixture[str]) -> None:
+    path = FIXTURES / "tpu_adagrad"
+    out, config = _skeleton(capsys, path)
+    assert (config.name, config.checkpoint, config.object_path) == (
+        "embedding",
+        os.path.abspath(path),
+        ("embedding",),
+    )
+    tables = {str(t.name): (t.vocabulary_size, t.dim, t.combiner) for t in config.tables}
+    assert tables == {name: (*shape, "mean") for name, shape in TPU_TABLES.items()}
+    assert [(p, str(f.table.name), f.max_sequence_length) for p, f in config.features.items()] == [
+        ("t0", "t0", 0),
+        ("t1", "t1", 0),
+    ]
+    # Comments explain the keys, and mark what checkpoints do not store.
+    assert "# embserve serving config, a skeleton made by `embserve inspect --config`." in out
+    combiner = next(line for line in out.splitlines() if line.startswith("combiner = "))
+    assert "sum | mean | sqrtn" in combiner
+    assert combiner.endswith("(set it)")
+    assert "# The checkpoint also holds its optimizer slots (accumulators); not served." in out
+    assert any(line.startswith("# output_shape = [") for line in out.splitlines())
+    assert any(line.startswith("# poll_interval_s = 1.0 ") for line in out.splitlines())
+    assert "[limits]" in out
+    assert "# max_batch = 4096 " in out
 
 
 def test_config_with_verify_keeps_stdout_pure_toml(capsys: pytest.CaptureFixture[str]) -> None:
     path = FIXTURES / "keras" / "ckpt-1"
     code, out, err = run(capsys, "inspect", path, "--config", "--verify")
     assert code == 0, err
-    config = tomllib.loads(out)
-    assert config["model"]["checkpoint"] == os.path.abspath(path)
-    assert [(t["name"], t["vocabulary_size"], t["dim"]) for t in config["tables"]] == [("t0", 5, 3)]
+    config = parse_config(out)
+    assert config.checkpoint == os.path.abspath(path)
+    assert [(t.name, t.vocabulary_size, t.dim) for t in config.tables] == [("t0", 5, 3)]
     assert "verify: OK" in err
 
 
@@ -433,36 +524,54 @@ def test_config_configures_the_first_of_several_embedding_objects(
         es.FeatureConfig(es.TableConfig(vocabulary_size=3, dim=5, name="v")), optimizer=None
     )
     train.Checkpoint(left=first, right=second).write(tmp_path / "two")
-    code, out, _ = run(capsys, "inspect", tmp_path / "two", "--config")
-    assert code == 0
-    config = tomllib.loads(out)
-    assert config["model"]["name"] == "left"
-    assert [t["name"] for t in config["tables"]] == ["u"]
+    out, config = _skeleton(capsys, tmp_path / "two")
+    assert (config.name, config.object_path) == ("left", ("left",))
+    assert [t.name for t in config.tables] == ["u"]
     assert 'other embedding objects too, not configured: "right"' in out
+    _serve_once(config)
 
 
-def test_config_escapes_odd_names() -> None:
-    """Table names and paths are free text: the TOML must still parse back to them."""
+@pytest.mark.parametrize(
+    ("edge", "name"),
+    [
+        ('q"uote\\back\tslash\x01\x7f é /x', "q_uote_back_slash_x"),
+        ("layer_with_weights-0", "layer_with_weights-0"),
+        ("..hidden", "hidden"),
+        ("-", "model"),
+        ("é", "model"),
+    ],
+)
+def test_config_of_odd_names_parses_back(edge: str, name: str) -> None:
+    """Table names and object edges are free text: the skeleton must still be a config the
+    server accepts, naming the same objects, with a model name fit for URLs."""
     from embserve.checkpointing import FoundTable
 
-    odd = 'q"uote\\back\tslash\x01\x7f é /x'
-    found = [FoundTable(("emb", odd), odd, "k", (4, 2), "float32", {})]
-    config = tomllib.loads(serving_config_toml(found, "/tmp/" + odd))
-    assert config["model"] == {"name": odd, "checkpoint": "/tmp/" + odd, "object": "emb/" + odd}
-    assert config["tables"][0]["name"] == odd
-    assert config["features"][0]["table"] == odd
+    table = "t" + edge.replace("/", "")  # a table edge never holds '/' (slots use it)
+    found = [FoundTable(("emb", edge), table, "k", (4, 2), "float32", {})]
+    config = parse_config(serving_config_toml(found, "/tmp/" + edge))
+    assert config.name == name
+    assert config.checkpoint == os.path.abspath("/tmp/" + edge)
+    assert config.object_path == ("emb", edge)
+    assert [t.name for t in config.tables] == [table]
+    assert list(config.features) == [table]
 
 
-def test_config_skips_what_is_not_a_2d_table() -> None:
+def test_config_skips_what_is_not_a_servable_table() -> None:
     from embserve.checkpointing import FoundTable
 
     found = [
         FoundTable(("emb",), "t", "k1", (4, 2), "float32", {}),
         FoundTable(("emb",), "kernel", "k2", (2,), "float32", {}),
+        FoundTable(("emb",), "empty", "k3", (0, 2), "float32", {}),
+        FoundTable(("emb",), "half", "k4", (4, 2), "bfloat16", {}),
     ]
     text = serving_config_toml(found, "/ckpt")
-    assert [t["name"] for t in tomllib.loads(text)["tables"]] == ["t"]
+    assert [t.name for t in parse_config(text).tables] == ["t"]
     assert '# Not configured, not a 2-D table: "kernel" [2]' in text
+    assert '# Not configured, an empty table: "empty" [0, 2]' in text
+    assert '# Not configured, stored as bfloat16 (served tables are float32): "half"' in text
+    with pytest.raises(es.ConfigError, match="no table of embedding object 'emb' can be served"):
+        serving_config_toml(found[1:], "/ckpt")
 
 
 # ---------------------------------------------------------------------------------------------

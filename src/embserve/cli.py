@@ -8,7 +8,8 @@
     embserve inspect PATH             every tensor (dtype, shape, size), the embedding tables
                                       and their optimizer slots, totals
     embserve inspect PATH --verify    ... and check every tensor checksum, with a progress bar
-    embserve inspect PATH --config    a skeleton serving config (TOML) for the tables found
+    embserve inspect PATH --config    a skeleton serving config (TOML) for the tables found,
+                                      which the server loads as it is
     embserve demo                     serve the bundled demo checkpoint and query it over HTTP
 
 ``PATH`` is a checkpoint prefix (``/ckpts/ckpt-3``, naming ``ckpt-3.index`` and its data
@@ -18,7 +19,10 @@ in ``tf.train.load_checkpoint``.
 This module is the top layer (ARCHITECTURE.md): it turns exceptions into one-line messages and
 draws progress bars. Nothing below it prints; the format layer reports progress through the
 ``progress(done, total)`` callback of :meth:`embserve.checkpoint.BundleReader.verify`, which
-:class:`ProgressBar` implements.
+:class:`ProgressBar` implements. From the server it imports :mod:`embserve.server.args` (the
+``serve`` arguments) and, inside ``inspect --config`` only, :mod:`embserve.server.config`,
+whose writer makes the skeleton: the config's parser and writer share one schema, so a
+skeleton is always a config the server accepts (neither needs the ``serve`` extra).
 
 Exit codes: 0 success; 1 an error about the input (no checkpoint there, a corrupt file, a
 checksum mismatch, nothing to make a config from), reported as one line on stderr without a
@@ -45,7 +49,7 @@ from embserve.server.args import add_serve_arguments, run_from_args
 if TYPE_CHECKING:
     from embserve.checkpointing import FoundTable
 
-__all__ = ["ProgressBar", "format_bytes", "main", "serving_config_toml"]
+__all__ = ["ProgressBar", "format_bytes", "main"]
 
 PROG = "embserve"
 
@@ -104,27 +108,6 @@ def _tensor_bytes(info: TensorInfo) -> int:
     if not info.is_sliced:
         return info.size
     return info.num_elements * SUPPORTED[info.dtype].itemsize
-
-
-def _toml_string(s: str) -> str:
-    """``s`` as a TOML basic string (quotes, backslashes and control characters escaped)."""
-    out = ['"']
-    for ch in s:
-        code = ord(ch)
-        if ch == '"':
-            out.append('\\"')
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif code < 0x20 or code == 0x7F:
-            out.append(f"\\u{code:04X}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -326,81 +309,6 @@ def _report(reader: BundleReader, path: str, found: Sequence[FoundTable]) -> str
     return "\n".join(lines)
 
 
-def serving_config_toml(found: Sequence[FoundTable], checkpoint: str) -> str:
-    """A skeleton serving config in TOML for the tables of one TPUEmbedding object.
-
-    One ``[[tables]]`` per table with the sizes the checkpoint fixes, and one ``[[features]]``
-    per table using it (a guess: the checkpoint stores no features, so the user edits them).
-    Comment lines explain each key, because this file is meant to be edited by hand. Only the
-    first embedding object is configured when a checkpoint holds several (the others are
-    listed in a comment): one serving config serves one object.
-
-    Args:
-        found: the tables found in the checkpoint, non-empty.
-        checkpoint: the path the server should load (prefix, or directory = its latest).
-    """
-    objects: list[tuple[str, ...]] = []
-    for t in found:
-        if t.object_path not in objects:
-            objects.append(t.object_path)
-    chosen = objects[0]
-    tables = [t for t in found if t.object_path == chosen and len(t.shape) == 2]
-    odd = [t for t in found if t.object_path == chosen and len(t.shape) != 2]
-    name = "/".join(chosen)
-    lines = [
-        "# embserve serving config, a skeleton made by `embserve inspect --config`.",
-        "# vocabulary_size and dim come from the checkpoint; everything marked 'set it' is not",
-        "# stored in checkpoints and must come from the model's TableConfig / FeatureConfig.",
-    ]
-    if len(objects) > 1:
-        others = ", ".join(_toml_string("/".join(o)) for o in objects[1:])
-        lines.append(
-            f"# The checkpoint holds other embedding objects too, not configured: {others}"
-        )
-    lines += [
-        "",
-        "[model]",
-        "# name: the model's name, as requests address it (/v1/models/<name>:predict).",
-        f"name = {_toml_string(chosen[-1])}",
-        "# checkpoint: a checkpoint prefix, or a directory (then its latest checkpoint is served).",
-        f"checkpoint = {_toml_string(checkpoint)}",
-        "# object: where the embedding sits in the checkpoint, the keyword the training job used",
-        "# in tf.train.Checkpoint(embedding=...); '/' joins the names of nested objects.",
-        f"object = {_toml_string(name)}",
-    ]
-    for t in odd:  # an embedding table is [vocabulary_size, dim]; anything else is not served
-        lines.append(
-            f"# Not configured, not a 2-D table: {_toml_string(t.table)} {_shape(t.shape)}"
-        )
-    for t in tables:
-        vocab, dim = t.shape
-        lines += [
-            "",
-            "# A table (TableConfig): its name in the checkpoint, its rows and its width.",
-            "[[tables]]",
-            f"name = {_toml_string(t.table)}",
-            f"vocabulary_size = {vocab}",
-            f"dim = {dim}",
-            'combiner = "mean"   # sum | mean | sqrtn; not stored in checkpoints: set it',
-        ]
-        if t.slots:
-            slots = ", ".join(t.slots)
-            lines.append(f"# The checkpoint also holds its optimizer slots ({slots}); not served.")
-    for t in tables:
-        lines += [
-            "",
-            "# A feature (FeatureConfig) looked up in a table; add one per input feature.",
-            "[[features]]",
-            f"path = {_toml_string(t.table)}"
-            "     # where this feature sits in the request / feature structure",
-            f"table = {_toml_string(t.table)}",
-            "max_sequence_length = 0   # 0: one combined vector per example; > 0: a sequence of "
-            "that many rows",
-            "# output_shape = [..]     # optional: the batch shape of the output",
-        ]
-    return "\n".join(lines) + "\n"
-
-
 def _verify(reader: BundleReader, err: TextIO) -> str:
     """Check every tensor checksum with a progress bar on ``err``; the summary line."""
     bar = ProgressBar("verify", err)
@@ -430,9 +338,14 @@ def _inspect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                     f"no TPU embedding tables found in checkpoint {reader.prefix!r}; "
                     "nothing to make a serving config from"
                 )
+            # Here, not at the top: the config module imports embserve (numba), which
+            # `embserve --help` should not wait for. It needs no serve extra.
+            from embserve.server.config import serving_config_toml
+
+            config = serving_config_toml(found, os.path.abspath(path))  # refusals come first
             if args.verify:
                 err.write(_verify(reader, err) + "\n")
-            out.write(serving_config_toml(found, os.path.abspath(path)))
+            out.write(config)
         else:
             out.write(_report(reader, path, found) + "\n")
             out.flush()

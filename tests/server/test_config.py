@@ -68,7 +68,7 @@ def test_good_config(tmp_path: Path) -> None:
     config = load_config(path)
     assert config.name == "rec"
     assert config.checkpoint == str(tmp_path / "ckpts")  # relative to the file's directory
-    assert config.object_name == "emb"
+    assert config.object_path == ("emb",)
     assert config.poll_interval_s == 0.5
     assert config.limits == Limits(max_batch=10)
     assert config.server == ServerOptions(inline_max_body_bytes=0)
@@ -90,12 +90,31 @@ def test_good_config(tmp_path: Path) -> None:
     assert model is not config.new_model()
 
 
+@pytest.mark.parametrize(
+    ("value", "path"),
+    [
+        ('"embedding"', ("embedding",)),
+        ('"model/embedding"', ("model", "embedding")),
+        ('"model/layer_with_weights-0"', ("model", "layer_with_weights-0")),
+        ('["model", "dense/emb"]', ("model", "dense/emb")),
+        ("['a.b', \"c\"]", ("a.b", "c")),
+        ('["embedding"]', ("embedding",)),
+    ],
+)
+def test_object_is_a_path_of_edge_names(value: str, path: tuple[str, ...]) -> None:
+    """A Keras model holding the TPUEmbedding puts it below the root
+    (tf.train.Checkpoint(model=m) → model/layer_with_weights-0): the object key names that
+    path, joined by '/', or as an array when an edge name holds a '/'."""
+    config = parse_config(GOOD.replace('object = "emb"', f"object = {value}"), checkpoint="c")
+    assert config.object_path == path
+
+
 def test_defaults_and_overrides(tmp_path: Path) -> None:
     text = GOOD.replace('object = "emb"\n', "").replace("poll_interval_s = 0.5\n", "")
     text = text.split("[limits]")[0]
     config = parse_config(text, checkpoint="elsewhere", name="other")
     assert config.server == ServerOptions()
-    assert config.object_name == "embedding"
+    assert config.object_path == ("embedding",)
     assert config.poll_interval_s == 1.0
     assert config.limits == Limits()
     assert config.name == "other"
@@ -188,7 +207,13 @@ def _line_of(text: str, fragment: str, *, last: bool = True) -> int:
             "poll_interval_s",
             "> 0",
         ),
-        ('object = "emb"', 'object = "a/b"', "model.object", 'object = "a/b"', "one edge name"),
+        ('object = "emb"', 'object = "a//b"', "model.object", 'object = "a//b"', "empty edge"),
+        ('object = "emb"', 'object = "/a"', "model.object", 'object = "/a"', "empty edge"),
+        ('object = "emb"', 'object = ""', "model.object", 'object = ""', "empty edge"),
+        ('object = "emb"', "object = []", "model.object", "object = []", "edge names"),
+        ('object = "emb"', 'object = ["a", 1]', "model.object", "object = [", "edge names"),
+        ('object = "emb"', 'object = ["a", ""]', "model.object", "object = [", "empty edge"),
+        ('object = "emb"', "object = 3", "model.object", "object = 3", "edge names"),
         ('checkpoint = "ckpts"\n', "", "model", "[model]", "'checkpoint'"),
         ("[limits]", "[limit]", "limit", "[limit]", "did you mean 'limits'"),
     ],

@@ -335,3 +335,34 @@ def test_huge_pages_option_loads_and_serves_the_same_rows(tmp_path: Path) -> Non
     reloader = Reloader(str(directory), make_loader(config), metrics=ServerMetrics())
     assert reloader.poll() is not None
     np.testing.assert_array_equal(_users_row(reloader, 9), tables["users"][9])
+
+
+def test_a_nested_object_is_restored_and_every_table_verified(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """[model] object names a path below the root (a Keras model holding the embedding): the
+    loader restores from it, and the served-table checksums find each table under it."""
+    import embserve.server.reloader as reloader_module
+    from tests.nested_checkpoints import nest_embedding
+
+    flat = write_prefix(tmp_path / "flat" / "ckpt", random_tables(1))
+    prefix = nest_embedding(flat, tmp_path / "nested", ("model", "dense/emb"))
+    config_path = write_config(tmp_path / "serving.toml", prefix)
+    text = config_path.read_text().replace(
+        "[model]\n", '[model]\nobject = ["model", "dense/emb"]\n'
+    )
+    config_path.write_text(text)
+    config = load_config(config_path)
+    assert config.object_path == ("model", "dense/emb")
+    # Every table goes through the served-table check, as tables over 64 MiB do.
+    monkeypatch.setattr(reloader_module, "VERIFY_ON_RESTORE_MAX_BYTES", 0)
+    result = make_loader(config).load(prefix)
+    assert result.verify is not None
+    result.verify(None)
+    np.testing.assert_array_equal(
+        result.model({"user": np.array([5])})["user"][0], random_tables(1)["users"][5]
+    )
+    # The same files under the root's "embedding" are not this config's object.
+    wrong = load_config(write_config(tmp_path / "flat.toml", prefix))
+    with pytest.raises(es.CheckpointMismatchError, match=r"\['model', 'dense/emb'\]"):
+        make_loader(wrong).load(prefix)

@@ -6,7 +6,8 @@ A TOML file, read with the standard library's :mod:`tomllib`::
     name = "recommender"          # the model's name in URLs: /v1/models/recommender:predict
     checkpoint = "ckpts"          # a directory to watch, or one checkpoint prefix; relative
                                   # paths are relative to this file's directory
-    object = "embedding"          # tf.train.Checkpoint(embedding=...) → "embedding" (default)
+    object = "embedding"          # tf.train.Checkpoint(embedding=...) → "embedding" (default);
+                                  # nested: "model/embedding", or ["model", "a/b"] (see below)
     poll_interval_s = 1.0         # how often the directory is checked for a new checkpoint
 
     [[tables]]
@@ -67,6 +68,24 @@ served feature names are the structure's ``tf.nest`` paths joined with ``/``
 (``{"user": {"id": ...}}`` serves feature ``user/id``). A table that carries its own optimizer
 makes the restore require that optimizer's slots, as ``TPUEmbeddingForServing`` does.
 
+**Where the embedding sits** (``[model] object``): the edge names from the checkpoint's root
+to the TPUEmbedding object. ``tf.train.Checkpoint(embedding=emb)`` stores it at ``embedding``
+(the default); ``tf.train.Checkpoint(model=keras_model)``, with the layer inside the model, at
+``model/layer_with_weights-0`` (or the attribute the model keeps it under). Write the path as
+one string with ``/`` between edge names, or as an array of edge names when a name holds a
+``/`` itself (``object = ["model", "dense/emb"]``). ``embserve inspect CHECKPOINT`` lists the
+embedding objects a checkpoint holds. :attr:`ServingConfig.object_path` holds the path as a
+tuple.
+
+**Writing configs.** One schema declares every key, in order, with its default and a one-line
+comment: ``_MODEL_KEYS``, ``_TABLE_KEYS``, ``_FEATURE_KEYS`` here, and the fields of
+:class:`Limits` and :class:`ServerOptions` for their sections. The parser takes the known keys
+and the defaults from it, and :func:`to_toml` writes a :class:`ServingConfig` back from it, so
+``parse_config(to_toml(config))`` is the same config (as Keras' ``get_config`` /
+``from_config``): keys left at a default the parser would give are left out (``defaults=True``
+lists them commented out). :func:`serving_config_toml` builds the skeleton ``embserve inspect
+--config`` prints as data, validates it with the parser, and renders it with the same writer.
+
 **Errors.** A config that cannot be served fails at start with a
 :class:`ServingConfigError` naming the file, the line and the key (``tables[1] ('items').dim``)
 and what is wrong; TOML syntax errors carry :mod:`tomllib`'s line and column.
@@ -80,12 +99,15 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
 
 import embserve as es
 from embserve.lookup import PARALLEL_MIN_FLOATS
+
+if TYPE_CHECKING:
+    from embserve.checkpointing import FoundTable
 
 __all__ = [
     "DEFAULT_MODEL_NAME",
@@ -95,38 +117,117 @@ __all__ = [
     "ServingConfigError",
     "flatten_features",
     "load_config",
+    "object_value",
     "parse_config",
+    "serving_config_toml",
+    "to_toml",
 ]
 
 #: The model name when the Python form is given on the command line without ``--model-name``.
 DEFAULT_MODEL_NAME = "default"
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_NOT_IN_NAMES = re.compile(r"[^A-Za-z0-9_.\-]+")
 _REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _COMBINERS = ("sum", "mean", "sqrtn")
-
-_SECTIONS = ("model", "tables", "features", "limits", "server")
-_MODEL_KEYS = ("name", "checkpoint", "object", "poll_interval_s", "feature_config")
-_TABLE_KEYS = ("name", "vocabulary_size", "dim", "combiner")
-_FEATURE_KEYS = (
-    "path",
-    "table",
-    "max_sequence_length",
-    "output_shape",
-    "validate_weights_and_indices",
-)
-_LIMIT_KEYS = ("max_body_bytes", "max_batch", "max_ids_per_request", "max_output_floats")
-_SERVER_INTS = (  # key, minimum
-    ("inline_max_body_bytes", 0),
-    ("inline_max_output_floats", 0),
-    ("max_concurrent_lookups", 0),
-    ("max_connections", 1),
-)
-_SERVER_SECONDS = ("header_timeout_s", "body_timeout_s", "drain_timeout_s")
-_SERVER_BOOLS = ("huge_pages", "verify_tables", "copy_tables")
-_SERVER_KEYS = tuple(k for k, _ in _SERVER_INTS) + _SERVER_SECONDS + _SERVER_BOOLS
 #: drain_timeout_s, when not given, is body_timeout_s plus this (see ServerOptions).
 DRAIN_MARGIN_S = 5.0
+
+
+# ---------------------------------------------------------------------------------------------
+# The schema: every key once, read by the parser (known keys, defaults, checks) and the writer
+# (order, defaults, the comment beside each key)
+
+#: A key without a default.
+_REQUIRED: Any = object()
+
+
+@dataclass(frozen=True)
+class _Key:
+    """One key of a config section, as the parser checks it and the writer writes it.
+
+    Attributes:
+        name: the TOML key.
+        doc: what it means, in one line: the comment the writer puts beside it.
+        default: its value when absent (``_REQUIRED``: it must be given; ``None``: optional,
+            no value).
+        kind: for the generic sections ([limits], [server]): ``"int"``, ``"seconds"`` (a
+            number > 0) or ``"bool"``.
+        minimum: the least value of an ``"int"`` key.
+        always: written even at its default, because the reader should see the choice.
+        example: how a commented-out key without a default value is shown.
+    """
+
+    name: str
+    doc: str
+    default: Any = _REQUIRED
+    kind: str = ""
+    minimum: int = 0
+    always: bool = False
+    example: str = ""
+
+
+def _option(default: Any, doc: str, *, minimum: int = 0) -> Any:
+    """A field of :class:`Limits` / :class:`ServerOptions`: its default and its key's comment
+    (the dataclass is the declaration of its TOML section, see :func:`_keys_of`)."""
+    return field(default=default, metadata={"doc": doc, "minimum": minimum})
+
+
+_MODEL_KEYS = (
+    _Key("name", "the model's name in URLs: /v1/models/<name>:predict"),
+    _Key("checkpoint", "a directory to watch, or a checkpoint prefix; relative to this file"),
+    _Key(
+        "object",
+        '"embedding" for Checkpoint(embedding=...); nested: "model/embedding"',
+        default=("embedding",),
+        always=True,
+    ),
+    _Key("poll_interval_s", "seconds between checks for a new checkpoint", default=1.0),
+    _Key(
+        "feature_config",
+        "instead of [[tables]] and [[features]]: a Python feature_config",
+        default=None,
+        example='"my_project.features:FEATURE_CONFIG"',
+    ),
+)
+_TABLE_KEYS = (
+    _Key("name", "the TableConfig's name, as stored in the checkpoint"),
+    _Key("vocabulary_size", "its rows"),
+    _Key("dim", "the width of a row"),
+    _Key("combiner", "sum | mean | sqrtn", default="mean", always=True),
+)
+_FEATURE_KEYS = (
+    _Key("path", "the feature's name in requests and responses"),
+    _Key("table", "the [[tables]] name it looks up"),
+    _Key(
+        "max_sequence_length",
+        "0: one vector per example; > 0: a sequence of that many rows",
+        default=0,
+        always=True,
+    ),
+    _Key(
+        "output_shape",
+        "the output's shape without dim (FeatureConfig.output_shape)",
+        default=None,
+        example="[4]",
+    ),
+    _Key(
+        "validate_weights_and_indices",
+        "false: TensorFlow's unchecked sparse path",
+        default=True,
+    ),
+)
+_MODEL = {k.name: k for k in _MODEL_KEYS}
+_TABLE = {k.name: k for k in _TABLE_KEYS}
+_FEATURE = {k.name: k for k in _FEATURE_KEYS}
+_SECTION_DOCS = {
+    "model": "What to serve, and from where.",
+    "tables": "A table (TableConfig): its name in the checkpoint, its rows and its width.",
+    "features": "A feature (FeatureConfig) looked up in a table; one per input feature.",
+    "limits": "Optional: per-request limits, checked before any work.",
+    "server": "Optional: how requests run and versions load.",
+}
+_SECTIONS = tuple(_SECTION_DOCS)
 
 
 class ServingConfigError(es.ConfigError):
@@ -180,10 +281,16 @@ class Limits:
             full batch of 4,096 examples × 26 features × 64 dims (6.8 M floats).
     """
 
-    max_body_bytes: int = 8 << 20
-    max_batch: int = 4096
-    max_ids_per_request: int = 1_000_000
-    max_output_floats: int = 0
+    max_body_bytes: int = _option(8 << 20, "larger request bodies get 413", minimum=1)
+    max_batch: int = _option(4096, "more examples in one request get 400", minimum=1)
+    max_ids_per_request: int = _option(
+        1_000_000, "more ids in one request (all features) get 400", minimum=1
+    )
+    max_output_floats: int = _option(
+        0,
+        "more output floats per request get 400 (default: max_body_bytes)",
+        minimum=1,
+    )
 
     def __post_init__(self) -> None:
         if self.max_output_floats == 0:
@@ -236,16 +343,26 @@ class ServerOptions:
             holds its own copy.
     """
 
-    inline_max_body_bytes: int = 256 << 10
-    inline_max_output_floats: int = PARALLEL_MIN_FLOATS
-    max_concurrent_lookups: int = 0
-    header_timeout_s: float = 10.0
-    body_timeout_s: float = 20.0
-    drain_timeout_s: float = 0.0
-    max_connections: int = 1000
-    huge_pages: bool = False
-    verify_tables: bool = True
-    copy_tables: bool = False
+    inline_max_body_bytes: int = _option(
+        256 << 10, "larger predict bodies are decoded in a lookup thread"
+    )
+    inline_max_output_floats: int = _option(
+        PARALLEL_MIN_FLOATS, "larger lookups run in a lookup thread, off the event loop"
+    )
+    max_concurrent_lookups: int = _option(0, "lookup threads; 0: CPU cores / numba threads")
+    header_timeout_s: float = _option(10.0, "a request's head must arrive within this")
+    body_timeout_s: float = _option(20.0, "... and its body within this after it (else 408)")
+    drain_timeout_s: float = _option(
+        0.0, "SIGTERM: requests in flight get this long (body_timeout_s + 5)"
+    )
+    max_connections: int = _option(
+        1000, "open connections per worker process; more get 503", minimum=1
+    )
+    huge_pages: bool = _option(False, "true: tables onto 2 MiB pages before a version serves")
+    verify_tables: bool = _option(
+        True, "checksum every table before a version serves (false: after)"
+    )
+    copy_tables: bool = _option(False, "true: private copies of the tables, not file mappings")
 
     def __post_init__(self) -> None:
         if self.drain_timeout_s == 0:
@@ -263,22 +380,27 @@ class ServingConfig:
             ``path → FeatureConfig`` for the TOML form; the user's structure for the Python
             form). Its ``TableConfig`` objects are shared by every model built from it.
         features: served feature name → ``FeatureConfig``, in ``tf.nest`` order.
-        object_name: the edge name of the embedding object in the checkpoint.
+        object_path: the edge names from the checkpoint's root to the embedding object:
+            ``("embedding",)`` for ``tf.train.Checkpoint(embedding=...)``, ``("model",
+            "layer_with_weights-0")`` for a Keras model holding it.
         poll_interval_s: seconds between checks of the checkpoint directory.
         limits: request limits.
         server: how requests are run.
         source: the config file or ``module:attr`` reference this came from.
+        feature_config_ref: the ``module:attr`` reference of the Python form (``None`` for
+            the TOML form); :func:`to_toml` writes it back.
     """
 
     name: str
     checkpoint: str
     feature_config: Any
     features: Mapping[str, es.FeatureConfig]
-    object_name: str = "embedding"
-    poll_interval_s: float = 1.0
+    object_path: tuple[str, ...] = _MODEL["object"].default
+    poll_interval_s: float = _MODEL["poll_interval_s"].default
     limits: Limits = field(default_factory=Limits)
     server: ServerOptions = field(default_factory=ServerOptions)
     source: str | None = None
+    feature_config_ref: str | None = None
 
     @property
     def tables(self) -> list[es.TableConfig]:
@@ -291,6 +413,20 @@ class ServingConfig:
     def new_model(self) -> es.TPUEmbeddingForServing:
         """A fresh, unrestored serving object over this config's (shared) TableConfigs."""
         return es.TPUEmbeddingForServing(self.feature_config, optimizer=None)
+
+
+def _keys_of(cls: type) -> tuple[_Key, ...]:
+    """The keys of the TOML section a dataclass declares (its fields, in order, with their
+    defaults and comments); the kind follows the default's type."""
+    keys = []
+    for f in fields(cls):
+        kind = {bool: "bool", int: "int", float: "seconds"}[type(f.default)]
+        keys.append(_Key(f.name, f.metadata["doc"], f.default, kind, f.metadata["minimum"]))
+    return tuple(keys)
+
+
+_LIMIT_KEYS = _keys_of(Limits)
+_SERVER_KEYS = _keys_of(ServerOptions)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,6 +538,14 @@ class _Checker:
             raise self.fail(f"must be a non-empty string, got {value!r}", *where)
         return value
 
+    def value(self, key: _Key, value: Any, section: str) -> Any:
+        """``value`` of a [limits] / [server] key, checked as its kind says."""
+        if key.kind == "int":
+            return self.integer(value, key.minimum, section, key.name)
+        if key.kind == "seconds":
+            return self.seconds(value, section, key.name)
+        return self.boolean(value, section, key.name)
+
 
 # ---------------------------------------------------------------------------------------------
 # Python form
@@ -500,8 +644,26 @@ def _model_section(
             raise c.fail("missing section [model] (with name and checkpoint)", None, "model")
     if not isinstance(model, Mapping):
         raise c.fail("must be a table ([model])", None, "model")
-    c.unknown_keys(model, _MODEL_KEYS, "model")
+    c.unknown_keys(model, tuple(_MODEL), "model")
     return dict(model)
+
+
+def _object_path(value: Any, c: _Checker) -> tuple[str, ...]:
+    """``[model] object``: one edge name, edge names joined by ``/``, or an array of them."""
+    if isinstance(value, str):
+        parts = value.split("/")
+    elif isinstance(value, list) and value and all(isinstance(p, str) for p in value):
+        parts = value
+    else:
+        raise c.fail(
+            'must be an edge name, edge names joined by "/", or an array of edge names (for '
+            f"names holding a '/'), got {value!r}",
+            "model",
+            "object",
+        )
+    if "" in parts:
+        raise c.fail(f"an empty edge name in {value!r}", "model", "object")
+    return tuple(parts)
 
 
 def _build_toml_features(data: Mapping[str, Any], c: _Checker) -> dict[str, es.FeatureConfig]:
@@ -518,7 +680,7 @@ def _build_toml_features(data: Mapping[str, Any], c: _Checker) -> dict[str, es.F
         if isinstance(t.get("name"), str):
             label = f"tables[{i}] ({t['name']!r})"
         where: tuple[Any, ...] = ("tables", "name", i, label)
-        c.unknown_keys(t, _TABLE_KEYS, "tables", i, label)
+        c.unknown_keys(t, tuple(_TABLE), "tables", i, label)
         for key in ("name", "vocabulary_size", "dim"):
             if key not in t:
                 raise c.fail(f"missing required key {key!r}", "tables", None, i, label)
@@ -527,7 +689,7 @@ def _build_toml_features(data: Mapping[str, Any], c: _Checker) -> dict[str, es.F
             raise c.fail(f"duplicate table name {tname!r}", *where)
         vocab = c.integer(t["vocabulary_size"], 1, "tables", "vocabulary_size", i, label)
         dim = c.integer(t["dim"], 1, "tables", "dim", i, label)
-        combiner = t.get("combiner", "mean")
+        combiner = t.get("combiner", _TABLE["combiner"].default)
         if combiner not in _COMBINERS:
             raise c.fail(
                 f"must be one of {list(_COMBINERS)}, got {combiner!r}",
@@ -551,7 +713,7 @@ def _build_toml_features(data: Mapping[str, Any], c: _Checker) -> dict[str, es.F
             raise c.fail("must be a table ([[features]])", "features", None, i, label)
         if isinstance(f.get("path"), str):
             label = f"features[{i}] ({f['path']!r})"
-        c.unknown_keys(f, _FEATURE_KEYS, "features", i, label)
+        c.unknown_keys(f, tuple(_FEATURE), "features", i, label)
         for key in ("path", "table"):
             if key not in f:
                 raise c.fail(f"missing required key {key!r}", "features", None, i, label)
@@ -564,9 +726,14 @@ def _build_toml_features(data: Mapping[str, Any], c: _Checker) -> dict[str, es.F
             hint = f"; did you mean {close[0]!r}?" if close else f"; tables: {list(tables)}"
             raise c.fail(f"no table named {tref!r}{hint}", "features", "table", i, label)
         seq = c.integer(
-            f.get("max_sequence_length", 0), 0, "features", "max_sequence_length", i, label
+            f.get("max_sequence_length", _FEATURE["max_sequence_length"].default),
+            0,
+            "features",
+            "max_sequence_length",
+            i,
+            label,
         )
-        shape = f.get("output_shape")
+        shape = f.get("output_shape", _FEATURE["output_shape"].default)
         if shape is not None and (
             not isinstance(shape, list)
             or not shape
@@ -579,7 +746,9 @@ def _build_toml_features(data: Mapping[str, Any], c: _Checker) -> dict[str, es.F
                 i,
                 label,
             )
-        validate = f.get("validate_weights_and_indices", True)
+        validate = f.get(
+            "validate_weights_and_indices", _FEATURE["validate_weights_and_indices"].default
+        )
         if not isinstance(validate, bool):
             raise c.fail(
                 f"must be true or false, got {validate!r}",
@@ -611,32 +780,15 @@ def _build_toml_features(data: Mapping[str, Any], c: _Checker) -> dict[str, es.F
     return features
 
 
-def _limits(data: Mapping[str, Any], c: _Checker) -> Limits:
-    raw = data.get("limits", {})
+def _options(data: Mapping[str, Any], c: _Checker, section: str, cls: type) -> Any:
+    """``[limits]`` / ``[server]``: the keys given, checked as their schema says; absent keys
+    take the dataclass defaults (derived ones then follow the keys they derive from)."""
+    raw = data.get(section, {})
     if not isinstance(raw, Mapping):
-        raise c.fail("must be a table ([limits])", None, "limits")
-    c.unknown_keys(raw, _LIMIT_KEYS, "limits")
-    # Absent keys take the dataclass defaults (max_output_floats then follows max_body_bytes).
-    return Limits(**{key: c.integer(raw[key], 1, "limits", key) for key in raw})
-
-
-def _server(data: Mapping[str, Any], c: _Checker) -> ServerOptions:
-    raw = data.get("server", {})
-    if not isinstance(raw, Mapping):
-        raise c.fail("must be a table ([server])", None, "server")
-    c.unknown_keys(raw, _SERVER_KEYS, "server")
-    values: dict[str, Any] = {}
-    for key, minimum in _SERVER_INTS:
-        if key in raw:
-            values[key] = c.integer(raw[key], minimum, "server", key)
-    for key in _SERVER_SECONDS:
-        if key in raw:
-            values[key] = c.seconds(raw[key], "server", key)
-    for key in _SERVER_BOOLS:
-        if key in raw:
-            values[key] = c.boolean(raw[key], "server", key)
-    # Absent keys take the dataclass defaults (drain_timeout_s then follows body_timeout_s).
-    return ServerOptions(**values)
+        raise c.fail(f"must be a table ([{section}])", None, section)
+    keys = _LIMIT_KEYS if cls is Limits else _SERVER_KEYS
+    c.unknown_keys(raw, tuple(k.name for k in keys), section)
+    return cls(**{k.name: c.value(k, raw[k.name], section) for k in keys if k.name in raw})
 
 
 def parse_config(
@@ -707,14 +859,10 @@ def _from_data(
         raw_ckpt = c.string(model["checkpoint"], "model", "checkpoint")
         base = os.fspath(base_dir) if base_dir is not None else os.getcwd()
         ckpt_path = os.path.abspath(os.path.join(base, os.path.expanduser(raw_ckpt)))
-    object_name = c.string(model.get("object", "embedding"), "model", "object")
-    if "/" in object_name:
-        raise c.fail(
-            f"must be one edge name (the keyword of tf.train.Checkpoint), got {object_name!r}",
-            "model",
-            "object",
-        )
-    poll = model.get("poll_interval_s", 1.0)
+    object_path = (
+        _object_path(model["object"], c) if "object" in model else _MODEL["object"].default
+    )
+    poll = model.get("poll_interval_s", _MODEL["poll_interval_s"].default)
     if (
         isinstance(poll, bool)
         or not isinstance(poll, (int, float))
@@ -747,11 +895,12 @@ def _from_data(
         checkpoint=ckpt_path,
         feature_config=feature_config,
         features=features,
-        object_name=object_name,
+        object_path=object_path,
         poll_interval_s=float(poll),
-        limits=_limits(data, c),
-        server=_server(data, c),
+        limits=_options(data, c, "limits", Limits),
+        server=_options(data, c, "server", ServerOptions),
         source=source,
+        feature_config_ref=ref,
     )
     try:
         # Validates the whole structure (duplicate table names, foreign optimizers) and, as
@@ -814,3 +963,367 @@ def load_config(
         "a feature_config structure)",
         source=path,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing: the same schema, the other way
+
+
+def _toml_string(s: str) -> str:
+    """``s`` as a TOML basic string (quotes, backslashes and control characters escaped).
+
+    Raises:
+        ServingConfigError: ``s`` holds a lone surrogate (a file name that is not UTF-8, as
+            Python decodes it), which no TOML file can hold.
+    """
+    out = ['"']
+    for ch in s:
+        code = ord(ch)
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\u{code:04X}")
+        elif 0xD800 <= code <= 0xDFFF:
+            raise ServingConfigError(
+                f"{s!r} is not valid Unicode (a file name that is not UTF-8?), which a TOML "
+                "file cannot hold"
+            )
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def _toml_value(value: Any) -> str:
+    """A value of the schema (string, integer, float, boolean, or a list of them) in TOML."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)  # shortest round-trip form; "1e+16" and "5e-324" are TOML floats
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for a {type(value).__name__}")
+
+
+def object_value(path: Sequence[str]) -> str | list[str]:
+    """The ``[model] object`` value of an object path: its edge names joined by ``/``
+    (``"model/embedding"``), or their list when an edge name holds a ``/`` (or is empty), which
+    joining would change."""
+    return "/".join(path) if all(p and "/" not in p for p in path) else list(path)
+
+
+def _model_name(object_path: tuple[str, ...]) -> str:
+    """A model name fit for URLs from an object path: its last edge name with every run of
+    other characters made one ``_`` (leading and trailing ``_ . -`` dropped), else ``model``."""
+    name = _NOT_IN_NAMES.sub("_", object_path[-1]).strip("_.-")
+    return name if _MODEL_NAME.match(name) else "model"
+
+
+_SAME: Any = object()
+#: Comments are aligned after the longest ``key = value`` up to this width, on lines up to
+#: ``_LINE_MAX`` characters; a longer line gets its comment on the line above.
+_ALIGN_MAX = 36
+_LINE_MAX = 99
+
+
+@dataclass(frozen=True)
+class _Notes:
+    """What a skeleton adds to the plain rendering of a config.
+
+    Attributes:
+        header: comment lines at the top.
+        model: comment lines after [model]'s keys.
+        tables: table name → comment lines after its [[tables]] entry.
+        guessed: ``"section.key"`` whose values are guesses, marked "set it".
+        defaults: also write keys at their defaults, commented out, and the optional sections.
+    """
+
+    header: tuple[str, ...] = ()
+    model: tuple[str, ...] = ()
+    tables: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    guessed: frozenset[str] = frozenset()
+    defaults: bool = False
+
+
+def _doc(section: str, key: _Key, notes: _Notes) -> str:
+    if f"{section}.{key.name}" in notes.guessed:
+        return f"{key.doc} (set it)"
+    return key.doc
+
+
+def _key_row(
+    section: str, key: _Key, value: Any, notes: _Notes, written: Any = _SAME
+) -> tuple[str, str] | None:
+    """``(key = value, comment)``: written when required, ``always`` or not at its default;
+    commented out at its default when ``notes.defaults``; else ``None``."""
+    shown = value if written is _SAME else written
+    doc = _doc(section, key, notes)
+    if key.default is _REQUIRED or key.always or value != key.default:
+        return f"{key.name} = {_toml_value(shown)}", doc
+    if not notes.defaults:
+        return None
+    return f"# {key.name} = {key.example if value is None else _toml_value(shown)}", doc
+
+
+def _option_rows(section: str, options: Any, notes: _Notes) -> list[tuple[str, str]]:
+    """[limits] / [server]: the keys whose values differ from what the parser would derive
+    without them (so ``max_output_floats`` equal to ``max_body_bytes`` is left out, as is
+    ``drain_timeout_s`` equal to ``body_timeout_s + 5``)."""
+    keys = _LIMIT_KEYS if section == "limits" else _SERVER_KEYS
+    given: dict[str, Any] = {}
+    rows: list[tuple[str, str]] = []
+    for key in keys:
+        value = getattr(options, key.name)
+        if value != getattr(type(options)(**given), key.name):
+            given[key.name] = value
+            rows.append((f"{key.name} = {_toml_value(value)}", _doc(section, key, notes)))
+        elif notes.defaults:
+            rows.append((f"# {key.name} = {_toml_value(value)}", _doc(section, key, notes)))
+    return rows
+
+
+def _aligned(rows: Sequence[tuple[str, str] | None]) -> list[str]:
+    """``key = value  # comment`` lines, comments aligned within :data:`_ALIGN_MAX` (above
+    the key when the line would be longer than :data:`_LINE_MAX`)."""
+    kept = [r for r in rows if r is not None]
+    fits = [c for c, d in kept if len(c) <= _ALIGN_MAX and len(c) + 4 + len(d) <= _LINE_MAX]
+    width = max(map(len, fits), default=0)
+    lines: list[str] = []
+    for code, doc in kept:
+        line = f"{code.ljust(width)}  # {doc}"
+        name = code.removeprefix("# ").partition(" =")[0]
+        lines += [line] if len(line) <= _LINE_MAX else [f"# {name}: {doc}", code]
+    return lines
+
+
+def _check_writable(config: ServingConfig) -> None:
+    """Raise unless [[tables]] and [[features]] can express ``config``'s features."""
+    fc = config.feature_config
+    if not (isinstance(fc, Mapping) and dict(fc) == dict(config.features)):
+        raise ServingConfigError(
+            "the feature_config is a Python structure without its 'module:attr' reference "
+            "(feature_config_ref), so it cannot be written as TOML",
+            source=config.source,
+        )
+    for path, cfg in config.features.items():
+        if cfg.output_shape is not None and None in cfg.output_shape:
+            raise ServingConfigError(
+                f"feature {path!r} has an output_shape with unknown dimensions "
+                f"{cfg.output_shape}, which [[features]] cannot express",
+                source=config.source,
+            )
+    for table in config.tables:
+        if not isinstance(table.name, str) or not table.name:
+            raise ServingConfigError(
+                "a table without a name cannot be written as TOML", source=config.source
+            )
+        if table.optimizer is not None:
+            raise ServingConfigError(
+                f"table {table.name!r} has an optimizer, which [[tables]] cannot express (use "
+                "the Python form)",
+                source=config.source,
+            )
+
+
+def _render(
+    config: ServingConfig, *, base_dir: str | os.PathLike[str] | None, notes: _Notes
+) -> str:
+    python_form = config.feature_config_ref is not None
+    if not python_form:
+        _check_writable(config)
+    checkpoint = config.checkpoint
+    if base_dir is not None:
+        checkpoint = os.path.relpath(checkpoint, os.path.abspath(base_dir))
+        if checkpoint.startswith("~"):  # not the home directory when read back
+            checkpoint = os.path.join(".", checkpoint)
+    lines = [*notes.header, ""] if notes.header else []
+    values: dict[str, Any] = {
+        "name": config.name,
+        "checkpoint": checkpoint,
+        "object": config.object_path,
+        "poll_interval_s": config.poll_interval_s,
+        "feature_config": config.feature_config_ref,
+    }
+    rows = [
+        _key_row(
+            "model",
+            key,
+            values[key.name],
+            notes,
+            object_value(config.object_path) if key.name == "object" else _SAME,
+        )
+        for key in _MODEL_KEYS
+    ]
+    lines += [f"# {_SECTION_DOCS['model']}", "[model]", *_aligned(rows), *notes.model]
+    if not python_form:
+        for table in config.tables:
+            values = {
+                "name": str(table.name),
+                "vocabulary_size": int(table.vocabulary_size),
+                "dim": int(table.dim),
+                "combiner": str(table.combiner),
+            }
+            rows = [_key_row("tables", key, values[key.name], notes) for key in _TABLE_KEYS]
+            lines += ["", f"# {_SECTION_DOCS['tables']}", "[[tables]]", *_aligned(rows)]
+            lines += notes.tables.get(str(table.name), ())
+        for path, cfg in config.features.items():
+            shape = cfg.output_shape
+            values = {
+                "path": path,
+                "table": str(cfg.table.name),
+                "max_sequence_length": int(cfg.max_sequence_length),
+                "output_shape": None if shape is None else list(shape),
+                "validate_weights_and_indices": bool(cfg.validate_weights_and_indices),
+            }
+            rows = [_key_row("features", key, values[key.name], notes) for key in _FEATURE_KEYS]
+            lines += ["", f"# {_SECTION_DOCS['features']}", "[[features]]", *_aligned(rows)]
+    for section, options in (("limits", config.limits), ("server", config.server)):
+        option_rows = _option_rows(section, options, notes)
+        if option_rows:
+            lines += ["", f"# {_SECTION_DOCS[section]}", f"[{section}]", *_aligned(option_rows)]
+    return "\n".join(lines) + "\n"
+
+
+def to_toml(
+    config: ServingConfig,
+    *,
+    base_dir: str | os.PathLike[str] | None = None,
+    defaults: bool = False,
+) -> str:
+    """``config`` as a TOML serving config: ``parse_config(to_toml(c))`` gives a config equal
+    to ``c`` (same name, checkpoint, object path, features, tables, limits and options).
+
+    The writer reads the schema the parser checks against: the same keys in the same order,
+    each with its comment, and a key is left out when the parser would give it that value
+    anyway (``max_output_floats`` equal to ``max_body_bytes``, say). A config of the Python
+    form is written as its ``feature_config`` reference.
+
+    Args:
+        config: the config to write.
+        base_dir: write ``checkpoint`` relative to this directory (where the file will live,
+            since the parser resolves relative paths against the file's directory); default:
+            the absolute path.
+        defaults: also list the keys at their defaults, commented out, with the optional
+            sections, so the file shows every key there is.
+
+    Raises:
+        ServingConfigError: the features are a Python structure without a reference, a table
+            has an optimizer or no name, or a string is not valid Unicode.
+    """
+    return _render(config, base_dir=base_dir, notes=_Notes(defaults=defaults))
+
+
+#: Why a table found in a checkpoint is left out of a skeleton, or ``None``.
+def _unservable(table: FoundTable) -> str | None:
+    shape = table.shape
+    if len(shape) != 2:
+        return "not a 2-D table"
+    if min(shape) < 1:
+        return "an empty table"
+    if table.dtype != "float32":
+        return f"stored as {table.dtype} (served tables are float32)"
+    return None
+
+
+def serving_config_toml(found: Sequence[FoundTable], checkpoint: str) -> str:
+    """A skeleton serving config for the tables of the first TPUEmbedding object in ``found``
+    (what ``embserve inspect --config`` prints).
+
+    Built as data and validated by the parser (so the server accepts it): the object's path
+    (``[model] object``, e.g. ``"model/layer_with_weights-0"`` for a Keras model holding the
+    embedding), a model name made from its last edge, one ``[[tables]]`` per table with the
+    sizes the checkpoint fixes, and one ``[[features]]`` per table. It is rendered by
+    :func:`to_toml`'s writer with every key commented, marking what checkpoints do not store
+    (combiners, feature paths, sequence lengths: "set it"); keys at their defaults are shown
+    commented out. Other embedding objects, tables that cannot be served (not 2-D, empty, not
+    float32) and optimizer slots are listed in comments.
+
+    Args:
+        found: the tables found in the checkpoint (:func:`~embserve.checkpointing.
+            find_embedding_tables`), non-empty.
+        checkpoint: the path the server should load (prefix, or directory = its latest).
+
+    Raises:
+        ServingConfigError: no table of the object can be served, or a name cannot be written.
+    """
+    objects = list(dict.fromkeys(t.object_path for t in found))
+    if not objects:
+        raise ServingConfigError("no TPU embedding tables to make a serving config from")
+    chosen = tuple(objects[0])
+    served = [t for t in found if t.object_path == chosen and _unservable(t) is None]
+    skipped = [(t, _unservable(t)) for t in found if t.object_path == chosen and t not in served]
+    if not served:
+        listed = "; ".join(f"{t.table!r} {list(t.shape)}: {why}" for t, why in skipped)
+        raise ServingConfigError(
+            f"no table of embedding object {'/'.join(chosen)!r} can be served ({listed})"
+        )
+    data = {
+        "model": {
+            "name": _model_name(chosen),
+            "checkpoint": checkpoint,
+            "object": object_value(chosen),
+        },
+        "tables": [
+            {
+                "name": t.table,
+                "vocabulary_size": int(t.shape[0]),
+                "dim": int(t.shape[1]),
+                "combiner": _TABLE["combiner"].default,
+            }
+            for t in served
+        ],
+        "features": [
+            {
+                "path": t.table,
+                "table": t.table,
+                "max_sequence_length": _FEATURE["max_sequence_length"].default,
+            }
+            for t in served
+        ],
+    }
+    config = _from_data(
+        data,
+        _Checker("(embserve inspect --config)", _Lines("")),
+        base_dir=None,
+        checkpoint=None,
+        name=None,
+    )
+    header = [
+        "# embserve serving config, a skeleton made by `embserve inspect --config`.",
+        "# vocabulary_size and dim come from the checkpoint; every value marked 'set it' is not",
+        "# stored in checkpoints and must come from the model's TableConfig / FeatureConfig.",
+        "# Keys commented out show their defaults; embserve/server/config.py explains them all.",
+    ]
+    if len(objects) > 1:
+        others = ", ".join(_toml_value(object_value(tuple(o))) for o in objects[1:])
+        header.append(
+            f"# The checkpoint holds other embedding objects too, not configured: {others}"
+        )
+    notes = _Notes(
+        header=tuple(header),
+        model=tuple(
+            f"# Not configured, {why}: {_toml_string(t.table)} {list(t.shape)}"
+            for t, why in skipped
+        ),
+        tables={
+            t.table: (
+                f"# The checkpoint also holds its optimizer slots ({', '.join(t.slots)}); "
+                "not served.",
+            )
+            for t in served
+            if t.slots
+        },
+        guessed=frozenset({"tables.combiner", "features.path", "features.max_sequence_length"}),
+        defaults=True,
+    )
+    return _render(config, base_dir=None, notes=notes)

@@ -88,7 +88,7 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
@@ -104,8 +104,9 @@ from embserve.checkpointing import (
     VERIFY_ON_RESTORE_MAX_BYTES,
     collapse_huge_pages,
     find_embedding_tables,
-    restore_objects,
+    restore_embedding,
 )
+from embserve.server.config import object_value
 
 if TYPE_CHECKING:
     from embserve.server.config import ServingConfig
@@ -454,8 +455,9 @@ def _where_embeddings_are(reader: BundleReader) -> str:
         return "; the checkpoint holds no TPU embedding tables"
     objects: dict[str, list[str]] = {}
     for t in found:
-        objects.setdefault("/".join(t.object_path), []).append(f"{t.table} {list(t.shape)}")
-    listed = "; ".join(f"{obj!r}: {', '.join(tables)}" for obj, tables in objects.items())
+        shown = repr(object_value(t.object_path))
+        objects.setdefault(shown, []).append(f"{t.table} {list(t.shape)}")
+    listed = "; ".join(f"{obj}: {', '.join(tables)}" for obj, tables in objects.items())
     return f"; embedding tables found in the checkpoint: {listed}"
 
 
@@ -472,7 +474,7 @@ class _TableCheck(NamedTuple):
 
 
 def _table_checks(
-    model: es.TPUEmbeddingForServing, reader: BundleReader, object_name: str
+    model: es.TPUEmbeddingForServing, reader: BundleReader, object_path: tuple[str, ...]
 ) -> tuple[list[_TableCheck], list[str]]:
     """What :func:`verify_served_tables` checks: tables over
     :data:`~embserve.checkpointing.VERIFY_ON_RESTORE_MAX_BYTES` (smaller ones were checked by
@@ -485,12 +487,12 @@ def _table_checks(
         value = np.asarray(array)
         if value.nbytes <= VERIFY_ON_RESTORE_MAX_BYTES:
             continue
-        node = graph.find([object_name, str(table.name)]) if graph is not None else None
+        node = graph.find([*object_path, str(table.name)]) if graph is not None else None
         attributes = graph.attributes(node) if graph is not None and node is not None else {}
         if "VARIABLE_VALUE" not in attributes:
             raise es.CheckpointMismatchError(
                 f"checkpoint {reader.prefix!r}: no value for table {table.name!r} under "
-                f"object {object_name!r} to verify against"
+                f"object {object_value(object_path)!r} to verify against"
             )
         key = attributes["VARIABLE_VALUE"].checkpoint_key
         info = reader.info(key)
@@ -546,7 +548,7 @@ def _run_checks(
 def verify_served_tables(
     model: es.TPUEmbeddingForServing,
     reader: BundleReader,
-    object_name: str,
+    object_path: str | Sequence[str],
     progress: Progress | None = None,
 ) -> None:
     """Check the CRC-32C of every table ``model`` serves against ``reader``'s index.
@@ -559,7 +561,8 @@ def verify_served_tables(
     Args:
         model: a serving object restored from ``reader``.
         reader: the open checkpoint.
-        object_name: the edge name of the embedding object in the checkpoint.
+        object_path: the edge names from the checkpoint's root to the embedding object
+            (``("model", "embedding")``), or one edge name (``"embedding"``).
         progress: called as ``progress(done_bytes, total_bytes)`` after every 4 MiB (it may
             raise, e.g. :class:`LoadCancelled`, to stop the check).
 
@@ -567,7 +570,8 @@ def verify_served_tables(
         CorruptCheckpointError: a checksum does not match; names the data file, the tensor
             and the byte range.
     """
-    checks, sliced = _table_checks(model, reader, object_name)
+    path = (object_path,) if isinstance(object_path, str) else tuple(object_path)
+    checks, sliced = _table_checks(model, reader, path)
     _run_checks(checks, sliced, reader, progress)
 
 
@@ -614,7 +618,8 @@ class CheckpointLoader:
     :meth:`load` opens the checkpoint with read leases on its data files
     (``BundleReader(prefix, lease=True)``: while the version serves, no other process can
     change them in place without the reloader noticing first), restores
-    ``config.object_name``'s tables (:func:`~embserve.checkpointing.restore_objects`; mapped,
+    the tables of the object at ``config.object_path``
+    (:func:`~embserve.checkpointing.restore_embedding`, all or nothing; mapped,
     or copied with ``[server] copy_tables``), moves them onto huge pages with ``huge_pages``,
     runs :func:`smoke_check`, and returns the model with its open reader and the checksum pass
     still owed (:func:`verify_served_tables`), which the reloader runs before serving
@@ -649,8 +654,12 @@ class CheckpointLoader:
         reader = BundleReader(prefix, lease=True)
         try:
             try:
-                restore_objects(
-                    reader, {config.object_name: model}, copy=self.copy_tables, progress=progress
+                restore_embedding(
+                    reader,
+                    config.object_path,
+                    model,
+                    copy=self.copy_tables,
+                    progress=progress,
                 )
             except es.CheckpointMismatchError as exc:
                 raise es.CheckpointMismatchError(f"{exc}{_where_embeddings_are(reader)}") from exc
@@ -664,7 +673,7 @@ class CheckpointLoader:
                     time.perf_counter() - start,
                 )
             smoke_check(model, config.features)
-            checks, sliced = _table_checks(model, reader, config.object_name)
+            checks, sliced = _table_checks(model, reader, config.object_path)
             if self.copy_tables and sliced:
                 # Assembled copies are checked slice by slice through the reader, which a
                 # copying version does not keep: check them now.
