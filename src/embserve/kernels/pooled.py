@@ -79,33 +79,13 @@ def _sum_bag(base, row_bytes, ids, weights, start, end, target, dim, weighted, d
     :func:`sum_rows`). Whether any stored value is inf or NaN."""
     bad = False
     col = 0
-    while dim - col >= 64:
-        bad |= sum_rows(
-            base + 4 * col,
-            row_bytes,
-            ids,
-            weights,
-            start,
-            end,
-            target + 4 * col,
-            weighted,
-            8,
-            denom,
-        )  # type: ignore[call-arg]
+    while dim - col >= 64:  # 8 vectors of 8 floats per pass
+        rows, dest = base + 4 * col, target + 4 * col
+        bad |= sum_rows(rows, row_bytes, ids, weights, start, end, dest, weighted, 8, denom)  # type: ignore[call-arg]
         col += 64
-    while col < dim:
-        bad |= sum_rows(
-            base + 4 * col,
-            row_bytes,
-            ids,
-            weights,
-            start,
-            end,
-            target + 4 * col,
-            weighted,
-            2,
-            denom,
-        )  # type: ignore[call-arg]
+    while col < dim:  # the rest, 2 vectors per pass (sum_rows needs nvec as a literal)
+        rows, dest = base + 4 * col, target + 4 * col
+        bad |= sum_rows(rows, row_bytes, ids, weights, start, end, dest, weighted, 2, denom)  # type: ignore[call-arg]
         col += 16
     return bad
 
