@@ -418,10 +418,11 @@ def _stop_servers(servers: Sequence[Server]) -> None:
             server.proc.wait(10)
 
 
-def _tree_cpu_seconds(root: int) -> float:
-    """User + system CPU seconds of ``root`` and its live descendants (from /proc)."""
+def _tree_stats(root: int) -> list[list[str]]:
+    """The ``/proc/PID/stat`` fields (after the command name) of ``root`` and its live
+    descendants."""
+    stats: dict[int, list[str]] = {}
     children: dict[int, list[int]] = {}
-    ticks: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -431,40 +432,29 @@ def _tree_cpu_seconds(root: int) -> float:
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()
-        pid, ppid = int(entry), int(fields[1])
-        children.setdefault(ppid, []).append(pid)
-        ticks[pid] = int(fields[11]) + int(fields[12])  # utime + stime
-    total, stack = 0, [root]
+        stats[int(entry)] = fields
+        children.setdefault(int(fields[1]), []).append(int(entry))  # by parent pid
+    tree, stack = [], [root]
     while stack:
         pid = stack.pop()
-        total += ticks.get(pid, 0)
+        if pid in stats:
+            tree.append(stats[pid])
         stack.extend(children.get(pid, []))
-    return total / CLK_TCK
+    return tree
+
+
+def _tree_cpu_seconds(root: int) -> float:
+    """User + system CPU seconds of ``root`` and its live descendants."""
+    return sum(int(f[11]) + int(f[12]) for f in _tree_stats(root)) / CLK_TCK  # utime + stime
 
 
 def _tree_threads(root: int) -> int:
-    """OS threads of ``root`` and its live descendants (``Threads:`` in /proc/PID/status).
+    """OS threads of ``root`` and its live descendants (``num_threads`` in /proc/PID/stat).
 
     Counted after a cell: idle OpenMP teams and thread-pool workers outlive the requests that
     started them, so this is how many threads the load made the server keep.
     """
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        children.setdefault(int(stat[stat.rindex(")") + 2 :].split()[1]), []).append(int(entry))
-    total, stack = 0, [root]
-    while stack:
-        pid = stack.pop()
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
-            total += int(next(line for line in f if line.startswith("Threads:")).split()[1])
-        stack.extend(children.get(pid, []))
-    return total
+    return sum(int(f[17]) for f in _tree_stats(root))
 
 
 def _check_answers(
