@@ -1,11 +1,17 @@
-"""Shared pieces of the server tests: a small model, its checkpoints, its config, and the
-plain-NumPy answers a request must get."""
+"""Shared pieces of the server tests: a small model, its checkpoints, its config, the
+plain-NumPy answers a request must get, and the plumbing of tests against a real server
+(ports, requests, metrics, deadlines, a hand-moved clock, the review's amplification body)."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
+import re
+import socket
 import textwrap
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -205,3 +211,73 @@ def expected(tables: Mapping[str, np.ndarray], feature: str, value: Any) -> np.n
     if seq:
         return sequence(table, value, seq)
     return bag(table, combiner, value, weights)
+
+
+# ---------------------------------------------------------------------------------------------
+# Plumbing
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A TCP port on ``HOST`` that nothing listens on now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def http_request(
+    port: int, method: str, path: str, body: bytes | None = None, timeout: float = 30.0
+) -> tuple[int, dict[str, str], bytes]:
+    """One request on a new connection: ``(status, lower-cased headers, body)``."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` carrying ``labels`` in a Prometheus text page."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        sample, _, value = line.rpartition(" ")
+        found_name, _, raw_labels = sample.partition("{")
+        found = dict(re.findall(r'(\w+)="([^"]*)"', raw_labels))
+        if found_name == name and all(found.get(k) == v for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+def wait_for(what: str, condition: Callable[[], object], timeout: float = 60.0) -> None:
+    """Poll ``condition`` until it is true; fail naming ``what`` after ``timeout`` seconds
+    (generous: these tests run on loaded 2-core machines, and no sleep is an assertion)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.01)
+
+
+class ManualClock:
+    """A monotonic clock the test moves by hand (``clock.now += 1.0``)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def amplification_body(feature: str = "hist", bags: int = 20_000, batch: int = 256) -> bytes:
+    """The review's request: ``batch`` examples, one of them with ``bags`` empty bags (61 KB
+    for the defaults), asking for ``batch x bags x dim`` floats."""
+    instances: list[dict[str, Any]] = [{feature: [[1]]} for _ in range(batch)]
+    instances[0] = {feature: [[] for _ in range(bags)]}
+    return json.dumps({"instances": instances}, separators=(",", ":")).encode()

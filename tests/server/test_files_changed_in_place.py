@@ -13,16 +13,13 @@ status route and the metrics say what happened.
 from __future__ import annotations
 
 import gc
-import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +31,22 @@ from embserve.checkpoint import BundleReader
 from embserve.server.config import ServingConfig, load_config
 from embserve.server.metrics import ServerMetrics
 from embserve.server.reloader import LoadedVersion, LoadResult, Reloader, make_loader
-from tests.server._support import data_file, random_tables, save_version, write_config
+from tests.server._support import (
+    HOST,
+    ManualClock,
+    data_file,
+    free_port,
+    http_request,
+    metric,
+    random_tables,
+    save_version,
+    wait_for,
+    write_config,
+)
 
 pytestmark = pytest.mark.slow
 
 ROWS, DIM = 20_000, 16  # 1.28 MB: rows past the first pages of the shard, where SIGBUS strikes
-HOST = "127.0.0.1"
 TIMEOUT = 90.0
 
 
@@ -81,29 +88,12 @@ def _config(path: Path, checkpoint: Path) -> Path:
     return path
 
 
-class _Clock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def _leases_work(prefix: str) -> str:
     """Empty when this filesystem lets us lease the checkpoint's files, else why not."""
     with BundleReader(prefix, lease=True) as reader:
         reason = "" if reader.protected else reader.unprotected_reason
         reader.fence()
     return reason
-
-
-def _wait_for(what: str, condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 WRITERS = {
@@ -131,7 +121,7 @@ def _writer(shard: str) -> subprocess.Popen[bytes]:
 def _break_pending(loaded: LoadedVersion) -> None:
     reader = loaded.reader
     assert reader is not None
-    _wait_for("the lease break", lambda: bool(reader.broken_leases()))
+    wait_for("the lease break", lambda: bool(reader.broken_leases()), TIMEOUT)
 
 
 def _user_row(loaded: LoadedVersion, row: int) -> np.ndarray:
@@ -168,7 +158,7 @@ def test_a_request_in_flight_keeps_its_tables_until_it_ends(
         writer = _writer(data_file(v1.prefix))
         _break_pending(v1)
         revoker.start()
-        _wait_for("the swap", lambda: reloader.current is None)
+        wait_for("the swap", lambda: reloader.current is None, TIMEOUT)
         with reloader.use() as other:
             assert other is None  # new requests no longer get it...
         time.sleep(0.2)
@@ -212,7 +202,7 @@ def test_a_request_stuck_in_flight_is_not_waited_for_forever(
 
 
 def test_the_same_files_are_served_again_after_a_pause(tmp_path: Path, leased_dir: Path) -> None:
-    clock = _Clock()
+    clock = ManualClock()
     reloader = Reloader(
         str(leased_dir),
         make_loader(_small_config(tmp_path, leased_dir)),
@@ -402,6 +392,20 @@ def test_unprotected_files_are_reported_once(
 # ---------------------------------------------------------------------------------------------
 # The reloader, with requests through use(), in a subprocess
 
+
+@pytest.fixture
+def big_checkpoint(tmp_path: Path) -> tuple[Path, str, np.ndarray, np.ndarray]:
+    """``(directory, prefix, v1, v2)``: version 1 of the big table saved in ``directory``, and
+    the values of versions 1 and 2 (skipped where this filesystem has no leases)."""
+    directory = tmp_path / "ckpts"
+    v1, v2 = _table(1), _table(2)
+    prefix = _save(directory, 1, v1)
+    reason = _leases_work(prefix)
+    if reason:
+        pytest.skip(f"no file leases here: {reason}")
+    return directory, prefix, v1, v2
+
+
 _SCENARIO = r"""
 import json, logging, subprocess, sys, threading, time
 import numpy as np
@@ -492,13 +496,10 @@ print(json.dumps({
 """
 
 
-def test_reloader_survives_a_served_shard_truncated_in_place(tmp_path: Path) -> None:
-    directory = tmp_path / "ckpts"
-    v1, v2 = _table(1), _table(2)
-    prefix = _save(directory, 1, v1)
-    reason = _leases_work(prefix)
-    if reason:
-        pytest.skip(f"no file leases here: {reason}")
+def test_reloader_survives_a_served_shard_truncated_in_place(
+    tmp_path: Path, big_checkpoint: tuple[Path, str, np.ndarray, np.ndarray]
+) -> None:
+    directory, prefix, v1, v2 = big_checkpoint
     np.save(tmp_path / "v1.npy", v1)
     np.save(tmp_path / "v2.npy", v2)
     shard = f"{prefix}.data-00000-of-00001"
@@ -547,47 +548,14 @@ def test_reloader_survives_a_served_shard_truncated_in_place(tmp_path: Path) -> 
 # The real server
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _request(port: int, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection(HOST, port, timeout=30)
-    try:
-        conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
-
-def _metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name):
-            continue
-        head, _, value = line.rpartition(" ")
-        if head.split("{")[0] != name:
-            continue
-        if all(f'{k}="{v}"' in head for k, v in labels.items()):
-            total += float(value)
-    return total
-
-
-def test_server_survives_a_served_shard_truncated_in_place(tmp_path: Path) -> None:
-    directory = tmp_path / "ckpts"
-    v1, v2 = _table(1), _table(2)
-    prefix = _save(directory, 1, v1)
-    reason = _leases_work(prefix)
-    if reason:
-        pytest.skip(f"no file leases here: {reason}")
+def test_server_survives_a_served_shard_truncated_in_place(
+    tmp_path: Path, big_checkpoint: tuple[Path, str, np.ndarray, np.ndarray]
+) -> None:
+    directory, prefix, v1, v2 = big_checkpoint
     shard = f"{prefix}.data-00000-of-00001"
     config = _config(tmp_path / "serving.toml", directory)
     log = tmp_path / "server.log"
-    port = _free_port()
+    port = free_port()
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [
@@ -615,7 +583,7 @@ def test_server_survives_a_served_shard_truncated_in_place(tmp_path: Path) -> No
     def client() -> None:
         while not stop.is_set():
             try:
-                status, answer = _request(port, "POST", "/v1/models/big:predict", body)
+                status, _, answer = http_request(port, "POST", "/v1/models/big:predict", body)
             except OSError:
                 status, answer = -1, b""
             codes[status] = codes.get(status, 0) + 1
@@ -626,7 +594,7 @@ def test_server_survives_a_served_shard_truncated_in_place(tmp_path: Path) -> No
 
     def healthy_version() -> str | None:
         try:
-            status, answer = _request(port, "GET", "/healthz")
+            status, _, answer = http_request(port, "GET", "/healthz")
         except OSError:
             return None
         return json.loads(answer).get("version") if status == 200 else None
@@ -636,23 +604,23 @@ def test_server_survives_a_served_shard_truncated_in_place(tmp_path: Path) -> No
 
     threads = [threading.Thread(target=client, daemon=True) for _ in range(2)]
     try:
-        _wait_for("the server", lambda: proc.poll() is not None or healthy_version() == "1")
+        wait_for("the server", lambda: proc.poll() is not None or healthy_version() == "1", TIMEOUT)
         assert proc.poll() is None, log_text()
         for t in threads:
             t.start()
         for n, name in enumerate(("truncate", "python"), start=1):
-            _wait_for("version 1 served", lambda: healthy_version() == "1")
+            wait_for("version 1 served", lambda: healthy_version() == "1", TIMEOUT)
             time.sleep(0.3)  # requests on version 1
             subprocess.run(WRITERS[name](shard), capture_output=True, timeout=120)
             assert proc.poll() is None, f"the server died ({proc.returncode}):\n{log_text()}"
 
             def revoked(n: int = n) -> bool:
-                _, text = _request(port, "GET", "/metrics")
-                return _metric(text.decode(), "embserve_model_revocations_total") >= n
+                _, _, text = http_request(port, "GET", "/metrics")
+                return metric(text.decode(), "embserve_model_revocations_total") >= n
 
-            _wait_for(f"revocation {n}", revoked)
+            wait_for(f"revocation {n}", revoked, TIMEOUT)
             # Right after it (later events, such as refusing the truncated files, replace it).
-            status, answer = _request(port, "GET", "/v1/models/big")
+            status, _, answer = http_request(port, "GET", "/v1/models/big")
             assert status == 200
             seen.extend(json.loads(answer)["model_version_status"])
         assert any(
@@ -663,16 +631,16 @@ def test_server_survives_a_served_shard_truncated_in_place(tmp_path: Path) -> No
         ), seen
         assert proc.poll() is None, log_text()
         _save(directory, 2, v2)
-        _wait_for("version 2", lambda: healthy_version() == "2")
+        wait_for("version 2", lambda: healthy_version() == "2", TIMEOUT)
         time.sleep(0.3)
         stop.set()
         for t in threads:
             t.join(30)
         assert proc.poll() is None, f"the server died ({proc.returncode}):\n{log_text()}"
-        _, text = _request(port, "GET", "/metrics")
+        _, _, text = http_request(port, "GET", "/metrics")
         metrics = text.decode()
-        assert _metric(metrics, "embserve_model_revocations_total", reason="file_changed") >= 2
-        assert _metric(metrics, "embserve_model_files_protected") == 1
+        assert metric(metrics, "embserve_model_revocations_total", reason="file_changed") >= 2
+        assert metric(metrics, "embserve_model_files_protected") == 1
         assert "opened for writing or truncated" in log_text()
     finally:
         stop.set()

@@ -25,8 +25,7 @@ from starlette.testclient import TestClient
 
 from embserve.server.app import create_app
 from embserve.server.config import ServingConfig
-from tests.server._support import FEATURES, MODEL
-from tests.server.test_limits import amplification_body
+from tests.server._support import FEATURES, MODEL, amplification_body
 
 PREDICT = f"/v1/models/{MODEL}:predict"
 # Decoding the corpus's largest body (5.8 MB of JSON, 1.2 M ids, refused by
@@ -222,18 +221,24 @@ _version = st.one_of(
 )
 
 
+def _fuzzed(examples: int) -> Any:
+    """Hypothesis settings of these tests: derandomized (the same examples on every run), no
+    deadline (the first calls compile kernels), the module-scoped client allowed."""
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
+
+
 def _quote(text: str) -> str:
     from urllib.parse import quote
 
     return quote(text, safe="")
 
 
-@settings(
-    max_examples=300,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+@_fuzzed(300)
 @given(body=_body)
 def test_generated_bodies_get_no_5xx(fuzz_client: TestClient, body: Any) -> None:
     raw = json.dumps(body).encode()
@@ -241,12 +246,7 @@ def test_generated_bodies_get_no_5xx(fuzz_client: TestClient, body: Any) -> None
     _check(fuzz_client, "POST", PREDICT, raw[: len(raw) // 2])  # truncated JSON
 
 
-@settings(
-    max_examples=100,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+@_fuzzed(100)
 @given(version=_version)
 def test_generated_versions_get_no_5xx(fuzz_client: TestClient, version: str) -> None:
     v = _quote(version)

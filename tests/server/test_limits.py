@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 from embserve.server.app import create_app
 from embserve.server.config import Limits, load_config
 from embserve.server.rest import RequestError, RestCodec
-from tests.server._support import MODEL, feature_config, write_config
+from tests.server._support import MODEL, amplification_body, feature_config, write_config
 
 PREDICT = f"/v1/models/{MODEL}:predict"
 
@@ -122,14 +122,6 @@ def test_limit_follows_max_body_bytes_by_default(tmp_path: Path, ckpt_dir: Path)
         assert "limits.max_output_floats" in text
         status, text = _status(client, {"inputs": {"hist": [[[1]], [[]] * 666]}})
         assert status == 200, text
-
-
-def amplification_body(feature: str = "hist", bags: int = 20_000, batch: int = 256) -> bytes:
-    """The review's request: ``batch`` examples, one of them with ``bags`` empty bags (61 KB
-    for the defaults), asking for ``batch x bags x dim`` floats."""
-    instances: list[dict[str, Any]] = [{feature: [[1]]} for _ in range(batch)]
-    instances[0] = {feature: [[] for _ in range(bags)]}
-    return json.dumps({"instances": instances}, separators=(",", ":")).encode()
 
 
 def test_amplification_request_is_refused_before_any_allocation(client: TestClient) -> None:

@@ -28,48 +28,25 @@ import pytest
 
 import embserve as es
 from tests.server._support import (
+    HOST,
     MODEL,
+    amplification_body,
     bag,
+    free_port,
+    http_request,
+    metric,
     random_tables,
     save_damaged_version,
     save_version,
+    wait_for,
     write_config,
 )
 
 pytestmark = pytest.mark.slow
 
-HOST = "127.0.0.1"
 PREDICT = f"/v1/models/{MODEL}:predict"
 START_TIMEOUT = 90.0  # importing numba and embserve on a busy machine, plus the first load
 WAIT_TIMEOUT = 60.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _request(
-    port: int, method: str, path: str, body: bytes | None = None, timeout: float = 30.0
-) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
-    try:
-        headers = {"Content-Type": "application/json"} if body is not None else {}
-        conn.request(method, path, body=body, headers=headers)
-        response = conn.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-    finally:
-        conn.close()
-
-
-def _wait_for(what: str, condition: Callable[[], bool], timeout: float = WAIT_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.02)
 
 
 class Server:
@@ -84,7 +61,7 @@ class Server:
 
     def start(self) -> Server:
         for _attempt in range(3):  # another process may grab the free port before we bind it
-            self.port = _free_port()
+            self.port = free_port()
             with open(self.log_path, "ab") as log:
                 self.proc = subprocess.Popen(
                     [
@@ -116,7 +93,7 @@ class Server:
             if self.proc.poll() is not None:
                 return False
             try:
-                status, _, _ = _request(self.port, "GET", "/healthz", timeout=5)
+                status, _, _ = http_request(self.port, "GET", "/healthz", timeout=5)
             except OSError:
                 status = 0
             if status == 200:
@@ -128,7 +105,7 @@ class Server:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def get_json(self, path: str) -> Any:
-        status, _, body = _request(self.port, "GET", path)
+        status, _, body = http_request(self.port, "GET", path)
         assert status == 200, body
         return json.loads(body)
 
@@ -255,19 +232,6 @@ def _check_small(outcome: Outcome, tables: dict[int, dict[str, np.ndarray]]) -> 
     )
 
 
-def _metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        sample, _, value = line.rpartition(" ")
-        metric, _, raw_labels = sample.partition("{")
-        found = dict(re.findall(r'(\w+)="([^"]*)"', raw_labels))
-        if metric == name and all(found.get(k) == v for k, v in labels.items()):
-            total += float(value)
-    return total
-
-
 # ---------------------------------------------------------------------------------------------
 # The tests
 
@@ -282,16 +246,16 @@ def test_reload_damaged_reload_and_sigterm_under_load(
     server = server_factory(config)
     small = json.dumps(SMALL).encode()
 
-    status, headers, body = _request(server.port, "POST", PREDICT, small)
+    status, headers, body = http_request(server.port, "POST", PREDICT, small)
     _check_small(Outcome(0, 0, status, headers.get("x-model-version"), body), tables)
     assert headers["x-model-version"] == "1"
 
     # 1. A new checkpoint appears while clients keep sending: nothing fails, the new values
     #    appear, and every answer is entirely one version's.
     load = Load(server.port, small).start()
-    _wait_for("requests before the reload", lambda: load.count() >= 20)
+    wait_for("requests before the reload", lambda: load.count() >= 20)
     save_version(directory, 2, tables[2])
-    _wait_for("version 2 answers", lambda: load.count(lambda o: o.version == "2") >= 20)
+    wait_for("version 2 answers", lambda: load.count(lambda o: o.version == "2") >= 20)
     outcomes = load.stop()
     for outcome in outcomes:
         _check_small(outcome, tables)
@@ -302,7 +266,7 @@ def test_reload_damaged_reload_and_sigterm_under_load(
 
     # 2. A damaged checkpoint appears: refused, and version 2 keeps answering.
     load = Load(server.port, small).start()
-    _wait_for("requests before the damage", lambda: load.count() >= 20)
+    wait_for("requests before the damage", lambda: load.count() >= 20)
     before = load.count()
     save_damaged_version(directory, 3, random_tables(3))
 
@@ -312,23 +276,23 @@ def test_reload_damaged_reload_and_sigterm_under_load(
             s["version"] == "3" and s["status"]["error_code"] == "DATA_LOSS" for s in statuses
         )
 
-    _wait_for("the damaged version to be refused", refused)
-    _wait_for("requests after the refusal", lambda: load.count() >= before + 40)
+    wait_for("the damaged version to be refused", refused)
+    wait_for("requests after the refusal", lambda: load.count() >= before + 40)
     outcomes = load.stop()
     for outcome in outcomes:
         _check_small(outcome, tables)
         assert outcome.version == "2"
-    status, _, text = _request(server.port, "GET", "/metrics")
+    status, _, text = http_request(server.port, "GET", "/metrics")
     assert status == 200
-    assert _metric(text.decode(), "embserve_model_reload_failures_total", reason="corrupt") == 1
-    assert _metric(text.decode(), "embserve_model_version") == 2
+    assert metric(text.decode(), "embserve_model_reload_failures_total", reason="corrupt") == 1
+    assert metric(text.decode(), "embserve_model_version") == 2
     assert "refused" in server.log()
 
     # 3. SIGTERM while large requests are in flight: each request sent before the signal is
     #    answered 200, then the process exits 0.
     big = json.dumps({"inputs": {"hist": [list(range(50)) * 8] * 2000}}).encode()  # 800k ids
     load = Load(server.port, big, threads=3).start()
-    _wait_for("large requests to be answered", lambda: load.count(lambda o: o.status == 200) >= 3)
+    wait_for("large requests to be answered", lambda: load.count(lambda o: o.status == 200) >= 3)
     assert server.proc is not None
     term_at = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)
@@ -424,28 +388,28 @@ def test_two_workers_share_one_copy_of_the_tables(
         return [p for p in _children(server.proc.pid) if _mapped(p, data) is not None]
 
     def loads() -> float:
-        _, _, text = _request(server.port, "GET", "/metrics")
-        return _metric(text.decode(), "embserve_model_loads_total")
+        _, _, text = http_request(server.port, "GET", "/metrics")
+        return metric(text.decode(), "embserve_model_loads_total")
 
     # Each worker loads the model itself (its lifespan does, before it accepts connections);
     # /metrics sums the two whichever worker answers.
-    _wait_for("both workers to load the model", lambda: loads() == 2)
+    wait_for("both workers to load the model", lambda: loads() == 2)
     assert len(workers()) == 2
 
     # Requests are answered by either worker; the metrics sum both.
     n = 30
     ids = [0, vocab - 1, 12345]
     for _ in range(n):
-        status, _, body = _request(
+        status, _, body = http_request(
             server.port, "POST", PREDICT, json.dumps({"inputs": {"f": ids}}).encode()
         )
         assert status == 200
     np.testing.assert_allclose(json.loads(body)["outputs"]["f"], values[ids], rtol=1e-6)
-    _, _, text = _request(server.port, "GET", "/metrics")
+    _, _, text = http_request(server.port, "GET", "/metrics")
     route = "/v1/models/{name}:predict"
-    assert _metric(text.decode(), "embserve_requests_total", route=route, code="200") == n
-    assert _metric(text.decode(), "embserve_lookup_ids_total", feature="f") == n * len(ids)
-    assert _metric(text.decode(), "embserve_model_version") == 2  # 1 per worker (pid label)
+    assert metric(text.decode(), "embserve_requests_total", route=route, code="200") == n
+    assert metric(text.decode(), "embserve_lookup_ids_total", feature="f") == n * len(ids)
+    assert metric(text.decode(), "embserve_model_version") == 2  # 1 per worker (pid label)
 
     # Keep-alive requests are not held back by Nagle's algorithm (uvicorn binds the workers'
     # socket without TCP_NODELAY; the server sets it): with it on, every request after the
@@ -513,10 +477,10 @@ def test_running_in_a_thread(tmp_path: Path) -> None:
     config = write_config(tmp_path / "serving.toml", directory)
     with running(config) as url:
         port = int(url.rsplit(":", 1)[1])
-        status, headers, body = _request(port, "POST", PREDICT, json.dumps(SMALL).encode())
+        status, headers, body = http_request(port, "POST", PREDICT, json.dumps(SMALL).encode())
         _check_small(Outcome(0, 0, status, headers.get("x-model-version"), body), {1: tables})
     with pytest.raises(ConnectionRefusedError):  # shut down when the block exited
-        _request(port, "GET", "/healthz", timeout=5)
+        http_request(port, "GET", "/healthz", timeout=5)
 
 
 def test_sigterm_drain_is_bounded(tmp_path: Path, server_factory: Callable[..., Server]) -> None:
@@ -561,13 +525,11 @@ def test_hostile_requests_get_4xx_with_bounded_memory(
     for 256 x 20,000 x dim floats), Unicode and 4,301-digit versions, JSON nested 960 to 10,000
     deep. Every answer is a 4xx, the process lives, and its peak RSS grows by less than 64 MiB
     (the amplification alone used to allocate 1.25 GiB at dim 64)."""
-    from tests.server.test_limits import amplification_body
-
     directory = tmp_path / "ckpts"
     save_version(directory, 1, random_tables(1))
     server = server_factory(write_config(tmp_path / "serving.toml", directory))
     assert server.proc is not None
-    _request(server.port, "POST", PREDICT, json.dumps(SMALL).encode())  # warm
+    http_request(server.port, "POST", PREDICT, json.dumps(SMALL).encode())  # warm
     rss_before, peak_before = _memory_kib(server.proc.pid)
     requests: list[tuple[str, str, bytes | None]] = [
         ("POST", PREDICT, amplification_body("hist")),
@@ -581,7 +543,7 @@ def test_hostile_requests_get_4xx_with_bounded_memory(
         deep = "[" * depth + "1" + "]" * depth
         requests.append(("POST", PREDICT, f'{{"instances": [{{"hist": {deep}}}]}}'.encode()))
     for method, path, body in requests:
-        status, _, answer = _request(server.port, method, path, body)
+        status, _, answer = http_request(server.port, method, path, body)
         assert 400 <= status < 500, (path[:80], status, answer[:300])
     rss_after, peak_after = _memory_kib(server.proc.pid)
     assert server.proc.poll() is None

@@ -21,10 +21,12 @@ from embserve.server.config import ServingConfig, load_config
 from embserve.server.metrics import ServerMetrics
 from embserve.server.reloader import LoadCancelled, Reloader, find_candidate, make_loader
 from tests.server._support import (
+    ManualClock,
     data_file,
     random_tables,
     save_damaged_version,
     save_version,
+    wait_for,
     write_config,
     write_prefix,
 )
@@ -32,16 +34,6 @@ from tests.server._support import (
 
 def _config(tmp_path: Path, checkpoint: Path | str, server: str = "") -> ServingConfig:
     return load_config(write_config(tmp_path / "serving.toml", checkpoint, server=server))
-
-
-class _Clock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _counter(metric: Any, **labels: str) -> float:
@@ -201,7 +193,7 @@ def test_transient_failures_are_retried_with_backoff(tmp_path: Path) -> None:
     errors = _transient_errors()
     loader = _FailingFirst(_config(tmp_path, directory), errors)
     metrics = ServerMetrics()
-    clock = _Clock()
+    clock = ManualClock()
     reloader = Reloader(
         str(directory),
         loader,
@@ -238,7 +230,7 @@ def test_backoff_doubles_up_to_its_cap_and_resets_when_the_files_change(tmp_path
     directory = tmp_path / "ckpts"
     save_version(directory, 1, random_tables(1))
     attempts: list[float] = []
-    clock = _Clock()
+    clock = ManualClock()
 
     def loader(prefix: str) -> Any:
         attempts.append(clock.now)
@@ -261,7 +253,7 @@ def test_backoff_doubles_up_to_its_cap_and_resets_when_the_files_change(tmp_path
 def test_a_loader_bug_is_retried_too(tmp_path: Path) -> None:
     directory = tmp_path / "ckpts"
     save_version(directory, 1, random_tables(1))
-    clock = _Clock()
+    clock = ManualClock()
     calls: list[str] = []
 
     def loader(prefix: str) -> Any:
@@ -285,7 +277,7 @@ def test_corrupt_and_mismatched_checkpoints_are_remembered(tmp_path: Path, kind:
         wrong = random_tables(1)
         wrong["users"] = np.zeros((7, 4), dtype=np.float32)
         save_version(directory, 1, wrong)
-    clock = _Clock()
+    clock = ManualClock()
     calls: list[str] = []
     real = make_loader(_config(tmp_path, directory))
 
@@ -302,13 +294,6 @@ def test_corrupt_and_mismatched_checkpoints_are_remembered(tmp_path: Path, kind:
 
 # ---------------------------------------------------------------------------------------------
 # Item 4: stop() returns promptly during a long load, and nothing is half installed
-
-
-def _wait_for(condition: Any, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
 
 
 def test_stop_returns_promptly_while_a_loader_blocks(tmp_path: Path) -> None:
@@ -368,7 +353,7 @@ def test_stop_cancels_a_load_that_reports_progress(tmp_path: Path) -> None:
     thread = reloader._thread
     assert thread is not None
     save_version(directory, 1, random_tables(1))
-    _wait_for(lambda: len(steps) >= 2)
+    wait_for("two progress reports", lambda: len(steps) >= 2)
     started = time.monotonic()
     reloader.stop()
     assert time.monotonic() - started < 0.5
@@ -564,7 +549,10 @@ def test_background_verification_of_the_only_version_failing_means_503(
     reloader = Reloader(str(directory), make_loader(config), metrics=metrics)
     reloader.start()  # the first load does not wait for the verification
     try:
-        _wait_for(lambda: reloader.current is None and reloader.statuses()[0].state == "END")
+        wait_for(
+            "the revert",
+            lambda: reloader.current is None and reloader.statuses()[0].state == "END",
+        )
     finally:
         reloader.stop()
     assert reloader.statuses()[0].error_code == "DATA_LOSS"

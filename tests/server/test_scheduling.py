@@ -4,8 +4,10 @@ than ``[server] max_concurrent_lookups``."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,25 @@ def _client(tmp_path: Path, ckpt_dir: Path, server: str = "") -> tuple[TestClien
         return models[-1]
 
     return TestClient(create_app(config, model_loader=loader)), models
+
+
+@contextlib.contextmanager
+def _held(client: TestClient, model: _Recording, payload: Any) -> Iterator[None]:
+    """Post ``payload`` from another thread and hold its lookup at the model's gate for the
+    block; then let it finish, and check it was answered 200."""
+    model.gate.clear()
+    held: dict[str, Any] = {}
+    sender = threading.Thread(
+        target=lambda: held.setdefault("r", client.post(PREDICT, json=payload))
+    )
+    sender.start()
+    try:
+        assert model.entered.acquire(timeout=WAIT_S)
+        yield
+    finally:
+        model.gate.set()
+        sender.join(WAIT_S)
+    assert held["r"].status_code == 200
 
 
 def _event_loop_thread(client: TestClient) -> threading.Thread:
@@ -137,28 +158,15 @@ def test_large_body_is_decoded_off_the_loop(
 def test_a_large_lookup_does_not_stall_the_loop(tmp_path: Path, ckpt_dir: Path) -> None:
     """While a large-output request is held inside its lookup, the loop still answers."""
     client, models = _client(tmp_path, ckpt_dir)
-    with client:
-        model = models[0]
-        model.gate.clear()
-        held: dict[str, Any] = {}
-        sender = threading.Thread(
-            target=lambda: held.setdefault("r", client.post(PREDICT, json=LARGE_OUTPUT))
+    with client, _held(client, models[0], LARGE_OUTPUT):
+        answered: dict[str, Any] = {}
+        probe = threading.Thread(
+            target=lambda: answered.setdefault("r", client.get("/healthz")), daemon=True
         )
-        sender.start()
-        try:
-            assert model.entered.acquire(timeout=WAIT_S)
-            answered: dict[str, Any] = {}
-            probe = threading.Thread(
-                target=lambda: answered.setdefault("r", client.get("/healthz")), daemon=True
-            )
-            probe.start()
-            probe.join(5.0)
-            assert "r" in answered, "the event loop is blocked by a lookup"
-            assert answered["r"].status_code == 200
-        finally:
-            model.gate.set()
-            sender.join(WAIT_S)
-        assert held["r"].status_code == 200
+        probe.start()
+        probe.join(5.0)
+        assert "r" in answered, "the event loop is blocked by a lookup"
+        assert answered["r"].status_code == 200
 
 
 def test_concurrent_lookups_are_bounded(tmp_path: Path, ckpt_dir: Path) -> None:
@@ -211,21 +219,8 @@ def test_a_request_is_counted_in_flight_on_its_version(
     lookup to the answer (a version taken out of service waits for these requests)."""
     client, models = _client(tmp_path, ckpt_dir)
     with client:
-        app = client.app
-        reloader = app.state.reloader  # type: ignore[attr-defined]
+        reloader = client.app.state.reloader  # type: ignore[attr-defined]
         loaded = reloader.current
-        model = models[0]
-        model.gate.clear()
-        held: dict[str, Any] = {}
-        sender = threading.Thread(
-            target=lambda: held.setdefault("r", client.post(PREDICT, json=payload))
-        )
-        sender.start()
-        try:
-            assert model.entered.acquire(timeout=WAIT_S)
+        with _held(client, models[0], payload):
             assert loaded.in_flight == 1
-        finally:
-            model.gate.set()
-            sender.join(WAIT_S)
-        assert held["r"].status_code == 200
         assert loaded.in_flight == 0
