@@ -48,6 +48,10 @@ pytestmark = pytest.mark.slow
 
 ROWS, DIM = 20_000, 16  # 1.28 MB: rows past the first pages of the shard, where SIGBUS strikes
 TIMEOUT = 90.0
+# A writer that was not held back by a lease finishes within this: far below the kernel's
+# lease-break time (/proc/sys/fs/lease-break-time, 45 s) that a held-back one waits, far above
+# a Python process start on a loaded 2-core machine.
+NOT_HELD_BACK_S = 20.0
 
 
 def _table(seed: int) -> np.ndarray:
@@ -288,7 +292,7 @@ def test_a_replaced_version_nobody_uses_holds_no_lease(tmp_path: Path, leased_di
     gc.collect()
     started = time.monotonic()
     subprocess.run(WRITERS["python"](old_shard), check=True, timeout=60)
-    assert time.monotonic() - started < 5  # not held back for the lease-break time (45 s)
+    assert time.monotonic() - started < NOT_HELD_BACK_S
 
 
 def test_a_refused_version_holds_no_lease(
@@ -310,7 +314,7 @@ def test_a_refused_version_holds_no_lease(
     assert any(r.exc_info for r in caplog.records)
     started = time.monotonic()
     subprocess.run(WRITERS["python"](data_file(str(leased_dir / "ckpt-1"))), timeout=60)
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < NOT_HELD_BACK_S
 
 
 def test_use_never_hands_out_a_revoked_version(tmp_path: Path, leased_dir: Path) -> None:
@@ -361,7 +365,7 @@ def test_copied_tables_keep_no_file_open(tmp_path: Path, leased_dir: Path) -> No
     assert metrics.protected._value.get() == 1
     started = time.monotonic()
     subprocess.run(WRITERS["python"](data_file(v1.prefix)), check=True, timeout=60)
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < NOT_HELD_BACK_S
     assert reloader.check_files() == 0
     assert reloader.current is v1
     np.testing.assert_array_equal(_user_row(v1, 99), random_tables(1)["users"][99])

@@ -500,7 +500,10 @@ def test_sigterm_drain_is_bounded(tmp_path: Path, server_factory: Callable[..., 
         sock.sendall(
             f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{".encode()
         )
-        time.sleep(0.5)  # the request is in the app, waiting for its body
+        # The request is in the app, waiting for its body, once the server has answered a
+        # request sent after it (the loop handles this connection's head first: it was
+        # accepted first and its bytes were there before the second connection opened).
+        assert http_request(server.port, "GET", "/healthz")[0] == 200
         term_at = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
         code = server.proc.wait(WAIT_TIMEOUT)

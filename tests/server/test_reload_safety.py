@@ -295,6 +295,10 @@ def test_corrupt_and_mismatched_checkpoints_are_remembered(tmp_path: Path, kind:
 # ---------------------------------------------------------------------------------------------
 # Item 4: stop() returns promptly during a long load, and nothing is half installed
 
+# stop() waits 0.25 s for its threads; a loaded 2-core machine can add a second of scheduling.
+# Either way far below the 20 s (or 5 s) load it must not wait for.
+STOP_S = 2.0
+
 
 def test_stop_returns_promptly_while_a_loader_blocks(tmp_path: Path) -> None:
     directory = tmp_path / "ckpts"
@@ -316,7 +320,7 @@ def test_stop_returns_promptly_while_a_loader_blocks(tmp_path: Path) -> None:
     assert entered.wait(30)
     started = time.monotonic()
     reloader.stop()
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < STOP_S
     release.set()  # the load finishes after stop(): it must not be installed
     thread.join(30)
     assert not thread.is_alive()
@@ -355,12 +359,14 @@ def test_stop_cancels_a_load_that_reports_progress(tmp_path: Path) -> None:
     save_version(directory, 1, random_tables(1))
     wait_for("two progress reports", lambda: len(steps) >= 2)
     started = time.monotonic()
+    before = len(steps)
     reloader.stop()
-    assert time.monotonic() - started < 0.5
-    thread.join(1.0)
+    assert time.monotonic() - started < STOP_S
+    thread.join(30)
     assert not thread.is_alive()  # the load gave up at its next progress report
     assert len(cancelled) == 1
-    assert len(steps) < 10
+    # The step running when stop() was called (and one that ended just before), no more.
+    assert len(steps) <= before + 2
     assert reloader.current is None
     assert all(s.state != "AVAILABLE" for s in reloader.statuses())
     # Cancelling is not a refusal.

@@ -164,7 +164,8 @@ def test_a_large_lookup_does_not_stall_the_loop(tmp_path: Path, ckpt_dir: Path) 
             target=lambda: answered.setdefault("r", client.get("/healthz")), daemon=True
         )
         probe.start()
-        probe.join(5.0)
+        # The lookup is held until this block ends: a blocked loop could not answer at all.
+        probe.join(WAIT_S / 2)
         assert "r" in answered, "the event loop is blocked by a lookup"
         assert answered["r"].status_code == 200
 
