@@ -212,20 +212,18 @@ except BaseException as exc:
 # Permissions (as root, the checks run as uid 65534)
 
 
-def test_permission_errors_name_the_file(public_dir: Path) -> None:
+@pytest.mark.parametrize("unreadable", ["index", "shard"])
+def test_permission_errors_name_the_file(public_dir: Path, unreadable: str) -> None:
     _write(public_dir / "c")
-    index = Path(index_path(public_dir / "c"))
-    shard = Path(data_path(public_dir / "c", 0, 1))
-    index.chmod(0o644)
-    shard.chmod(0o000)
-    with unprivileged(), pytest.raises(CheckpointError, match=r"c\.data-00000-of-00001") as info:
+    files = {
+        "index": Path(index_path(public_dir / "c")),
+        "shard": Path(data_path(public_dir / "c", 0, 1)),
+    }
+    for name, path in files.items():
+        path.chmod(0o000 if name == unreadable else 0o644)
+    with unprivileged(), pytest.raises(CheckpointError) as info:
         BundleReader(public_dir / "c")
-    assert "ermission denied" in str(info.value)
-    assert not isinstance(info.value, OSError)
-    shard.chmod(0o644)
-    index.chmod(0o000)
-    with unprivileged(), pytest.raises(CheckpointError, match=r"c\.index") as info:
-        BundleReader(public_dir / "c")
+    assert files[unreadable].name in str(info.value)
     assert "ermission denied" in str(info.value)
     assert not isinstance(info.value, OSError)
 
