@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 import embserve as es
-from embserve import nest
 from embserve.server.config import (
     DEFAULT_MODEL_NAME,
     Limits,
@@ -352,17 +351,24 @@ def test_python_form_excludes_tables(module: str) -> None:
     assert info.value.line == _line_of(text, "[[tables]]", last=False)
 
 
-def test_flatten_matches_embserve_nest() -> None:
+def test_flatten_features_refuses_what_requests_could_not_address() -> None:
+    """The served names are embserve.lookup.flatten_feature_config's paths; the server also
+    refuses two leaves with one path (a request could reach only one of them), keys that
+    cannot be sorted, an empty structure and a bare FeatureConfig, naming the problem."""
     t = es.TableConfig(10, 2, name="t")
     point = namedtuple("point", ["y", "x"])
-    structure = {
-        "b": [es.FeatureConfig(t), point(es.FeatureConfig(t), es.FeatureConfig(t))],
-        "a": {"z": es.FeatureConfig(t), "c": (es.FeatureConfig(t),)},
-    }
-    ours = flatten_features(structure)
-    theirs = nest.flatten_with_paths(structure)
-    assert list(ours) == [p for p, _ in theirs]
-    assert all(ours[p] is leaf for p, leaf in theirs)
+    structure = {"b": [es.FeatureConfig(t), point(es.FeatureConfig(t), es.FeatureConfig(t))]}
+    assert list(flatten_features(structure)) == ["b/0", "b/1/y", "b/1/x"]
+    for bad, problem in [
+        ({"a/b": es.FeatureConfig(t), "a": {"b": es.FeatureConfig(t)}}, "two features at path"),
+        ({1: es.FeatureConfig(t), "a": es.FeatureConfig(t)}, "sort"),
+        ({"a": [es.FeatureConfig(t), "x"]}, "leaf at path 'a/1' is a str"),
+        ({}, "holds no FeatureConfig"),
+        (es.FeatureConfig(t), "single FeatureConfig"),
+    ]:
+        with pytest.raises(ServingConfigError, match=problem) as info:
+            flatten_features(bad)
+        assert info.value.key == "feature_config"
 
 
 def test_huge_pages_option(tmp_path: Path) -> None:

@@ -105,6 +105,50 @@ def test_find_candidate_single_prefix(tmp_path: Path) -> None:
     assert prefix_in_directory(str(tmp_path / "other")) is None  # ambiguous
 
 
+@pytest.mark.parametrize("kind", ["fifo", "device", "oversized"])
+@pytest.mark.parametrize("layout", ["manager", "numbered"])
+def test_a_state_file_that_cannot_be_read_is_reported_not_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, kind: str, layout: str
+) -> None:
+    """A `checkpoint` state file that is a FIFO, a device or over its cap is refused naming
+    the file (CorruptCheckpointError), in the watched directory and in a numbered version
+    directory, rather than passed over for another prefix there (or blocking the poll)."""
+    from embserve.checkpoint.state import MAX_STATE_BYTES
+
+    directory = tmp_path / "ckpts"
+    where = directory if layout == "manager" else directory / "3"
+    write_prefix(where / "ckpt-7", random_tables(1))  # a prefix the directory does hold
+    state = where / "checkpoint"
+    if kind == "fifo":
+        os.mkfifo(state)
+    elif kind == "device":
+        os.symlink("/dev/zero", state)
+    else:
+        with open(state, "wb") as f:
+            f.truncate(MAX_STATE_BYTES + 1)
+    with pytest.raises(es.CorruptCheckpointError, match="checkpoint"):
+        find_candidate(str(directory))
+    if layout == "numbered":
+        with pytest.raises(es.CorruptCheckpointError):
+            prefix_in_directory(str(where))
+    reloader = Reloader(str(directory), make_loader(_config(tmp_path, directory)))
+    assert reloader.poll() is None
+    assert reloader.current is None
+    assert any("CorruptCheckpointError" in r.getMessage() for r in caplog.records)
+
+
+def test_a_state_file_naming_no_checkpoint_means_none_yet(tmp_path: Path) -> None:
+    directory = tmp_path / "ckpts"
+    save_version(directory, 2, random_tables(1))
+    for name in ("ckpt-2.index", "ckpt-2.data-00000-of-00001"):
+        os.unlink(directory / name)  # the state file names a checkpoint that is gone
+    assert find_candidate(str(directory)) is None
+    (directory / "checkpoint").write_text("not a checkpoint state")
+    assert find_candidate(str(directory)) is None
+    (directory / "checkpoint").unlink()
+    assert find_candidate(str(directory)) is None
+
+
 # ---------------------------------------------------------------------------------------------
 # Versions
 
@@ -322,6 +366,44 @@ def test_smoke_check(tmp_path: Path) -> None:
     smoke_check(model, config.features)
     with pytest.raises(SmokeCheckError, match="feature 'user'"):
         smoke_check(cast(Any, _WrongModel(model)), config.features)
+
+
+class _Recording:
+    """The real model, recording what each lookup was sent."""
+
+    def __init__(self, model: es.TPUEmbeddingForServing) -> None:
+        self.model = model
+        self.embedding_tables = model.embedding_tables
+        self.sent: list[tuple[str, str, bool]] = []
+
+    def __call__(self, features: Any, weights: Any = None) -> Any:
+        (path, value), *_ = features.items()
+        kind = "dense" if isinstance(value, np.ndarray) else type(value).__name__
+        self.sent.append((path, kind, weights is not None))
+        return self.model(features, weights)
+
+
+def test_smoke_check_sends_each_feature_what_its_spec_accepts(tmp_path: Path) -> None:
+    """Pooled features: dense ids, a bag, a weighted bag; a sequence feature only a bag (it
+    takes neither dense ids nor weights); a feature with an output_shape nothing."""
+    directory = tmp_path / "ckpts"
+    save_version(directory, 1, random_tables(1))
+    shaped = '[[features]]\npath = "shaped"\ntable = "tags"\noutput_shape = [2]\n'
+    config = load_config(write_config(tmp_path / "s.toml", directory, extra_features=shaped))
+    model = _Recording(make_loader(config)(str(directory / "ckpt-1")))
+    smoke_check(cast(Any, model), config.features)
+    assert model.sent == [
+        ("user", "RaggedTensor", False),
+        ("user", "dense", False),
+        ("user", "RaggedTensor", True),
+        ("hist", "RaggedTensor", False),
+        ("hist", "dense", False),
+        ("hist", "RaggedTensor", True),
+        ("recent", "RaggedTensor", False),
+        ("tag", "RaggedTensor", False),
+        ("tag", "dense", False),
+        ("tag", "RaggedTensor", True),
+    ]
 
 
 def test_huge_pages_option_loads_and_serves_the_same_rows(tmp_path: Path) -> None:

@@ -401,23 +401,18 @@ class _Service:
         return _json(body, headers=headers)
 
     def _metadata(self) -> dict[str, Any]:
+        """The metadata route's body, from each feature's spec (the lookup's own rules)."""
         features: dict[str, Any] = {}
-        for path, cfg in self.config.features.items():
-            dim = cfg.table.dim
-            if cfg.output_shape is not None:
-                example: list[int] | None = None
-            elif cfg.max_sequence_length > 0:
-                example = [cfg.max_sequence_length, dim]
-            else:
-                example = [dim]
+        for path, spec in self.codec.specs.items():
+            example = spec.example_shape
             features[path] = {
-                "table": cfg.table.name,
-                "dim": dim,
-                "combiner": cfg.table.combiner,
-                "max_sequence_length": cfg.max_sequence_length,
-                "output_shape": None if cfg.output_shape is None else list(cfg.output_shape),
-                "validate_weights_and_indices": cfg.validate_weights_and_indices,
-                "example_output_shape": example,
+                "table": spec.table,
+                "dim": spec.dim,
+                "combiner": spec.combiner,
+                "max_sequence_length": spec.max_sequence_length,
+                "output_shape": None if spec.output_shape is None else list(spec.output_shape),
+                "validate_weights_and_indices": spec.validate_weights_and_indices,
+                "example_output_shape": None if example is None else list(example),
             }
         tables = {
             str(t.name): {

@@ -104,7 +104,7 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import embserve as es
-from embserve.lookup import PARALLEL_MIN_FLOATS
+from embserve.lookup import PARALLEL_MIN_FLOATS, flatten_feature_config
 
 if TYPE_CHECKING:
     from embserve.checkpointing import FoundTable
@@ -582,12 +582,14 @@ def _import_ref(ref: str, source: str | None, checker: _Checker | None) -> Any:
 def flatten_features(structure: Any) -> dict[str, es.FeatureConfig]:
     """``tf.nest`` path → ``FeatureConfig`` for a nested feature_config structure.
 
-    Paths join dict keys (visited in sorted order), namedtuple field names and list / tuple
-    indices with ``/``, as embserve and TensorFlow match inputs to features; a request
-    addresses a feature by this path.
+    The serving side of :func:`embserve.lookup.flatten_feature_config` (the one flattening, so
+    requests address features exactly as lookups match them): paths join dict keys (visited
+    in sorted order), namedtuple field names and list / tuple indices with ``/``. Two leaves
+    with one path are refused (a request could reach only one of them).
 
     Raises:
-        ServingConfigError: a leaf is not a ``FeatureConfig``, or the structure is a bare
+        ServingConfigError: a leaf is not a ``FeatureConfig``, dict keys cannot be sorted, two
+            leaves share a path, the structure holds no feature, or it is a bare
             ``FeatureConfig`` (its path would be empty: wrap it in a dict to name it).
     """
     if isinstance(structure, es.FeatureConfig):
@@ -596,35 +598,10 @@ def flatten_features(structure: Any) -> dict[str, es.FeatureConfig]:
             "dict to give the feature a name, e.g. {'user': feature_config}",
             key="feature_config",
         )
-    out: dict[str, es.FeatureConfig] = {}
-
-    def walk(node: Any, path: str) -> None:
-        if isinstance(node, Mapping):
-            try:
-                keys = sorted(node)
-            except TypeError as exc:
-                raise ServingConfigError(
-                    f"dict keys at {path or 'the top'!r} cannot be sorted: {exc}",
-                    key="feature_config",
-                ) from None
-            items: list[tuple[Any, Any]] = [(k, node[k]) for k in keys]
-        elif isinstance(node, tuple) and hasattr(type(node), "_fields"):
-            fields: tuple[str, ...] = getattr(type(node), "_fields")  # noqa: B009
-            items = list(zip(fields, node, strict=True))
-        elif isinstance(node, (list, tuple)):
-            items = list(enumerate(node))
-        elif isinstance(node, es.FeatureConfig):
-            out[path] = node
-            return
-        else:
-            raise ServingConfigError(
-                f"the leaf at path {path!r} is a {type(node).__name__}, not a FeatureConfig",
-                key="feature_config",
-            )
-        for key, child in items:
-            walk(child, str(key) if path == "" else f"{path}/{key}")
-
-    walk(structure, "")
+    try:
+        out = flatten_feature_config(structure, unique_paths=True)
+    except (es.ConfigError, TypeError) as exc:
+        raise ServingConfigError(str(exc), key="feature_config") from None
     if not out:
         raise ServingConfigError("the feature_config holds no FeatureConfig", key="feature_config")
     return out

@@ -3,9 +3,11 @@
 **Layouts.** The watched path (``[model] checkpoint``) is one of:
 
 * a **CheckpointManager directory**: a ``checkpoint`` state file names the newest prefix (as
-  ``tf.train.CheckpointManager`` and ``tf.train.Checkpoint.save`` write it). The version is the
-  prefix's trailing number (``ckpt-12`` → 12), or, without one, the next number after the
-  highest version served;
+  ``tf.train.CheckpointManager`` and ``tf.train.Checkpoint.save`` write it; followed by
+  :func:`embserve.checkpoint.resolve_checkpoint`, so a state file naming a checkpoint not
+  there yet means "nothing yet", and one that is a FIFO, a device or oversized is refused,
+  naming it, never read). The version is the prefix's trailing number (``ckpt-12`` → 12),
+  or, without one, the next number after the highest version served;
 * a **TF Serving base directory**: numbered subdirectories ``<dir>/<N>/``, each holding one
   checkpoint (a ``checkpoint`` state file, a SavedModel's ``variables/variables`` prefix, or a
   single ``*.index`` prefix). The highest ``N`` that holds a complete checkpoint is the
@@ -96,16 +98,18 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 import embserve as es
-from embserve.checkpoint import BundleReader, ObjectGraph, crc32c
+from embserve.checkpoint import BundleReader, ObjectGraph, crc32c, resolve_checkpoint
 from embserve.checkpoint.bundle import HEADER_KEY, MAX_SHARDS, data_path
 from embserve.checkpoint.protos import tensor_bundle_pb2
 from embserve.checkpoint.sstable import read_table
+from embserve.checkpoint.state import STATE_FILENAME as _STATE_FILENAME
 from embserve.checkpointing import (
     VERIFY_ON_RESTORE_MAX_BYTES,
     collapse_huge_pages,
     find_embedding_tables,
     restore_embedding,
 )
+from embserve.lookup import FeatureSpec
 from embserve.server.config import object_value
 
 if TYPE_CHECKING:
@@ -135,7 +139,7 @@ __all__ = [
 _log = logging.getLogger("embserve.server")
 
 #: The state file of the CheckpointManager layout.
-STATE_FILENAME = "checkpoint"
+STATE_FILENAME = _STATE_FILENAME
 
 #: ``progress(done_bytes, total_bytes)``, called while a load copies or verifies tables.
 Progress = Callable[[int, int], None]
@@ -348,12 +352,37 @@ def _trailing_number(prefix: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _has_state_file(directory: str) -> bool:
+    """Whether ``directory`` has a ``checkpoint`` entry to follow: anything but a directory, so
+    that a FIFO or a device there is refused (naming it), not passed over for another layout."""
+    path = os.path.join(directory, STATE_FILENAME)
+    return os.path.lexists(path) and not os.path.isdir(path)
+
+
+def _state_prefix(directory: str) -> str | None:
+    """The prefix ``directory``'s state file names (``resolve_checkpoint``), or ``None`` where
+    ``tf.train.latest_checkpoint`` answers ``None``: a missing, unreadable or unparsable state
+    file, or one naming a checkpoint whose index is gone (not written yet, or deleted).
+
+    Raises:
+        CorruptCheckpointError: the state file is a FIFO, a device or oversized, or names no
+            checkpoint.
+    """
+    try:
+        return resolve_checkpoint(directory, filename=STATE_FILENAME)
+    except es.CheckpointNotFoundError:
+        return None
+
+
 def prefix_in_directory(directory: str) -> str | None:
     """The checkpoint a directory holds: its state file's newest prefix, a SavedModel's
     ``variables/variables``, or its only ``*.index`` prefix; ``None`` when there is none (yet).
+
+    Raises:
+        CorruptCheckpointError: a state file that cannot be read (a FIFO, a device, oversized).
     """
-    if os.path.isfile(os.path.join(directory, STATE_FILENAME)):
-        return es.train.latest_checkpoint(directory)
+    if _has_state_file(directory):
+        return _state_prefix(directory)
     saved_model = os.path.join(directory, "variables", "variables")
     if os.path.isfile(saved_model + ".index"):
         return saved_model
@@ -371,8 +400,8 @@ def find_candidate(source: str) -> Candidate | None:
         CheckpointError: a state file that cannot be read (a FIFO, a device, oversized).
     """
     if os.path.isdir(source):
-        if os.path.isfile(os.path.join(source, STATE_FILENAME)):
-            prefix = es.train.latest_checkpoint(source)
+        if _has_state_file(source):
+            prefix = _state_prefix(source)
             if prefix is None:
                 return None
             return Candidate(prefix, _trailing_number(prefix), _signature(prefix))
@@ -409,35 +438,37 @@ def smoke_check(model: es.TPUEmbeddingForServing, features: Mapping[str, es.Feat
     """Look id 0 up through every feature and compare with row 0 of its table.
 
     Catches what a metadata check cannot (an unreadable mapping, a table the kernels reject)
-    and compiles every kernel the features use before the first request does. Features with an
-    ``output_shape`` are skipped (their batch is fixed by the shape).
+    and compiles every kernel the features use before the first request does. Each feature is
+    sent the inputs its :class:`~embserve.lookup.FeatureSpec` accepts (dense ids, a bag, a
+    weighted bag; a sequence feature only a bag) and its answer compared in the shape the spec
+    gives. Features with an ``output_shape`` are skipped (their batch is fixed by the shape).
 
     Raises:
         SmokeCheckError: a lookup answered something other than the stored row.
     """
     tables = model.embedding_tables
+    one = np.zeros(1, dtype=np.int64)
+    bag = es.RaggedTensor.from_row_splits(one, np.array([0, 1]), validate=False)
+    weights = es.RaggedTensor.from_row_splits(
+        np.ones(1, dtype=np.float32), np.array([0, 1]), validate=False
+    )
     for path, cfg in features.items():
-        if cfg.output_shape is not None:
+        spec = FeatureSpec.of(path, cfg)
+        if spec.output_shape is not None:
             continue
         row0 = np.asarray(tables[cfg.table][0])
-        one = np.zeros(1, dtype=np.int64)
-        bag = es.RaggedTensor.from_row_splits(one, np.array([0, 1]), validate=False)
-        checks: list[tuple[str, Any, np.ndarray]] = []
-        if cfg.max_sequence_length > 0:
-            got = model({path: bag})[path]
-            expected = np.zeros((1, cfg.max_sequence_length, row0.shape[0]), dtype=row0.dtype)
-            expected[0, 0] = row0
-            checks.append(("sequence", got, expected))
-        else:
-            checks.append(("dense", model({path: one})[path], row0[None]))
-            checks.append(("bag", model({path: bag})[path], row0[None]))
-            weights = es.RaggedTensor.from_row_splits(
-                np.ones(1, dtype=np.float32), np.array([0, 1]), validate=False
-            )
+        expected = np.zeros(spec.ragged_output_shape(1), dtype=row0.dtype)
+        expected.reshape(-1, row0.shape[0])[0] = row0  # the first row: the bag, or step 0
+        kind = "sequence" if spec.sequence else "bag"
+        checks: list[tuple[str, Any, np.ndarray]] = [(kind, model({path: bag})[path], expected)]
+        if spec.accepts_dense:
+            dense = np.broadcast_to(row0, spec.dense_output_shape((1,)))
+            checks.append(("dense", model({path: one})[path], dense))
+        if spec.accepts_weights:
             got = model({path: bag}, weights={path: weights})[path]
-            checks.append(("weighted bag", got, row0[None]))
-        for kind, got, expected in checks:
-            if got.shape != expected.shape or not np.allclose(got, expected, equal_nan=True):
+            checks.append(("weighted bag", got, expected))
+        for kind, got, want in checks:
+            if got.shape != want.shape or not np.allclose(got, want, equal_nan=True):
                 raise SmokeCheckError(
                     f"smoke lookup of id 0 through feature {path!r} ({kind}) returned "
                     f"{np.asarray(got).ravel()[:4].tolist()}..., but row 0 of table "
@@ -718,8 +749,7 @@ def _classify(exc: BaseException) -> tuple[str, str]:
         return "corrupt", "DATA_LOSS"
     if isinstance(exc, es.CheckpointMismatchError):
         return "mismatch", "FAILED_PRECONDITION"
-    busy = getattr(es.errors, "CheckpointBusyError", None)
-    if busy is not None and isinstance(exc, busy):
+    if isinstance(exc, es.CheckpointBusyError):
         return "busy", "UNAVAILABLE"
     if isinstance(exc, (es.CheckpointNotFoundError, FileNotFoundError)):
         return "not_found", "NOT_FOUND"

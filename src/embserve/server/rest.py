@@ -31,12 +31,18 @@ request may name any subset of the model's features; every instance must name th
 ...]}`` (one object per instance) or ``{"outputs": {"user": [[...], [...]], ...}}``; float32
 activations are written by orjson straight from the numpy arrays.
 
+**What a feature takes** is its :class:`embserve.lookup.FeatureSpec`, the rules the lookup
+itself follows, made once per codec: single ids are sent as dense ids only to a feature that
+accepts them and has no ``output_shape`` (dense ids would ignore it); weights sent to a feature
+that accepts none (a sequence feature) and an ``output_shape`` that cannot apply to the batch
+are the lookup's own 400s, given while decoding, before any array is built.
+
 **Limits** (:class:`~.config.Limits`) are checked while converting, before anything their
 size would allocate: examples per request, ids per request, and output floats per request,
-counted per feature from the request's shape (``n × dim`` for dense ids, ``batch × dim`` for
-one bag per example, ``batch × most bags × dim`` for several, ``batch × max_sequence_length ×
-dim`` for a sequence, ``prod(output_shape) × dim`` with an output_shape) and summed. Each is a
-400 naming the feature and the limit's key.
+counted per feature from the spec's output shape for the request's shape (``n × dim`` for
+dense ids, ``batch × dim`` for one bag per example, ``batch × most bags × dim`` for several,
+``batch × max_sequence_length × dim`` for a sequence, ``prod(output_shape) × dim`` with an
+output_shape) and summed. Each is a 400 naming the feature and the limit's key.
 
 **Errors** are :class:`RequestError` (status and message, rendered ``{"error": "..."}``): the
 message names the feature and the example and says what was expected; a client's value is
@@ -62,6 +68,7 @@ from typing import Any, NamedTuple, NoReturn
 import numpy as np
 
 import embserve as es
+from embserve.lookup import FeatureSpec
 from embserve.server import missing_extra
 from embserve.server.config import Limits
 
@@ -266,6 +273,13 @@ def _weights_array(flat: list[Any]) -> np.ndarray | str:
 class RestCodec:
     """Decodes predict bodies into lookup inputs and encodes the outputs, for one model.
 
+    What each feature accepts and what its output holds is read from its
+    :class:`~embserve.lookup.FeatureSpec`, the rules the lookup itself follows, made once here
+    (not per request): single ids go to the lookup as dense ids when the feature accepts them
+    and has no ``output_shape`` (dense ids ignore it, so such a feature gets bags of one);
+    weights are refused up front for a feature that accepts none; output sizes are the spec's
+    shapes.
+
     Args:
         features: the served feature name → ``FeatureConfig``.
         limits: the request limits.
@@ -274,6 +288,13 @@ class RestCodec:
     def __init__(self, features: Mapping[str, es.FeatureConfig], limits: Limits) -> None:
         self.features = dict(features)
         self.limits = limits
+        self.specs = {name: FeatureSpec.of(name, cfg) for name, cfg in self.features.items()}
+        # Feature name → dim, for the features whose single ids are sent as dense ids.
+        self._dense_dims = {
+            name: spec.dim
+            for name, spec in self.specs.items()
+            if spec.accepts_dense and spec.output_shape is None
+        }
 
     # -- decoding -------------------------------------------------------------------------------
 
@@ -315,9 +336,9 @@ class RestCodec:
             return self._decode_inputs(payload["inputs"])
         raise RequestError(400, "Missing 'inputs' or 'instances' key")
 
-    def _check_feature(self, name: str) -> es.FeatureConfig:
-        cfg = self.features.get(name)
-        if cfg is None:
+    def _check_feature(self, name: str) -> FeatureSpec:
+        spec = self.specs.get(name)
+        if spec is None:
             # difflib is quadratic-ish in the name's length: only names a person could mistype
             close = (
                 difflib.get_close_matches(name, list(self.features), n=1)
@@ -330,7 +351,7 @@ class RestCodec:
                 f"unknown feature {_quote(name)}{hint} (the model's features: "
                 f"{list(self.features)})",
             )
-        return cfg
+        return spec
 
     def _check_batch(self, batch: int, what: str) -> None:
         if batch > self.limits.max_batch:
@@ -434,7 +455,7 @@ class RestCodec:
         total = 0
         floats_left = self.limits.max_output_floats
         for name, values in columns.items():
-            feature = self._column(name, self.features[name], values, columnar, floats_left)
+            feature = self._column(name, values, columnar, floats_left)
             floats_left -= feature.output_floats
             total += feature.num_ids
             if total > self.limits.max_ids_per_request:
@@ -466,34 +487,28 @@ class RestCodec:
         return floats
 
     def _bag_output(self, name: str, batch: int, floats_left: int) -> int:
-        """Output floats of one combined bag (or one sequence) per example."""
-        cfg = self.features[name]
-        dim = cfg.table.dim
-        if cfg.output_shape is not None:
-            # TensorFlow reshapes (or, for a larger output_shape, reads as a sequence) to
-            # exactly output_shape; other batch sizes are refused by the lookup.
-            return self._check_output(
-                name, [*(int(d or 0) for d in cfg.output_shape), dim], floats_left
-            )
-        if cfg.max_sequence_length > 0:
-            return self._check_output(name, [batch, cfg.max_sequence_length, dim], floats_left)
-        return self._check_output(name, [batch, dim], floats_left)
+        """Output floats of one combined bag (or one sequence) per example: the spec's shape
+        for ``batch`` ragged rows (an ``output_shape`` that cannot apply to the batch is the
+        lookup's 400, given before anything is built)."""
+        try:
+            shape = self.specs[name].ragged_output_shape(batch)
+        except es.InputError as exc:
+            raise RequestError(400, str(exc)) from None
+        return self._check_output(name, shape, floats_left)
 
     def _column(
-        self,
-        name: str,
-        cfg: es.FeatureConfig,
-        values: Sequence[Any],
-        columnar: bool,
-        floats_left: int,
+        self, name: str, values: Sequence[Any], columnar: bool, floats_left: int
     ) -> FeatureInput:
         """One feature's values (one per example) → lookup input."""
         kinds = set(map(type, values))
         if kinds <= {int}:
-            if cfg.max_sequence_length == 0 and cfg.output_shape is None:
-                floats = len(values) * cfg.table.dim  # (inline: the hot path, 26 x per request)
+            dim = self._dense_dims.get(name)
+            if dim is not None:
+                # The spec's dense_output_shape((n,)) is (n, dim), counted inline: the hot
+                # path, 26 times per request.
+                floats = len(values) * dim
                 if floats > floats_left:
-                    self._check_output(name, [len(values), cfg.table.dim], floats_left)
+                    self._check_output(name, [len(values), dim], floats_left)
                 ids = _int64(values)
                 if ids is None:
                     i, bad = next(
@@ -530,6 +545,10 @@ class RestCodec:
         # sequence feature refuses weights, even all-1.0 ones).
         if all(w is None for w in weight_parts):
             return self._bags(name, rows, None, columnar, floats_left)
+        try:
+            self.specs[name].check_weights()  # the lookup's refusal, before arrays are built
+        except es.InputError as exc:
+            raise RequestError(400, str(exc)) from None
         return self._bags(name, rows, weight_parts, columnar, floats_left)
 
     def _weighted(
@@ -644,9 +663,9 @@ class RestCodec:
         batch = len(parts)
         bags_per_example = np.fromiter(map(len, parts), dtype=np.int64, count=batch)
         most_bags = int(bags_per_example.max()) if batch else 0
-        floats = self._check_output(
-            name, [batch, most_bags, self.features[name].table.dim], floats_left
-        )
+        # A rank-3 output's shape does not depend on the ids per bag (the last dimension).
+        out_shape = self.specs[name].sparse_output_shape((batch, most_bags, 0))
+        floats = self._check_output(name, out_shape, floats_left)
         all_bags = list(itertools.chain.from_iterable(parts))
         bag_lengths = np.fromiter(map(len, all_bags), dtype=np.int64, count=len(all_bags))
         flat = list(itertools.chain.from_iterable(all_bags))
