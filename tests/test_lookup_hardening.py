@@ -5,6 +5,7 @@ than the ids sent."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -336,3 +337,49 @@ def test_ragged_rows_declared_by_nrows_are_bounded() -> None:
         es.RaggedTensor.from_value_rowids([1], [0], nrows=HUGE * 1024)
     with pytest.raises(es.InputError, match="value_rowids"):
         es.RaggedTensor.from_value_rowids([1], [HUGE * 1024])
+
+
+def _cgroup_files(root: Path, files: dict[str, str], membership: str) -> tuple[str, str]:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text + "\n")
+    (root / "self-cgroup").write_text(membership)
+    return str(root / "fs"), str(root / "self-cgroup")
+
+
+@pytest.mark.parametrize(
+    ("files", "membership", "limit"),
+    [
+        # cgroup v2, a service nested two levels down (systemd MemoryMax=), none above it
+        (
+            {"fs/memory.max": "max", "fs/a/memory.max": "max", "fs/a/b/memory.max": "1073741824"},
+            "0::/a/b\n",
+            1 << 30,
+        ),
+        # ... and a parent's lower limit applies to it as well
+        (
+            {"fs/a/memory.max": "500000000", "fs/a/b/memory.max": "1073741824"},
+            "0::/a/b\n",
+            500_000_000,
+        ),
+        # cgroup v1: the memory controller's own path (this machine's sandbox looks like this)
+        (
+            {
+                "fs/memory/memory.limit_in_bytes": "9223372036854771712",
+                "fs/memory/box/id/memory.limit_in_bytes": "2147483648",
+            },
+            "5:cpu:/other\n4:memory:/box/id\n0::/\n",
+            2 << 30,
+        ),
+        # a container that sees its cgroup as the root
+        ({"fs/memory.max": "3221225472"}, "0::/\n", 3 << 30),
+        ({"fs/memory.max": "max"}, "0::/\n", None),
+    ],
+)
+def test_the_memory_bound_reads_the_limit_of_this_process_cgroup(
+    tmp_path: Path, files: dict[str, str], membership: str, limit: int | None
+) -> None:
+    from embserve.inputs import _cgroup_limit
+
+    root, self_cgroup = _cgroup_files(tmp_path, files, membership)
+    assert _cgroup_limit(root, self_cgroup) == limit

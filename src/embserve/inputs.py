@@ -48,17 +48,49 @@ RAGGED = "ragged"
 _ID_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
 
 
-def _cgroup_limit() -> int | None:
-    """The memory limit of this process's cgroup (v2, else v1), or None when unlimited."""
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+def _cgroup_limit(
+    root: str = "/sys/fs/cgroup", membership: str = "/proc/self/cgroup"
+) -> int | None:
+    """The lowest memory limit on this process's cgroup or any cgroup above it, or None.
+
+    The cgroup is the one ``membership`` names (``0::/path`` under cgroup v2, ``N:memory:/path``
+    under v1). A container usually sees its own cgroup as the root of ``root``, but a systemd
+    service (``MemoryMax=``) or a nested container does not: its limit sits at its path (this
+    machine's sandbox: ``memory:/process_api/<id>``), and a parent's limit applies too.
+    """
+    try:
+        with open(membership) as f:
+            entries = [line.split(":", 2) for line in f.read().splitlines()]
+    except OSError:
+        entries = []
+    files: list[str] = []
+    for entry in entries:
+        if len(entry) != 3:
+            continue
+        _, controllers, path = entry
+        if controllers == "":
+            base, name = root, "memory.max"
+        elif "memory" in controllers.split(","):
+            base, name = os.path.join(root, "memory"), "memory.limit_in_bytes"
+        else:
+            continue
+        parts = [p for p in path.split("/") if p]
+        files += [os.path.join(base, *parts[:i], name) for i in range(len(parts), -1, -1)]
+    if not files:  # no membership file: the roots of both hierarchies
+        files = [
+            os.path.join(root, "memory.max"),
+            os.path.join(root, "memory", "memory.limit_in_bytes"),
+        ]
+    limits = []
+    for file in files:
         try:
-            with open(path) as f:
+            with open(file) as f:
                 text = f.read().strip()
         except OSError:
             continue
-        if text.isdigit():
-            return int(text)
-    return None
+        if text.isdigit():  # "max" (v2) means none
+            limits.append(int(text))
+    return min(limits) if limits else None
 
 
 def memory_bytes() -> int:
