@@ -204,6 +204,15 @@ def test_what_toml_cannot_hold_is_refused() -> None:
         to_toml(ServingConfig("m", "/c", features, features))
     with pytest.raises(ServingConfigError, match="not valid Unicode"):
         to_toml(ServingConfig("m", "/c\udcff", config.features, config.features))
+    unknown = {"f": es.FeatureConfig(es.TableConfig(5, 2, name="t"), output_shape=[None, 2])}
+    with pytest.raises(ServingConfigError, match="unknown dimensions"):
+        to_toml(ServingConfig("m", "/c", unknown, unknown))
+
+
+def test_a_relative_checkpoint_never_reads_back_as_the_home_directory() -> None:
+    config = parse_config(GOOD, checkpoint="/b/~/ckpts")
+    text = assert_round_trip(config, base_dir=Path("/b"))
+    assert 'checkpoint = "./~/ckpts"' in text
 
 
 # ---------------------------------------------------------------------------------------------
