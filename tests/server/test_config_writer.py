@@ -25,52 +25,20 @@ from embserve.server.config import (
     parse_config,
     to_toml,
 )
+from tests.server import test_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "src" / "embserve" / "demo" / "serving.toml"
 
-GOOD = """\
-[model]
-name = "rec"
-checkpoint = "ckpts"
-object = ["model", "dense/emb"]
-poll_interval_s = 0.5
-
-[[tables]]
-name = "users"
-vocabulary_size = 100
-dim = 4
-combiner = "sum"
-
-[[tables]]
-name = "items"
-vocabulary_size = 50
-dim = 3
-
-[[features]]
-path = "user"
-table = "users"
-
-[[features]]
-path = "recent"
-table = "items"
-max_sequence_length = 5
-validate_weights_and_indices = false
-
-[[features]]
-path = "shaped"
-table = "items"
-output_shape = [2, 2]
-
-[limits]
-max_batch = 10
-max_body_bytes = 1000
-
-[server]
-inline_max_body_bytes = 0
-body_timeout_s = 3
-verify_tables = false
-"""
+# test_config's config, with a nested object and more [limits] and [server] keys.
+GOOD = (
+    test_config.GOOD.replace('object = "emb"', 'object = ["model", "dense/emb"]')
+    .replace("max_batch = 10\n", "max_batch = 10\nmax_body_bytes = 1000\n")
+    .replace("inline_max_body_bytes = 0\n", "inline_max_body_bytes = 0\nbody_timeout_s = 3\n")
+    + "verify_tables = false\n"
+)
+assert all(f"\n{key} = " in GOOD for key in ("object", "max_body_bytes", "body_timeout_s"))
+assert "dense/emb" in GOOD
 
 
 def described(config: ServingConfig) -> dict[str, Any]:
