@@ -91,4 +91,5 @@ def test_http_protocol_carries_the_limits_to_spawned_workers() -> None:
 
     factory = pickle.loads(pickle.dumps(http_protocol(ServerOptions(header_timeout_s=3.5))))
     assert factory.func is NoDelayHTTPProtocol
-    assert factory.keywords == {"connection_limits": ConnectionLimits(3.5, 1000)}
+    limits = ConnectionLimits(header_timeout_s=3.5, max_connections=1000, write_timeout_s=20.0)
+    assert factory.keywords == {"connection_limits": limits}

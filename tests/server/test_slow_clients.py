@@ -9,6 +9,7 @@ generous multiples of the configured timeouts (these run on loaded 2-core machin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -225,3 +226,56 @@ def test_connections_beyond_the_cap_are_refused(tmp_path: Path) -> None:
         finally:
             for sock in idle:
                 sock.close()
+
+
+_TCP_CLOSE, _TCP_CLOSE_WAIT = 7, 8  # tcpi_state values (include/net/tcp_states.h)
+
+
+def _tcp_state(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_INFO"), reason="needs Linux TCP_INFO")
+def test_a_reader_is_served_while_it_reads_and_cut_when_it_stalls(tmp_path: Path) -> None:
+    """A 2 MB request asking for a ~10 MB answer, read slowly (64 KiB every 0.2 s, far below
+    what the answer needs) and then not at all. While the client reads something every
+    body_timeout_s (here 1 s) it is served; once it stops, the server drops the connection and
+    the answer (which would otherwise sit in its memory as long as the connection lived: 45 MB
+    for a 390 KB request at dim 64, measured), without waiting for the client."""
+    directory = tmp_path / "ckpts"
+    save_version(directory, 1, random_tables(1))
+    server = "header_timeout_s = 1.0\nbody_timeout_s = 1.0\n"
+    bags = 700_000  # 2.1 M output floats: far more than the loopback socket buffers hold
+    body = json.dumps({"inputs": {"hist": [[[]] * bags]}}, separators=(",", ":")).encode()
+    with running(write_config(tmp_path / "serving.toml", directory, server=server)) as url:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect
+        sock.settimeout(CLOSE_DEADLINE_S)
+        with sock:
+            sock.connect(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+            sock.sendall(_request(body))
+            data = sock.recv(65536)  # the answer has started
+            for _ in range(10):  # 2 s, two write timeouts: slow, but reading
+                time.sleep(0.2)
+                burst = b""
+                while len(burst) < 65536 and (chunk := sock.recv(65536 - len(burst))):
+                    burst += chunk
+                data += burst
+            assert _tcp_state(sock) not in (_TCP_CLOSE, _TCP_CLOSE_WAIT)
+            # Now not a byte read: wait until the server has given up on the connection.
+            deadline = time.monotonic() + 60
+            while _tcp_state(sock) not in (_TCP_CLOSE, _TCP_CLOSE_WAIT):
+                assert time.monotonic() < deadline, "the server kept writing to a stalled reader"
+                time.sleep(0.05)
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(1 << 20):
+                    data += chunk
+    assert data.startswith(b"HTTP/1.1 200 "), data[:200]
+    head, _, answer = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    assert len(answer) > 10 * 65536  # served while it read...
+    assert len(answer) < length  # ... and cut when it stopped: the rest dropped unsent

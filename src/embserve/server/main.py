@@ -21,7 +21,8 @@ caller is used as is).
 **Connections** (``[server]`` of the config, enforced by :class:`NoDelayHTTPProtocol` and the
 app): a request head must arrive within ``header_timeout_s`` (10 s) of the connection opening
 or of its first byte, else the connection is closed; its body within ``body_timeout_s`` (20 s)
-of the head, else 408 and the connection is closed; a worker holds at most
+of the head, else 408 and the connection is closed; a client that takes none of its answer
+for ``body_timeout_s`` is disconnected and the answer dropped; a worker holds at most
 ``max_connections`` (1,000) connections and answers any beyond with 503; uvicorn closes
 keep-alive connections idle for 5 s.
 
@@ -48,6 +49,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import sys
 import tempfile
 import threading
@@ -108,15 +110,19 @@ class ConnectionLimits:
             it opens or from the first byte of its next request.
         max_connections: open connections per worker process; more are answered 503 and
             closed at once.
+        write_timeout_s: seconds an answer may wait for a client that reads none of it (the
+            server's send buffer stays full) before the connection and the answer are
+            dropped; ``body_timeout_s``, the same patience the other way.
     """
 
     header_timeout_s: float
     max_connections: int
+    write_timeout_s: float
 
     @classmethod
     def of(cls, options: ServerOptions) -> ConnectionLimits:
         """The limits ``options`` configure."""
-        return cls(options.header_timeout_s, options.max_connections)
+        return cls(options.header_timeout_s, options.max_connections, options.body_timeout_s)
 
 
 class NoDelayHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
@@ -139,6 +145,17 @@ class NoDelayHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
     request cycle starts); when it fires first, the connection is closed without an answer
     (nobody is waiting for one). The body has its own deadline in the app (``408``). A
     connection beyond ``max_connections`` is answered 503 and closed as soon as it opens.
+
+    The answer: a client that stops reading keeps its answer in this process (the transport
+    buffers whatever the socket does not take), and uvicorn has no deadline for that either:
+    a 390 KB request at dim 64 held 45 MB for as long as its connection stayed open. A timer
+    runs while writing is paused (the transport's buffer above its high-water mark); when it
+    fires and the client has taken nothing since it was armed, the connection is reset
+    (``SO_LINGER`` 0, then ``abort()``), which frees the answer at once, the part in the
+    kernel's send buffer too (``close()`` would wait to flush it, and a plain close leaves the
+    kernel sending it); when the client took some, the timer runs again. So a slow reader is
+    served however long it takes, as long as it reads something every ``write_timeout_s``:
+    only a stall is cut (as nginx's ``send_timeout``).
     """
 
     def __init__(
@@ -148,6 +165,8 @@ class NoDelayHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
         self._limits = connection_limits
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_cycle: Any = None  # the request cycle when the timer started
+        self._write_timer: asyncio.TimerHandle | None = None
+        self._write_mark = 0  # _taken() when the write timer was (re)armed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         set_tcp_nodelay(transport)
@@ -174,7 +193,57 @@ class NoDelayHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
+        self._stop_write_timer()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._limits is not None and self._write_timer is None:
+            self._start_write_timer()
+
+    def _start_write_timer(self) -> None:
+        assert self._limits is not None
+        self._write_mark = self._taken()
+        self._write_timer = self.loop.call_later(
+            self._limits.write_timeout_s, self._write_timed_out
+        )
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._stop_write_timer()
+
+    def _stop_write_timer(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _taken(self) -> int:
+        """A count that grows whenever the client takes bytes: what it acknowledged
+        (``tcpi_bytes_acked``). The transport's own buffer shrinks only in steps of half the
+        kernel's send buffer (the socket reports writable space no sooner), ~2 MB on loopback,
+        which a client reading 64 KiB a second would need 30 s for; it is the fallback where
+        ``TCP_INFO`` is missing."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None and _TCP_INFO is not None:
+            with contextlib.suppress(OSError):
+                info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _BYTES_ACKED_END)
+                if len(info) >= _BYTES_ACKED_END:
+                    acked: int = struct.unpack_from("=Q", info, _BYTES_ACKED_END - 8)[0]
+                    return acked
+        return -self.transport.get_write_buffer_size()
+
+    def _write_timed_out(self) -> None:
+        # Also when the transport is closing: uvicorn closes an idle keep-alive connection
+        # (5 s after its last answer was handed over) with close(), which waits to flush it.
+        self._write_timer = None
+        if self._taken() > self._write_mark:
+            self._start_write_timer()  # the client read some: still paused, but not stalled
+            return
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:  # reset, not FIN: the kernel drops its send buffer too (up to 4 MiB)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
 
     def _between_requests(self) -> bool:
         cycle = self.cycle
@@ -195,6 +264,10 @@ class NoDelayHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
         if self.cycle is self._head_cycle and not self.transport.is_closing():
             self.transport.close()
 
+
+# struct tcp_info (linux/tcp.h): the u64 tcpi_bytes_acked ends at byte 128 (Linux >= 4.1).
+_TCP_INFO: int | None = getattr(socket, "TCP_INFO", None)
+_BYTES_ACKED_END = 128
 
 _refusals_logged_at = [0.0]
 
