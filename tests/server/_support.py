@@ -4,23 +4,27 @@ plain-NumPy answers a request must get, and the plumbing of tests against a real
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
 import re
 import socket
 import textwrap
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from starlette.testclient import TestClient
 
 import embserve as es
 from embserve.checkpoint import write_checkpoint_state
 
 MODEL = "rec"
+PREDICT = f"/v1/models/{MODEL}:predict"
 
 #: name → (vocabulary_size, dim, combiner)
 TABLES: dict[str, tuple[int, int, str]] = {
@@ -281,3 +285,57 @@ def amplification_body(feature: str = "hist", bags: int = 20_000, batch: int = 2
     instances: list[dict[str, Any]] = [{feature: [[1]]} for _ in range(batch)]
     instances[0] = {feature: [[] for _ in range(bags)]}
     return json.dumps({"instances": instances}, separators=(",", ":")).encode()
+
+
+#: How long a held request or a gate waits before the test fails instead of hanging.
+HOLD_S = 30.0
+
+
+class Recording:
+    """A real model that records the thread of each call and how many calls overlap, and can
+    hold calls at a gate (``gate.clear()``: calls wait; ``entered`` counts the arrivals)."""
+
+    def __init__(self, model: es.TPUEmbeddingForServing) -> None:
+        self.model = model
+        self.lock = threading.Lock()
+        self.threads: list[threading.Thread] = []
+        self.running = 0
+        self.most_running = 0
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Semaphore(0)
+
+    def __call__(self, features: Any, weights: Any = None) -> Any:
+        with self.lock:
+            self.threads.append(threading.current_thread())
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+        self.entered.release()
+        try:
+            assert self.gate.wait(HOLD_S)
+            return self.model(features, weights)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+@contextlib.contextmanager
+def held_request(
+    client: TestClient, model: Recording, payload: Any, *, expect: int = 200
+) -> Iterator[dict[str, Any]]:
+    """Post ``payload`` from another thread and hold its lookup at ``model``'s gate for the
+    block (which gets a dict that holds the response, under ``"r"``, once the block is over);
+    then let it finish and check its status is ``expect``."""
+    model.gate.clear()
+    held: dict[str, Any] = {}
+    sender = threading.Thread(
+        target=lambda: held.setdefault("r", client.post(PREDICT, json=payload))
+    )
+    sender.start()
+    try:
+        assert model.entered.acquire(timeout=HOLD_S), held.get("r") and held["r"].text
+        yield held
+    finally:
+        model.gate.set()
+        sender.join(HOLD_S)
+    assert held["r"].status_code == expect, held["r"].text

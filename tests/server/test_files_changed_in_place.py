@@ -12,6 +12,7 @@ status route and the metrics say what happened.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import os
@@ -25,17 +26,21 @@ from typing import Any
 
 import numpy as np
 import pytest
+from starlette.testclient import TestClient
 
 import embserve as es
 from embserve.checkpoint import BundleReader
+from embserve.server.app import create_app
 from embserve.server.config import ServingConfig, load_config
 from embserve.server.metrics import ServerMetrics
 from embserve.server.reloader import LoadedVersion, LoadResult, Reloader, make_loader
 from tests.server._support import (
     HOST,
     ManualClock,
+    Recording,
     data_file,
     free_port,
+    held_request,
     http_request,
     metric,
     random_tables,
@@ -203,6 +208,43 @@ def test_a_request_stuck_in_flight_is_not_waited_for_forever(
         assert writer.wait(30) == 0  # let through: the file is cut under this request...
         np.testing.assert_array_equal(_user_row(loaded, 99), np.zeros(4))  # ... which reads 0s
     assert "still in flight" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"inputs": {"user": [99]}},  # looked up on the event loop
+        {"inputs": {"user": [99] * 4096, "hist": [[1]] * 4096, "tag": [[2]] * 4096}},  # 36,864 floats
+    ],
+    ids=["on-the-loop", "lookup-thread"],
+)
+def test_a_request_outliving_the_revocation_wait_gets_503_not_zeros(
+    tmp_path: Path, leased_dir: Path, payload: Any
+) -> None:
+    """A request still in its lookup when ``revoke_wait_s`` runs out reads the fence's zeros:
+    it must answer 503, never a 200 carrying them."""
+    real = make_loader(_small_config(tmp_path, leased_dir))
+    models: list[Recording] = []
+
+    def loader(prefix: str) -> LoadResult:
+        result = real.load(prefix)
+        models.append(Recording(result.model))
+        return dataclasses.replace(result, model=models[-1])
+
+    config = _small_config(tmp_path, leased_dir)
+    reloader = Reloader(str(leased_dir), loader, poll_interval_s=3600, revoke_wait_s=0.2)
+    with TestClient(create_app(config, reloader=reloader)) as client:
+        v1 = reloader.current
+        assert v1 is not None
+        with held_request(client, models[0], payload, expect=503) as held:
+            writer = _writer(data_file(v1.prefix))
+            # The watcher revokes, waits 0.2 s for this request, then fences and lets go.
+            assert writer.wait(TIMEOUT) == 0
+            assert v1.revoked is not None
+        answer = held["r"].json()
+        assert "withdrawn" in answer["error"]
+        assert "version 1" in answer["error"]
+        np.testing.assert_array_equal(_user_row(v1, 99), np.zeros(4))  # what it would have sent
 
 
 def test_the_same_files_are_served_again_after_a_pause(tmp_path: Path, leased_dir: Path) -> None:

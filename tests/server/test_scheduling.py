@@ -4,10 +4,8 @@ than ``[server] max_concurrent_lookups``."""
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +13,13 @@ import numba
 import pytest
 from starlette.testclient import TestClient
 
-import embserve as es
 from embserve.kernels import _jit
 from embserve.server.app import create_app
 from embserve.server.config import load_config
 from embserve.server.reloader import make_loader
-from tests.server._support import MODEL, write_config
+from tests.server._support import HOLD_S, PREDICT, Recording, held_request, write_config
 
-PREDICT = f"/v1/models/{MODEL}:predict"
-WAIT_S = 30.0
+WAIT_S = HOLD_S
 
 # Output floats: user 4 per example, hist 3, tag 2. SMALL: 40 floats. LARGE_OUTPUT: 4,096
 # examples x 9 = 36,864 floats, over the default inline_max_output_floats (32,768), from a
@@ -32,63 +28,16 @@ SMALL = {"inputs": {"user": [1] * 10}}
 LARGE_OUTPUT = {"inputs": {"user": [1] * 4096, "hist": [[1]] * 4096, "tag": [[2]] * 4096}}
 
 
-class _Recording:
-    """A real model that records the thread of each call and how many calls overlap, and can
-    hold calls at a gate."""
-
-    def __init__(self, model: es.TPUEmbeddingForServing) -> None:
-        self.model = model
-        self.lock = threading.Lock()
-        self.threads: list[threading.Thread] = []
-        self.running = 0
-        self.most_running = 0
-        self.gate = threading.Event()
-        self.gate.set()
-        self.entered = threading.Semaphore(0)
-
-    def __call__(self, features: Any, weights: Any = None) -> Any:
-        with self.lock:
-            self.threads.append(threading.current_thread())
-            self.running += 1
-            self.most_running = max(self.most_running, self.running)
-        self.entered.release()
-        try:
-            assert self.gate.wait(WAIT_S)
-            return self.model(features, weights)
-        finally:
-            with self.lock:
-                self.running -= 1
-
-
 def _client(tmp_path: Path, ckpt_dir: Path, server: str = "") -> tuple[TestClient, list[Any]]:
     config = load_config(write_config(tmp_path / "sched.toml", ckpt_dir, server=server))
     real = make_loader(config)
-    models: list[_Recording] = []
+    models: list[Recording] = []
 
     def loader(prefix: str) -> Any:
-        models.append(_Recording(real(prefix)))
+        models.append(Recording(real(prefix)))
         return models[-1]
 
     return TestClient(create_app(config, model_loader=loader)), models
-
-
-@contextlib.contextmanager
-def _held(client: TestClient, model: _Recording, payload: Any) -> Iterator[None]:
-    """Post ``payload`` from another thread and hold its lookup at the model's gate for the
-    block; then let it finish, and check it was answered 200."""
-    model.gate.clear()
-    held: dict[str, Any] = {}
-    sender = threading.Thread(
-        target=lambda: held.setdefault("r", client.post(PREDICT, json=payload))
-    )
-    sender.start()
-    try:
-        assert model.entered.acquire(timeout=WAIT_S)
-        yield
-    finally:
-        model.gate.set()
-        sender.join(WAIT_S)
-    assert held["r"].status_code == 200
 
 
 def _event_loop_thread(client: TestClient) -> threading.Thread:
@@ -158,7 +107,7 @@ def test_large_body_is_decoded_off_the_loop(
 def test_a_large_lookup_does_not_stall_the_loop(tmp_path: Path, ckpt_dir: Path) -> None:
     """While a large-output request is held inside its lookup, the loop still answers."""
     client, models = _client(tmp_path, ckpt_dir)
-    with client, _held(client, models[0], LARGE_OUTPUT):
+    with client, held_request(client, models[0], LARGE_OUTPUT):
         answered: dict[str, Any] = {}
         probe = threading.Thread(
             target=lambda: answered.setdefault("r", client.get("/healthz")), daemon=True
@@ -222,6 +171,6 @@ def test_a_request_is_counted_in_flight_on_its_version(
     with client:
         reloader = client.app.state.reloader  # type: ignore[attr-defined]
         loaded = reloader.current
-        with _held(client, models[0], payload):
+        with held_request(client, models[0], payload):
             assert loaded.in_flight == 1
         assert loaded.in_flight == 0

@@ -366,13 +366,30 @@ class _Service:
         return self.codec.encode(request, outputs)
 
     def _lookup(self, loaded: LoadedVersion, request: DecodedRequest) -> Any:
+        """The lookup's outputs; 400 for bad input, 503 when the version was withdrawn (its
+        tables fenced to zeros) before the lookup's last read."""
         try:
-            return loaded.model(request.ids, request.weights)
+            outputs = loaded.model(request.ids, request.weights)
         except es.IdOutOfRangeError as exc:
             self.metrics.count_out_of_range(self.codec.out_of_range_counts(request))
             raise RequestError(400, str(exc)) from None
         except es.InputError as exc:
             raise RequestError(400, str(exc)) from None
+        # A request that waited longer than the revoker's revoke_wait_s (queued for a lookup
+        # thread behind others) may have read the zero pages of a fenced version. The revoker
+        # sets `fenced` before the fence starts; this check comes after the lookup's last read
+        # of the tables (the outputs are buffers of their own, never views of a table, and
+        # parallel kernels have joined when the call returns). So `False` here means the fence
+        # had not begun when every read was done: the outputs are the real rows. `True` means
+        # they may be zeros: never a 200 with them.
+        if loaded.fenced:
+            raise RequestError(
+                503,
+                f"version {loaded.version} of model {self.config.name!r} was withdrawn while "
+                "this request was being answered (its checkpoint files were changed in place); "
+                "retry the request",
+            )
+        return outputs
 
     # -- status and metadata --------------------------------------------------------------------
 

@@ -53,7 +53,8 @@ version alive every ``lease_check_interval_s`` (50 ms; ~1 us per shard) and revo
 whose lease breaks (:meth:`Reloader.check_files`): swapped out (requests get the version kept
 during a background check, or 503), its requests in flight waited for (``revoke_wait_s``, 5 s
 at most), its mappings overlaid with zeros and its leases released, so the writer proceeds and
-nothing can SIGBUS; logged, shown by the status route (``END``, ``UNAVAILABLE``, naming the
+nothing can SIGBUS (a request still in its lookup after that wait answers 503, never the zeros:
+:attr:`LoadedVersion.fenced`); logged, shown by the status route (``END``, ``UNAVAILABLE``, naming the
 file) and counted (``embserve_model_revocations_total{reason="file_changed"}``). The normal
 polling then loads whatever the files become once they are complete and valid (a half-written
 file fails its checksum, a file still open for writing is retried). Replaced versions still
@@ -175,13 +176,16 @@ class _VersionState:
 
     ``in_flight`` is a deque used as a counter: ``append`` / ``pop`` / ``len`` are atomic (the
     GIL, or the deque's own lock on free-threaded builds), so counting a request costs no lock.
-    ``reader`` and the identity fields are set when the version is installed, for the lease
-    watcher (which holds states weakly: a version nobody references is not watched).
+    ``fencing`` is set just before the revoker starts overlaying the mappings with zeros (and
+    never cleared), ``fenced`` once that is done. ``reader`` and the identity fields are set
+    when the version is installed, for the lease watcher (which holds states weakly: a version
+    nobody references is not watched).
     """
 
     __slots__ = (
         "__weakref__",
         "fenced",
+        "fencing",
         "in_flight",
         "prefix",
         "reader",
@@ -195,6 +199,7 @@ class _VersionState:
         self.in_flight: collections.deque[None] = collections.deque()
         self.revoked: str | None = None
         self.verified = verified
+        self.fencing = False
         self.fenced = False
         self.reader: BundleReader | None = None
         self.version = 0
@@ -252,6 +257,17 @@ class LoadedVersion:
     def in_flight(self) -> int:
         """Requests currently using this version through :meth:`Reloader.use`."""
         return len(self._state.in_flight)
+
+    @property
+    def fenced(self) -> bool:
+        """Whether its tables may read zeros: set just *before* a revocation starts overlaying
+        its mappings with zero pages (:meth:`BundleReader.fence
+        <embserve.checkpoint.BundleReader.fence>`), never cleared. A request that waited
+        longer than ``revoke_wait_s`` checks it after its lookup: ``False`` then means every
+        read of that lookup saw the real tables (the fence had not begun when the check ran,
+        and the reads came before the check); ``True`` means the answer may hold zeros and
+        must not be sent."""
+        return self._state.fencing
 
 
 @dataclass(frozen=True, slots=True)
@@ -826,7 +842,8 @@ class Reloader:
         lease_check_interval_s: how often the watcher thread checks the leases of the versions
             alive (a broken lease holds a writer back until the version is released).
         revoke_wait_s: how long a revoked version waits for its requests in flight before it
-            is released anyway (those requests then read zeros, never a SIGBUS); capped at half
+            is released anyway (those requests then read zeros, never a SIGBUS, and a server
+            answers them 503 by checking :attr:`LoadedVersion.fenced`); capped at half
             of ``/proc/sys/fs/lease-break-time``, after which the kernel lets the writer through.
     """
 
@@ -1344,7 +1361,7 @@ class Reloader:
             if late:
                 _log.warning(
                     "model %r: %d request(s) still in flight on version %d after %.1f s; "
-                    "releasing it anyway (they read zeros)",
+                    "releasing it anyway (they answer 503, never the zeros they may read)",
                     self._name,
                     late,
                     state.version,
@@ -1352,6 +1369,9 @@ class Reloader:
                 )
             reader = state.reader
             assert reader is not None
+            # Flag first, then fence: a request that finishes its lookup after this point sees
+            # the flag and answers 503 instead of the zeros it may have read (LoadedVersion.fenced).
+            state.fencing = True
             try:
                 reader.fence()
             except es.CheckpointError as exc:  # try again at the next check
