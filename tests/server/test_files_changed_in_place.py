@@ -214,7 +214,8 @@ def test_a_request_stuck_in_flight_is_not_waited_for_forever(
     "payload",
     [
         {"inputs": {"user": [99]}},  # looked up on the event loop
-        {"inputs": {"user": [99] * 4096, "hist": [[1]] * 4096, "tag": [[2]] * 4096}},  # 36,864 floats
+        # 36,864 output floats: looked up on a lookup thread
+        {"inputs": {"user": [99] * 4096, "hist": [[1]] * 4096, "tag": [[2]] * 4096}},
     ],
     ids=["on-the-loop", "lookup-thread"],
 )

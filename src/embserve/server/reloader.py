@@ -53,11 +53,12 @@ version alive every ``lease_check_interval_s`` (50 ms; ~1 us per shard) and revo
 whose lease breaks (:meth:`Reloader.check_files`): swapped out (requests get the version kept
 during a background check, or 503), its requests in flight waited for (``revoke_wait_s``, 5 s
 at most), its mappings overlaid with zeros and its leases released, so the writer proceeds and
-nothing can SIGBUS (a request still in its lookup after that wait answers 503, never the zeros:
-:attr:`LoadedVersion.fenced`); logged, shown by the status route (``END``, ``UNAVAILABLE``, naming the
-file) and counted (``embserve_model_revocations_total{reason="file_changed"}``). The normal
-polling then loads whatever the files become once they are complete and valid (a half-written
-file fails its checksum, a file still open for writing is retried). Replaced versions still
+nothing can SIGBUS (a request still in its lookup after that wait answers 503, never the
+zeros: :attr:`LoadedVersion.fenced`); logged, shown by the status route (``END``,
+``UNAVAILABLE``, naming the file) and counted
+(``embserve_model_revocations_total{reason="file_changed"}``). The normal polling then
+loads whatever the files become once they are complete and valid (a half-written file fails
+its checksum, a file still open for writing is retried). Replaced versions still
 alive are watched too (released without fuss); ``copy_tables = true`` keeps no file at all.
 Where leases are unavailable (not Linux, some network filesystems, files owned by another user
 without ``CAP_LEASE``) the server serves anyway, says so once in the log, and reports
