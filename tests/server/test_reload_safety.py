@@ -3,6 +3,7 @@ tables, transient failures, temporary files beside a checkpoint, served files ch
 
 from __future__ import annotations
 
+import collections
 import errno
 import os
 import shutil
@@ -154,6 +155,94 @@ def test_refused_loads_do_not_use_up_version_numbers(tmp_path: Path) -> None:
     fixed = reloader.poll()
     assert fixed is not None
     assert fixed.version == 2  # the next number after the last *served* one
+
+
+class _Interleaving(collections.OrderedDict[Any, Any]):
+    """The shard-count cache, with another thread's whole ``find_candidate`` run right after
+    each operation the test thread makes on it: the worst interleaving two reloaders of one
+    process (or a reloader and a direct caller) can meet. The other thread's runs are joined
+    for at most 50 ms, so one blocked on a lock the test thread holds does not deadlock it."""
+
+    def __init__(self, others: list[str]) -> None:
+        super().__init__()
+        self.others = others
+        self.owner = threading.get_ident()
+        self.armed = False
+        self.threads: list[threading.Thread] = []
+        self.errors: list[BaseException] = []
+
+    def _other_thread_runs(self) -> None:
+        if not self.armed or threading.get_ident() != self.owner:
+            return
+        other = self.others[len(self.threads) % len(self.others)]
+
+        def run() -> None:
+            try:
+                find_candidate(other)
+            except BaseException as exc:  # reported by the test thread
+                self.errors.append(exc)
+
+        thread = threading.Thread(target=run)
+        self.threads.append(thread)
+        thread.start()
+        thread.join(0.05)
+
+    def __contains__(self, key: object) -> bool:
+        found = super().__contains__(key)
+        self._other_thread_runs()
+        return found
+
+    def __getitem__(self, key: Any) -> Any:
+        value = super().__getitem__(key)
+        self._other_thread_runs()
+        return value
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        value = super().get(key, default)
+        self._other_thread_runs()
+        return value
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        self._other_thread_runs()
+
+    def __len__(self) -> int:
+        size = super().__len__()
+        self._other_thread_runs()
+        return size
+
+    def popitem(self, last: bool = True) -> tuple[Any, Any]:
+        item = super().popitem(last=last)
+        self._other_thread_runs()
+        return item
+
+
+def test_the_shard_count_cache_survives_another_thread_evicting_entries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shard-count cache is one per process, so two reloaders (or a reloader and a direct
+    caller of find_candidate) use it from their own threads. Another thread evicting the entry
+    this one has just found must not make this one's poll raise KeyError."""
+    from embserve.server import reloader as module
+
+    mine = write_prefix(tmp_path / "mine" / "weights", random_tables(1))
+    others = [write_prefix(tmp_path / f"other{i}" / "weights", random_tables(i)) for i in (2, 3)]
+    cache = _Interleaving(others)
+    monkeypatch.setattr(module, "_shard_counts", cache)
+    monkeypatch.setattr(module, "_SHARD_COUNT_CACHE", 1)  # any insertion evicts the rest
+    first = find_candidate(mine)  # cached while the other thread stays away
+    assert first is not None
+    cache.armed = True
+    try:
+        again = find_candidate(mine)
+    finally:
+        cache.armed = False
+        for thread in cache.threads:
+            thread.join()
+    assert cache.threads  # the other thread did run in between
+    assert cache.errors == []
+    assert again == first
+    assert [part[0] for part in again.signature[2:]] == [data_file(mine)]
 
 
 # ---------------------------------------------------------------------------------------------

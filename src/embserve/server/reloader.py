@@ -19,7 +19,8 @@
 **Polling.** Every ``poll_interval_s`` a background thread finds the candidate and compares its
 *signature* with the served one's: the prefix and the inode, size, mtime and ctime of its
 ``.index`` and of exactly the data shards the index names (``P.data-00000-of-0000N``, the count
-read from the index header, cached while the index is unchanged). Files beside them under other
+read from the index header, cached while the index is unchanged, in one cache per process that
+every reloader's thread may use at once: each access holds its lock). Files beside them under other
 names (the ``*.tempstate*`` files a writer streams into before renaming them over the prefix,
 leftovers of a crashed writer, shards of another layout) never count, so a writer at work never
 triggers a reload. A new signature is restored into a **new** ``TPUEmbeddingForServing`` by the
@@ -316,8 +317,13 @@ class Candidate(NamedTuple):
 
 # (index path, inode, size, mtime, ctime) → the shard count its header gives (None: unreadable).
 # Polls re-read an index only when it changed; 64 entries cover every prefix a server watches.
+# One cache per process, used by every reloader's poll thread and by direct callers of
+# find_candidate: every access holds _shard_counts_lock (a lookup and an eviction by another
+# thread in between made `in` then `[]` raise KeyError). Indexes are read outside the lock.
 _shard_counts: collections.OrderedDict[tuple[Any, ...], int | None] = collections.OrderedDict()
+_shard_counts_lock = threading.Lock()
 _SHARD_COUNT_CACHE = 64
+_NOT_CACHED = -1  # never a shard count (those are 1..MAX_SHARDS) nor None
 
 
 def _identity(path: str) -> tuple[Any, ...]:
@@ -335,8 +341,10 @@ def _identity(path: str) -> tuple[Any, ...]:
 
 def _num_shards(index: str, identity: tuple[Any, ...]) -> int | None:
     """The shard count in the header of the index file ``index`` (``None``: unreadable)."""
-    if identity in _shard_counts:
-        return _shard_counts[identity]
+    with _shard_counts_lock:
+        cached = _shard_counts.get(identity, _NOT_CACHED)
+    if cached != _NOT_CACHED:
+        return cached
     count: int | None = None
     try:
         # read_table opens without blocking, accepts a regular file only and caps its size.
@@ -347,9 +355,10 @@ def _num_shards(index: str, identity: tuple[Any, ...]) -> int | None:
                 count = int(header.num_shards)
     except (es.CheckpointError, OSError, DecodeError):
         count = None  # the load will say what is wrong with it
-    _shard_counts[identity] = count
-    while len(_shard_counts) > _SHARD_COUNT_CACHE:
-        _shard_counts.popitem(last=False)
+    with _shard_counts_lock:
+        _shard_counts[identity] = count
+        while len(_shard_counts) > _SHARD_COUNT_CACHE:
+            _shard_counts.popitem(last=False)
     return count
 
 
