@@ -24,7 +24,7 @@ opens files and checks metadata; it does not read or copy the table.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -38,6 +38,7 @@ from embserve.checkpoint import (
     ObjectGraphBuilder,
 )
 from embserve.checkpoint._mapping import collapse_huge_pages as _collapse
+from embserve.checkpoint.bundle import ProgressCallback, ProgressCounter
 from embserve.embedding import TPUEmbeddingForServing
 from embserve.errors import CheckpointMismatchError
 
@@ -64,7 +65,9 @@ VERIFY_ON_RESTORE_MAX_BYTES = 64 << 20
 # Children TensorFlow's TPUEmbedding objects carry besides their tables: their signature.
 _EMBEDDING_MARKERS = ("_table_config", "_variables", "_output_shapes")
 
-Progress = Callable[[int, int], None]
+#: ``progress(done_bytes, total_bytes)``, reported as :class:`ProgressCounter` does: ``(0,
+#: total)`` first, then after each table or slot, ``(total, total)`` last.
+Progress = ProgressCallback
 
 
 class FoundTable(NamedTuple):
@@ -227,8 +230,9 @@ def restore_objects(
         copy: load tables into private writable memory instead of mapping the files.
         verify: check every table's checksum (by default only tables up to
             :data:`VERIFY_ON_RESTORE_MAX_BYTES` are checked).
-        progress: ``progress(done_bytes, total_bytes)`` after each table or slot, the total
-            covering every object.
+        progress: ``progress(done_bytes, total_bytes)``: ``(0, total)`` first, then after
+            each table or slot, the total covering every object; ``(total, total)`` last,
+            before any object is installed (it may raise to abandon the restore).
 
     Returns:
         The bundle keys restored (for ``assert_consumed``-style bookkeeping).
@@ -261,20 +265,19 @@ def _restore(
     graph = graph or _load_graph(reader)
     plans = [(obj, _plan_restore(reader, graph, path, obj)) for path, obj in objects]
     total = sum(reader.info(key).num_elements * 4 for _, plan in plans for _, _, key in plan)
-    done = 0
     staged: list[tuple[TPUEmbeddingForServing, dict[Any, dict[str, np.ndarray]]]] = []
-    for obj, plan in plans:
-        variables: dict[Any, dict[str, np.ndarray]] = {}
-        for table_name, slot, key in plan:
-            nbytes = reader.info(key).num_elements * 4
-            check = verify or nbytes <= VERIFY_ON_RESTORE_MAX_BYTES
-            variables.setdefault(table_name, {})[slot] = reader.get_tensor(
-                key, copy=copy, verify=check
-            )
-            done += nbytes
-            if progress is not None:
-                progress(done, total)
-        staged.append((obj, variables))
+    # The final report (which may raise to cancel) comes before anything is installed.
+    with ProgressCounter(progress, total) as counter:
+        for obj, plan in plans:
+            variables: dict[Any, dict[str, np.ndarray]] = {}
+            for table_name, slot, key in plan:
+                nbytes = reader.info(key).num_elements * 4
+                check = verify or nbytes <= VERIFY_ON_RESTORE_MAX_BYTES
+                variables.setdefault(table_name, {})[slot] = reader.get_tensor(
+                    key, copy=copy, verify=check
+                )
+                counter.advance(nbytes)
+            staged.append((obj, variables))
     for obj, variables in staged:  # nothing below can fail: install every object
         obj._set_variables(variables)
     return frozenset(key for _, plan in plans for _, _, key in plan)
@@ -405,6 +408,14 @@ def write_checkpoint(
     names and are renamed into place, so a reader never sees a partial checkpoint and arrays
     mapped from an older checkpoint of the same prefix stay valid.
 
+    Args:
+        prefix: where to write.
+        objects: attribute name under the root → serving object.
+        save_counter: the value of the root's ``save_counter``.
+        progress: ``progress(done_bytes, total_bytes)``: ``(0, total)`` first, then after each
+            table or slot, ``(total, total)`` last, before the files are renamed into place
+            (it may raise to abandon the write).
+
     Returns:
         ``prefix``.
     """
@@ -432,15 +443,13 @@ def write_checkpoint(
     _, keys = b.build()
     tables = [n for n in order if n.value is not None and n is not counter]
     total = sum(int(n.value.nbytes) for n in tables if n.value is not None)
-    done = 0
     with BundleWriter(prefix, overwrite=True) as w:
         w.add(keys[(counter.id, "VARIABLE_VALUE")], counter_value)
-        for node in tables:
-            assert node.value is not None
-            w.add(keys[(node.id, "VARIABLE_VALUE")], np.asarray(node.value, dtype=np.float32))
-            done += int(node.value.nbytes)
-            if progress is not None:
-                progress(done, total)
+        with ProgressCounter(progress, total) as tally:
+            for node in tables:
+                assert node.value is not None
+                w.add(keys[(node.id, "VARIABLE_VALUE")], np.asarray(node.value, dtype=np.float32))
+                tally.advance(int(node.value.nbytes))
         w.add(OBJECT_GRAPH_KEY, b.serialize())
     return prefix
 

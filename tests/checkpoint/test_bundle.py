@@ -24,7 +24,13 @@ from embserve.checkpoint import (
     bfloat16_to_float32,
     float32_to_bfloat16,
 )
-from embserve.checkpoint.bundle import _find_overlap, data_path, decode_strings, encode_strings
+from embserve.checkpoint.bundle import (
+    ProgressCounter,
+    _find_overlap,
+    data_path,
+    decode_strings,
+    encode_strings,
+)
 from embserve.checkpoint.dtypes import SUPPORTED, from_numpy
 from embserve.checkpoint.sstable import read_table
 from embserve.errors import CheckpointMismatchError, CheckpointNotFoundError
@@ -276,6 +282,86 @@ def test_reader_api(tmp_path: Path) -> None:
         r.verify(progress=lambda done, total: calls.append((done, total)))
     assert calls[0] == (0, 32)
     assert calls[-1] == (32, 32)
+
+
+# ---------------------------------------------------------------------------------------------
+# ProgressCounter: the one progress behaviour of every long job
+
+
+class _StopError(Exception):
+    """What a test's progress callback raises to cancel the job."""
+
+
+def _job(
+    progress: Any, total: int, steps: list[int], *, fail: bool = False, ran: list[int] | None = None
+) -> None:
+    """A job advancing by ``steps`` (appended to ``ran`` as they start), raising ValueError at
+    its end with ``fail``."""
+    with ProgressCounter(progress, total) as counter:
+        for n in steps:
+            if ran is not None:
+                ran.append(n)
+            counter.advance(n)
+        if fail:
+            raise ValueError("damaged")
+
+
+def _counted(total: int, steps: list[int]) -> list[tuple[int, int]]:
+    calls: list[tuple[int, int]] = []
+    _job(lambda done, total: calls.append((done, total)), total, steps)
+    return calls
+
+
+def test_progress_starts_at_zero_and_reports_each_chunk_once() -> None:
+    assert _counted(10, [3, 3, 4]) == [(0, 10), (3, 10), (6, 10), (10, 10)]
+    # No report for a chunk of no bytes: at most one per chunk that did work, plus the two ends.
+    assert _counted(10, [0, 5, 0, 0, 5]) == [(0, 10), (5, 10), (10, 10)]
+    steps = [1] * 100
+    assert len(_counted(100, steps)) == len(steps) + 1  # the last chunk's report is the final
+
+
+def test_progress_final_report_is_always_delivered_exactly_once() -> None:
+    assert _counted(0, []) == [(0, 0)]
+    assert _counted(10, []) == [(0, 10), (10, 10)]  # nothing was left to do
+    assert _counted(10, [4]) == [(0, 10), (4, 10), (10, 10)]
+    assert _counted(10, [10]) == [(0, 10), (10, 10)]
+
+
+def test_progress_callback_exceptions_propagate_and_end_the_job() -> None:
+    calls: list[tuple[int, int]] = []
+
+    def stop_after_4(done: int, total: int) -> None:
+        calls.append((done, total))
+        if done >= 4:
+            raise _StopError
+
+    ran: list[int] = []
+    with pytest.raises(_StopError):
+        _job(stop_after_4, 10, [2, 2, 2, 2, 2], ran=ran)
+    assert ran == [2, 2]  # the job ended at the report that raised...
+    assert calls == [(0, 10), (2, 10), (4, 10)]  # ... and no final report followed
+
+    def stop_at_once(done: int, total: int) -> None:
+        raise _StopError
+
+    ran.clear()
+    with pytest.raises(_StopError):
+        _job(stop_at_once, 10, [2], ran=ran)
+    assert ran == []  # the job never started
+
+
+def test_progress_of_a_failed_job_has_no_final_report() -> None:
+    calls: list[tuple[int, int]] = []
+    with pytest.raises(ValueError, match="damaged"):
+        _job(lambda *a: calls.append(a), 10, [4], fail=True)
+    assert calls == [(0, 10), (4, 10)]
+
+
+def test_progress_without_a_callback_still_counts() -> None:
+    with ProgressCounter(None, 10) as counter:
+        counter.advance(3)
+        counter.advance(7)
+    assert counter.done == 10
 
 
 def test_not_found(tmp_path: Path) -> None:

@@ -91,6 +91,8 @@ __all__ = [
     "MAX_SHARDS",
     "BundleReader",
     "BundleWriter",
+    "ProgressCallback",
+    "ProgressCounter",
     "TensorInfo",
     "data_path",
     "index_path",
@@ -101,9 +103,74 @@ MAX_SHARDS = 99_999  # the file names carry the shard count in 5 digits
 _BUNDLE_VERSION = 1  # kTensorBundleVersion: what we produce and the consumer version we are
 _MAX_RANK = 254  # TensorFlow's TensorShape limit
 
+#: ``progress(done_bytes, total_bytes)``: how every long job reports (see :class:`ProgressCounter`).
 ProgressCallback = Callable[[int, int], None]
 
 _log = logging.getLogger("embserve")
+
+
+class ProgressCounter:
+    """Counts the bytes a long job has done and reports them as ``progress(done, total)``.
+
+    The one progress behaviour of every long job: :meth:`BundleReader.verify`, the restore and
+    write of :mod:`embserve.checkpointing`, the server's checksum pass over served tables::
+
+        with ProgressCounter(progress, total) as counter:
+            for chunk in work:
+                ...
+                counter.advance(len(chunk))
+
+    * ``progress(0, total)`` when the block is entered: the total is known before any work,
+      and a callback that raises there stops the job before it starts;
+    * one report per :meth:`advance` of at least one byte, ``done`` being the sum of the
+      advances so far; an advance of no bytes reports nothing. The rate is the work's own
+      granularity: callers advance per chunk of at most 4 MiB (:mod:`.crc32c`) or per
+      tensor. There is deliberately no time-based throttling: the server's callback is how a
+      load is cancelled (``Reloader.stop()`` returns within 0.25 s), and a callback that draws
+      limits its own redraws (``embserve.cli.ProgressBar``: at most every 0.1 s);
+    * ``progress(total, total)`` when the block exits without an exception, unless that was
+      the last report already: the final report is always delivered, exactly once (also for
+      ``total == 0``), and not after a failure;
+    * an exception raised by ``progress`` propagates unchanged out of :meth:`advance` (or the
+      ``with``), ending the job: that is how a caller cancels one.
+
+    Args:
+        progress: the callback, or ``None`` (then only :attr:`done` is counted).
+        total: the bytes the job will have done when it ends.
+    """
+
+    __slots__ = ("_last", "done", "progress", "total")
+
+    def __init__(self, progress: ProgressCallback | None, total: int) -> None:
+        self.progress = progress
+        self.total = total
+        self.done = 0
+        self._last = -1  # `done` of the last report
+
+    def __enter__(self) -> ProgressCounter:
+        self._report()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None and not (self._last == self.done == self.total):
+            self.done = self.total
+            self._report()
+
+    def advance(self, n: int) -> None:
+        """Count ``n`` more bytes done and report them (nothing for ``n == 0``)."""
+        if n:
+            self.done += n
+            self._report()
+
+    def _report(self) -> None:
+        self._last = self.done
+        if self.progress is not None:
+            self.progress(self.done, self.total)
 
 
 def index_path(prefix: str | os.PathLike[str]) -> str:
@@ -886,8 +953,10 @@ class BundleReader:
         """Verify the checksum of every stored tensor and slice now.
 
         Args:
-            progress: called as ``progress(bytes_done, bytes_total)`` after every chunk of at
-                most 4 MiB, so a caller can show a progress bar over a large checkpoint.
+            progress: called as ``progress(bytes_done, bytes_total)`` first with 0, then after
+                every chunk of at most 4 MiB, last with ``bytes_total``
+                (:class:`ProgressCounter`), so a caller can show a progress bar over a large
+                checkpoint.
 
         Raises:
             CorruptCheckpointError: the first mismatch, naming the shard file and offset.
@@ -895,23 +964,13 @@ class BundleReader:
         stored = [t for t in self._entries.values() if not t.slices]
         stored += list(self._slice_entries.values())
         stored.sort(key=lambda t: (t.shard_id, t.offset))
-        total = sum(t.size for t in stored)
-        done = 0
-
-        def advance(n: int) -> None:
-            nonlocal done
-            done += n
-            if progress is not None:
-                progress(done, total)
-
-        if progress is not None:
-            progress(0, total)
-        for t in stored:
-            if t.dtype == DataType.STRING:
-                self._read_strings(t)
-                advance(t.size)
-            else:
-                self._verify_numeric(t, advance)
+        with ProgressCounter(progress, sum(t.size for t in stored)) as counter:
+            for t in stored:
+                if t.dtype == DataType.STRING:
+                    self._read_strings(t)
+                    counter.advance(t.size)
+                else:
+                    self._verify_numeric(t, counter.advance)
 
 
 def _find_overlap(boxes: Sequence[Sequence[tuple[int, int]]]) -> tuple[int, int] | None:

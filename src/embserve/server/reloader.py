@@ -102,7 +102,13 @@ from google.protobuf.message import DecodeError
 
 import embserve as es
 from embserve.checkpoint import BundleReader, ObjectGraph, crc32c, resolve_checkpoint
-from embserve.checkpoint.bundle import HEADER_KEY, MAX_SHARDS, data_path
+from embserve.checkpoint.bundle import (
+    HEADER_KEY,
+    MAX_SHARDS,
+    ProgressCallback,
+    ProgressCounter,
+    data_path,
+)
 from embserve.checkpoint.protos import tensor_bundle_pb2
 from embserve.checkpoint.sstable import read_table
 from embserve.checkpoint.state import STATE_FILENAME as _STATE_FILENAME
@@ -144,8 +150,11 @@ _log = logging.getLogger("embserve.server")
 #: The state file of the CheckpointManager layout.
 STATE_FILENAME = _STATE_FILENAME
 
-#: ``progress(done_bytes, total_bytes)``, called while a load copies or verifies tables.
-Progress = Callable[[int, int], None]
+#: ``progress(done_bytes, total_bytes)``, called while a load copies or verifies tables, as
+#: :class:`~embserve.checkpoint.bundle.ProgressCounter` reports: ``(0, total)`` first, then per
+#: table or per 4 MiB checked, ``(total, total)`` last. The reloader's raises
+#: :class:`LoadCancelled` once :meth:`Reloader.stop` is called.
+Progress = ProgressCallback
 
 _TRAILING_NUMBER = re.compile(r"-(\d+)$")
 
@@ -577,29 +586,21 @@ def _run_checks(
     total = sum(c.size for c in checks) + (
         sum(reader.info(key).size for key in sliced) if reader is not None else 0
     )
-    done = 0
-
-    def advance(n: int) -> None:
-        nonlocal done
-        done += n
-        if progress is not None:
-            progress(done, total)
-
-    if progress is not None:
-        progress(0, total)
-    if reader is not None:
-        for key in sliced:
-            reader.get_tensor(key, verify=True)
-            advance(reader.info(key).size)
-    for c in checks:
-        crc = crc32c.value_of_buffer(c.value.reshape(-1).view(np.uint8).data, progress=advance)
-        if crc32c.mask(crc) != c.crc:
-            raise es.CorruptCheckpointError(
-                f"corrupt checkpoint file {c.path!r} at offset {c.offset}: tensor {c.key!r} "
-                f"(table {c.name!r}): checksum mismatch over bytes [{c.offset}, "
-                f"{c.offset + c.size}) (stored {c.crc:#010x}, computed "
-                f"{crc32c.mask(crc):#010x})"
-            )
+    with ProgressCounter(progress, total) as counter:
+        if reader is not None:
+            for key in sliced:
+                reader.get_tensor(key, verify=True)
+                counter.advance(reader.info(key).size)
+        for c in checks:
+            data = c.value.reshape(-1).view(np.uint8).data
+            crc = crc32c.value_of_buffer(data, progress=counter.advance)
+            if crc32c.mask(crc) != c.crc:
+                raise es.CorruptCheckpointError(
+                    f"corrupt checkpoint file {c.path!r} at offset {c.offset}: tensor {c.key!r} "
+                    f"(table {c.name!r}): checksum mismatch over bytes [{c.offset}, "
+                    f"{c.offset + c.size}) (stored {c.crc:#010x}, computed "
+                    f"{crc32c.mask(crc):#010x})"
+                )
 
 
 def verify_served_tables(
@@ -620,8 +621,9 @@ def verify_served_tables(
         reader: the open checkpoint.
         object_path: the edge names from the checkpoint's root to the embedding object
             (``("model", "embedding")``), or one edge name (``"embedding"``).
-        progress: called as ``progress(done_bytes, total_bytes)`` after every 4 MiB (it may
-            raise, e.g. :class:`LoadCancelled`, to stop the check).
+        progress: called as ``progress(done_bytes, total_bytes)``: ``(0, total)`` first, then
+            after every 4 MiB, ``(total, total)`` last (:data:`Progress`); it may raise, e.g.
+            :class:`LoadCancelled`, to stop the check.
 
     Raises:
         CorruptCheckpointError: a checksum does not match; names the data file, the tensor
