@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import threading
 from pathlib import Path
 from typing import Any, cast
@@ -22,6 +21,7 @@ from tests.server._support import (
     MODEL,
     TABLES,
     expected,
+    metric,
     random_tables,
     save_damaged_version,
     save_version,
@@ -51,21 +51,6 @@ def _reloader(client: TestClient) -> Reloader:
     assert isinstance(app, Starlette)
     reloader: Reloader = app.state.reloader
     return reloader
-
-
-def _metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in Prometheus text output (0.0 when absent)."""
-    for line in text.splitlines():
-        if line.startswith("#") or not line.startswith(name):
-            continue
-        sample, _, value = line.rpartition(" ")
-        metric, _, raw_labels = sample.partition("{")
-        if metric != name:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', raw_labels))
-        if all(found.get(k) == v for k, v in labels.items()):
-            return float(value)
-    return 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -559,18 +544,18 @@ def test_metrics_count_requests_ids_and_failures(client: TestClient, ckpt_dir: P
     assert response.headers["content-type"].startswith("text/plain")
     text = response.text
     route = "/v1/models/{name}:predict"
-    assert _metric(text, "embserve_requests_total", route=route, code="200") == 1
-    assert _metric(text, "embserve_requests_total", route=route, code="400") == 1
-    assert _metric(text, "embserve_requests_total", route="unmatched", code="404") == 1
-    assert _metric(text, "embserve_request_duration_seconds_count", route=route) == 2
-    assert _metric(text, "embserve_lookup_ids_total", feature="user") == 2
-    assert _metric(text, "embserve_lookup_ids_total", feature="hist") == 4
-    assert _metric(text, "embserve_out_of_range_ids_total", feature="hist") == 3
-    assert _metric(text, "embserve_model_version") == 1
-    assert _metric(text, "embserve_model_loads_total") == 1
-    assert _metric(text, "embserve_model_load_duration_seconds_count") == 1
-    assert _metric(text, "embserve_model_reload_failures_total", reason="corrupt") == 1
-    assert _metric(text, "embserve_internal_errors_total") == 0
+    assert metric(text, "embserve_requests_total", route=route, code="200") == 1
+    assert metric(text, "embserve_requests_total", route=route, code="400") == 1
+    assert metric(text, "embserve_requests_total", route="unmatched", code="404") == 1
+    assert metric(text, "embserve_request_duration_seconds_count", route=route) == 2
+    assert metric(text, "embserve_lookup_ids_total", feature="user") == 2
+    assert metric(text, "embserve_lookup_ids_total", feature="hist") == 4
+    assert metric(text, "embserve_out_of_range_ids_total", feature="hist") == 3
+    assert metric(text, "embserve_model_version") == 1
+    assert metric(text, "embserve_model_loads_total") == 1
+    assert metric(text, "embserve_model_load_duration_seconds_count") == 1
+    assert metric(text, "embserve_model_reload_failures_total", reason="corrupt") == 1
+    assert metric(text, "embserve_internal_errors_total") == 0
     assert "process_resident_memory_bytes" in text
 
 
@@ -578,7 +563,7 @@ def test_metrics_of_two_apps_are_separate(config: ServingConfig) -> None:
     with TestClient(create_app(config)) as a, TestClient(create_app(config)) as b:
         a.get("/healthz")
         text = b.get("/metrics").text
-        assert _metric(text, "embserve_requests_total", route="/healthz", code="200") == 0
+        assert metric(text, "embserve_requests_total", route="/healthz", code="200") == 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -612,8 +597,8 @@ def test_a_bug_is_500_and_counted(config: ServingConfig, caplog: pytest.LogCaptu
         assert str(exc_info[1]) == "kaboom"
         text = client.get("/metrics").text
         route = "/v1/models/{name}:predict"
-        assert _metric(text, "embserve_internal_errors_total", route=route) == 1
-        assert _metric(text, "embserve_requests_total", route=route, code="500") == 1
+        assert metric(text, "embserve_internal_errors_total", route=route) == 1
+        assert metric(text, "embserve_requests_total", route=route, code="500") == 1
 
 
 def test_client_leaving_mid_upload_is_not_a_bug(client: TestClient) -> None:
@@ -642,8 +627,8 @@ def test_client_leaving_mid_upload_is_not_a_bug(client: TestClient) -> None:
     assert sent[0]["status"] == 499
     text = client.get("/metrics").text
     route = "/v1/models/{name}:predict"
-    assert _metric(text, "embserve_requests_total", route=route, code="499") == 1
-    assert _metric(text, "embserve_internal_errors_total", route=route) == 0
+    assert metric(text, "embserve_requests_total", route=route, code="499") == 1
+    assert metric(text, "embserve_internal_errors_total", route=route) == 0
 
 
 class _GatedModel:

@@ -137,26 +137,6 @@ def test_a_writer_leaving_temporary_files_causes_no_reload(tmp_path: Path) -> No
     assert [s.version for s in reloader.statuses()] == [1]
 
 
-def test_refused_loads_do_not_use_up_version_numbers(tmp_path: Path) -> None:
-    prefix = tmp_path / "weights"
-    write_prefix(prefix, random_tables(1))
-    reloader = Reloader(str(prefix), make_loader(_config(tmp_path, prefix)))
-    first = reloader.poll()
-    assert first is not None
-    assert first.version == 1
-    for seed in (2, 3):  # two damaged rewrites in a row
-        write_prefix(prefix, random_tables(seed))
-        with open(data_file(str(prefix)), "r+b") as f:
-            f.truncate(64)
-        assert reloader.poll() is None
-        assert reloader.statuses()[0].version == 2
-        assert reloader.statuses()[0].error_code == "DATA_LOSS"
-    write_prefix(prefix, random_tables(4))
-    fixed = reloader.poll()
-    assert fixed is not None
-    assert fixed.version == 2  # the next number after the last *served* one
-
-
 class _Interleaving(collections.OrderedDict[Any, Any]):
     """The shard-count cache, with another thread's whole ``find_candidate`` run right after
     each operation the test thread makes on it: the worst interleaving two reloaders of one

@@ -270,19 +270,28 @@ def test_tf_serving_numbered_directories(tmp_path: Path) -> None:
     assert loaded.version == 2
 
 
-def test_unnumbered_prefix_gets_counted_versions(tmp_path: Path) -> None:
+def test_refused_loads_do_not_use_up_version_numbers(tmp_path: Path) -> None:
+    """An unnumbered prefix replaced in place gets counted versions: the next number after the
+    last one *served*, however many rewrites in between were refused (issue 10, item 20)."""
     prefix = tmp_path / "weights"
     write_prefix(prefix, random_tables(1))
     reloader = Reloader(str(prefix), make_loader(_config(tmp_path, prefix)))
     first = reloader.poll()
     assert first is not None
     assert first.version == 1
-    v2 = random_tables(2)
-    write_prefix(prefix, v2)  # replaced in place (temporary files renamed over the old ones)
-    second = reloader.poll()
-    assert second is not None
-    assert second.version == 2
-    np.testing.assert_array_equal(_users_row(reloader, 1), v2["users"][1])
+    for seed in (2, 3):  # two damaged rewrites in a row
+        write_prefix(prefix, random_tables(seed))
+        with open(data_file(str(prefix)), "r+b") as f:
+            f.truncate(64)
+        assert reloader.poll() is None
+        assert reloader.statuses()[0].version == 2
+        assert reloader.statuses()[0].error_code == "DATA_LOSS"
+    v4 = random_tables(4)
+    write_prefix(prefix, v4)  # replaced in place (temporary files renamed over the old ones)
+    fixed = reloader.poll()
+    assert fixed is not None
+    assert fixed.version == 2
+    np.testing.assert_array_equal(_users_row(reloader, 1), v4["users"][1])
 
 
 def test_background_thread_picks_up_new_versions_and_stops(tmp_path: Path) -> None:

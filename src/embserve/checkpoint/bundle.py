@@ -151,12 +151,7 @@ class ProgressCounter:
         self._report()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         if exc_type is None and not (self._last == self.done == self.total):
             self.done = self.total
             self._report()
