@@ -20,13 +20,13 @@
 *signature* with the served one's: the prefix and the inode, size, mtime and ctime of its
 ``.index`` and of exactly the data shards the index names (``P.data-00000-of-0000N``, the count
 read from the index header, cached while the index is unchanged, in one cache per process that
-every reloader's thread may use at once: each access holds its lock). Files beside them under other
-names (the ``*.tempstate*`` files a writer streams into before renaming them over the prefix,
-leftovers of a crashed writer, shards of another layout) never count, so a writer at work never
-triggers a reload. A new signature is restored into a **new** ``TPUEmbeddingForServing`` by the
-loader (:class:`CheckpointLoader`: restore, then a smoke lookup of id 0 through every feature),
-verified (below), and swapped in by one reference assignment of an immutable
-:class:`LoadedVersion`.
+every reloader's thread may use at once: each access holds its lock). Files beside them under
+other names (the ``*.tempstate*`` files a writer streams into before renaming them over the
+prefix, leftovers of a crashed writer, shards of another layout) never count, so a writer at
+work never triggers a reload. A new signature is restored into a **new**
+``TPUEmbeddingForServing`` by the loader (:class:`CheckpointLoader`: restore, then a smoke
+lookup of id 0 through every feature), verified (below), and swapped in by one reference
+assignment of an immutable :class:`LoadedVersion`.
 
 **Verification** (``[server] verify_tables``, default on). Restoring checks the checksums of
 tables up to 64 MiB only (larger ones are mapped unread); the server checks every served table's
@@ -77,9 +77,10 @@ Only the newest candidate is ever tried (TF Serving's "latest" policy): a refuse
 checkpoint does not make the server fall back to an older one.
 
 **Stopping.** :meth:`Reloader.stop` returns within a fraction of a second even during a long
-load: a load in progress gives up at its next progress report (every 4 MiB verified;
-:class:`LoadCancelled`), and a load that does not report progress finishes in its daemon thread
-and is thrown away. Either way nothing is installed after ``stop()`` returns.
+load: a load in progress gives up at its next progress report (:data:`Progress`: as it starts,
+after each table restored and every 4 MiB verified; :class:`LoadCancelled`), and a load that
+does not report progress finishes in its daemon thread and is thrown away. Either way nothing is
+installed after ``stop()`` returns.
 """
 
 from __future__ import annotations
