@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numba
 import numpy as np
 
 from embserve import config as _config
@@ -78,6 +79,7 @@ __all__ = [
     "FeatureSpec",
     "LookupPlan",
     "flatten_feature_config",
+    "kernel_threads",
     "serving_embedding_lookup",
 ]
 
@@ -120,6 +122,15 @@ def _warn_once(path: str, message: str) -> None:
 
 def _parallel(n_floats: int) -> bool:
     return _jit.PARALLEL and n_floats >= PARALLEL_MIN_FLOATS
+
+
+def kernel_threads() -> int:
+    """How many threads one lookup's parallel kernels use: numba's thread count for this
+    thread (``NUMBA_NUM_THREADS``, or ``numba.set_num_threads``), or 1 when embserve runs its
+    kernels serially (no working threading layer). A caller sizing its own pool of lookup
+    threads divides its cores by this, since every thread that calls the parallel kernels
+    starts its own team of this many threads."""
+    return numba.get_num_threads() if _jit.PARALLEL else 1
 
 
 def _table_name(table_config: TableConfig) -> str:

@@ -14,6 +14,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from embserve.kernels import _jit
+from embserve.lookup import kernel_threads
 from embserve.server.app import create_app
 from embserve.server.config import load_config
 from embserve.server.reloader import make_loader
@@ -101,7 +102,87 @@ def test_large_body_is_decoded_off_the_loop(
         big_body = {"inputs": {"user": [1] * 40}}  # ~150 bytes, 160 output floats
         assert client.post(PREDICT, json=big_body).status_code == 200
         assert decoded_on[-1] is not loop
-        assert decoded_on[-1].name.startswith("embserve-lookup")
+        # Decoded in a codec thread, not a lookup thread (those are few: one per core's worth
+        # of kernel threads); the lookup's own size then decides where it runs: 160 floats,
+        # on the loop.
+        assert decoded_on[-1].name.startswith("embserve-codec")
+        assert models[0].threads[-1] is loop
+
+
+def test_a_long_decode_leaves_the_lookup_threads_free(
+    tmp_path: Path, ckpt_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one lookup thread, a large body held in its decode must not keep other requests'
+    lookups waiting: decoding ran in the lookup threads, where a slow parse of megabytes of
+    JSON blocked every large lookup behind it."""
+    from embserve.server import rest
+
+    gate = threading.Event()
+    entered = threading.Event()
+    original = rest.RestCodec.decode
+
+    def decode(self: rest.RestCodec, body: bytes) -> rest.DecodedRequest:
+        if b"5" in body:  # the held request's marker (no other body here holds a 5)
+            entered.set()
+            assert gate.wait(WAIT_S)
+        return original(self, body)
+
+    monkeypatch.setattr(rest.RestCodec, "decode", decode)
+    client, models = _client(
+        tmp_path, ckpt_dir, "inline_max_body_bytes = 100\nmax_concurrent_lookups = 1\n"
+    )
+    with client:
+        held: dict[str, Any] = {}
+        sender = threading.Thread(
+            target=lambda: held.setdefault(
+                "r", client.post(PREDICT, json={"inputs": {"user": [5] * 40}})
+            )
+        )
+        sender.start()
+        try:
+            assert entered.wait(WAIT_S)
+            answered: dict[str, Any] = {}
+            other = threading.Thread(
+                target=lambda: answered.setdefault("r", client.post(PREDICT, json=LARGE_OUTPUT)),
+                daemon=True,
+            )
+            other.start()
+            other.join(WAIT_S / 2)
+            assert "r" in answered, "a large lookup waited for another request's decode"
+            assert answered["r"].status_code == 200
+            assert models[0].threads[-1].name.startswith("embserve-lookup")
+        finally:
+            gate.set()
+            sender.join(WAIT_S)
+        assert held["r"].status_code == 200
+
+
+def test_a_large_answer_is_encoded_off_the_loop(
+    tmp_path: Path, ckpt_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """orjson holds the GIL for a whole call: an answer over _ENCODE_INLINE_MAX_FLOATS is
+    encoded in a codec thread, in pieces, so that the loop runs between them."""
+    from embserve.server import app, rest
+
+    encoded_on: list[threading.Thread] = []
+    original = rest.RestCodec.encode
+
+    def encode(self: rest.RestCodec, request: Any, outputs: Any) -> bytes:
+        encoded_on.append(threading.current_thread())
+        return original(self, request, outputs)
+
+    monkeypatch.setattr(rest.RestCodec, "encode", encode)
+    monkeypatch.setattr(app, "_ENCODE_INLINE_MAX_FLOATS", 30_000)
+    client, _ = _client(tmp_path, ckpt_dir)
+    with client:
+        loop = _event_loop_thread(client)
+        smaller = {"inputs": {"user": [1] * 4096, "hist": [[1]] * 4096}}  # 28,672 floats
+        assert client.post(PREDICT, json=smaller).status_code == 200
+        assert encoded_on[-1] is loop
+        response = client.post(PREDICT, json=LARGE_OUTPUT)  # 36,864 floats
+        assert response.status_code == 200
+        assert len(response.json()["outputs"]["user"]) == 4096
+        assert encoded_on[-1].name.startswith("embserve-codec")
 
 
 def test_a_large_lookup_does_not_stall_the_loop(tmp_path: Path, ckpt_dir: Path) -> None:
@@ -158,6 +239,7 @@ def test_lookup_threads_default_to_cores_over_kernel_threads() -> None:
 
     cores = len(os.sched_getaffinity(0))
     kernel = numba.get_num_threads() if _jit.PARALLEL else 1
+    assert kernel_threads() == kernel
     assert lookup_threads(0) == max(1, cores // kernel)
 
 

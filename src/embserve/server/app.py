@@ -63,15 +63,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numba
-
 import embserve as es
-from embserve.kernels import _jit
+from embserve.lookup import kernel_threads
 from embserve.server import missing_extra
 from embserve.server.config import ServingConfig
 from embserve.server.metrics import ServerMetrics
 from embserve.server.reloader import LoadedVersion, Loader, Reloader, make_loader
-from embserve.server.rest import DecodedRequest, RequestError, RestCodec
+from embserve.server.rest import ENCODE_PIECE_FLOATS, DecodedRequest, RequestError, RestCodec
 
 try:
     import orjson
@@ -81,6 +79,7 @@ try:
     from starlette.requests import ClientDisconnect, Request
     from starlette.responses import Response
     from starlette.routing import Route
+    from starlette.types import Receive, Scope, Send
 except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
     raise missing_extra(exc) from exc
 
@@ -104,6 +103,16 @@ _CLOSE = {"Connection": "close"}
 _INT64_MAX = 2**63 - 1
 _INT64_DIGITS = len(str(_INT64_MAX))
 _CLIENT_CLOSED = 499
+_RETRY_AFTER = {"Retry-After": "1"}
+# Codec threads: decoding bodies over inline_max_body_bytes and encoding answers over
+# _ENCODE_INLINE_MAX_FLOATS. Both hold the GIL (orjson), so more threads add no speed; two
+# keep one long parse from queueing every other large request behind it.
+_CODEC_THREADS = 2
+# Answers with more output floats are encoded in a codec thread, in pieces (rest.py's
+# ENCODE_PIECE_FLOATS), so that the loop runs between pieces: at ~28 ns per float this many
+# hold it ~7 ms when encoded inline. Smaller answers stay on the loop: moving the encoding of
+# batch-256 answers (106k floats) off it cost 16% of their throughput with 8 clients.
+_ENCODE_INLINE_MAX_FLOATS = 4 * ENCODE_PIECE_FLOATS
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -118,8 +127,7 @@ def lookup_threads(configured: int = 0) -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    kernel_threads = numba.get_num_threads() if _jit.PARALLEL else 1
-    return max(1, cores // kernel_threads)
+    return max(1, cores // kernel_threads())
 
 
 def _json(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
@@ -209,6 +217,53 @@ class _BodyDeadlines:
         return b"".join(chunks)
 
 
+class _OutputBudget:
+    """The output floats of the predict requests one worker is answering
+    (``[limits] max_output_floats_in_flight``), from decoding until the answer is sent.
+
+    Taken and given back on the event loop only, so it needs no lock. One request is always
+    admitted when nothing is in flight, so a request within ``max_output_floats`` can never be
+    refused forever by a budget set below it.
+    """
+
+    __slots__ = ("limit", "metrics", "used")
+
+    def __init__(self, limit: int, metrics: ServerMetrics) -> None:
+        self.limit = limit
+        self.used = 0
+        self.metrics = metrics
+
+    def take(self, floats: int) -> bool:
+        """Reserve ``floats``; ``False`` (nothing reserved) when they do not fit."""
+        if self.used and self.used + floats > self.limit:
+            return False
+        self.used += floats
+        self.metrics.set_floats_in_flight(self.used)
+        return True
+
+    def give(self, floats: int) -> None:
+        """Return what :meth:`take` reserved."""
+        self.used -= floats
+        self.metrics.set_floats_in_flight(self.used)
+
+
+class _HeldResponse(Response):
+    """A predict answer that gives its output floats back to the budget once it has been sent,
+    or once sending it failed or was cancelled (a client that left, a connection reset)."""
+
+    def __init__(self, content: bytes, headers: Mapping[str, str], release: Callable[[], None]):
+        super().__init__(content, media_type="application/json", headers=headers)
+        self._release: Callable[[], None] | None = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                release()
+
+
 class _Service:
     """The handlers of one app: the config, the codec, the reloader and the metrics."""
 
@@ -221,11 +276,13 @@ class _Service:
         self.bodies = _BodyDeadlines(config.server.body_timeout_s)
         # ids x this bounds the floats a lookup reads (for where a request runs)
         self.max_dim = max(t.dim for t in config.tables)
+        self.budget = _OutputBudget(config.limits.max_output_floats_in_flight, metrics)
         # Threads are started on first use; shut down with the app's lifespan.
         self.lookups = ThreadPoolExecutor(
             lookup_threads(config.server.max_concurrent_lookups),
             thread_name_prefix="embserve-lookup",
         )
+        self.codecs = ThreadPoolExecutor(_CODEC_THREADS, thread_name_prefix="embserve-codec")
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -239,7 +296,7 @@ class _Service:
             except RequestError as exc:
                 # 408 / 413 leave the body unread: close rather than read what is left.
                 close = _CLOSE if exc.status in (408, 413) else None
-                response = _error(exc.status, exc.message, close)
+                response = _error(exc.status, exc.message, close or exc.headers)
             except ClientDisconnect:
                 # The client left mid-upload: nobody to answer, and no bug. Counted as 499,
                 # nginx's "client closed request".
@@ -316,7 +373,6 @@ class _Service:
         self._model(request)
         version = self._version(request)
         self._check_version(self._loaded(), version)  # 503 / 404 before reading a body
-        server = self.config.server
         body = await self.bodies.read(request, self.config.limits.max_body_bytes)
         # The version is read once, and the request counted in flight on it until its answer
         # is built: a reload swapping it meanwhile does not affect this request, and a version
@@ -325,34 +381,46 @@ class _Service:
             if loaded is None:
                 raise self._unavailable()
             self._check_version(loaded, version)
-            if len(body) > server.inline_max_body_bytes:
-                payload = await self._in_lookup_thread(self._predict, loaded, body)
+            if len(body) > self.config.server.inline_max_body_bytes:
+                decoded = await self._in_thread(self.codecs, self.codec.decode, body)
             else:
                 decoded = self.codec.decode(body)
-                inline = server.inline_max_output_floats
-                if not decoded.features or (
-                    decoded.output_floats <= inline and decoded.num_ids * self.max_dim <= inline
-                ):
-                    payload = self._answer(loaded, decoded)
-                else:
-                    # Only the lookup leaves the loop: its kernels release the GIL and run
-                    # beside it, while the encoding holds the GIL (orjson) wherever it runs,
-                    # and running it in the thread too cost 16% of batch-256 throughput.
-                    outputs = await self._in_lookup_thread(self._lookup, loaded, decoded)
-                    payload = self._encode(decoded, outputs)
-        return Response(
-            payload,
-            media_type="application/json",
-            headers={"X-Model-Version": str(loaded.version)},
+            floats = decoded.output_floats
+            if not self.budget.take(floats):
+                self.metrics.count_shed("output_budget")
+                raise RequestError(
+                    503,
+                    f"the server is answering {self.budget.used} output floats already and "
+                    f"this request's {floats} would pass its limit "
+                    f"(limits.max_output_floats_in_flight = {self.budget.limit}); retry later",
+                    _RETRY_AFTER,
+                )
+            try:
+                payload = await self._payload(loaded, decoded)
+            except BaseException:
+                self.budget.give(floats)
+                raise
+        return _HeldResponse(
+            payload, {"X-Model-Version": str(loaded.version)}, lambda: self.budget.give(floats)
         )
 
-    async def _in_lookup_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """``fn(*args)`` in a lookup thread (waiting for one to be free)."""
-        return await asyncio.get_running_loop().run_in_executor(self.lookups, fn, *args)
+    async def _payload(self, loaded: LoadedVersion, request: DecodedRequest) -> bytes:
+        """The answer's body: looked up on the loop when small, else in a lookup thread (whose
+        kernels release the GIL and run beside the loop); encoded on the loop unless large."""
+        inline = self.config.server.inline_max_output_floats
+        if not request.features or (
+            request.output_floats <= inline and request.num_ids * self.max_dim <= inline
+        ):
+            return self._answer(loaded, request)
+        outputs = await self._in_thread(self.lookups, self._lookup, loaded, request)
+        if request.output_floats > _ENCODE_INLINE_MAX_FLOATS:
+            return await self._in_thread(self.codecs, self._encode, request, outputs)
+        return self._encode(request, outputs)
 
-    def _predict(self, loaded: LoadedVersion, body: bytes) -> bytes:
-        """Decode, look up, encode."""
-        return self._answer(loaded, self.codec.decode(body))
+    @staticmethod
+    async def _in_thread(pool: ThreadPoolExecutor, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in one of ``pool``'s threads (waiting for one to be free)."""
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
     def _answer(self, loaded: LoadedVersion, request: DecodedRequest) -> bytes:
         """Look up and encode a decoded request."""
@@ -544,6 +612,7 @@ def create_app(
         finally:
             sweeper.cancel()
             service.lookups.shutdown(wait=False, cancel_futures=True)
+            service.codecs.shutdown(wait=False, cancel_futures=True)
             await run_in_threadpool(reloader.stop)
             metrics.close()
 

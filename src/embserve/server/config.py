@@ -29,6 +29,8 @@ A TOML file, read with the standard library's :mod:`tomllib`::
     max_ids_per_request = 1000000 # more ids in one request (all features) get 400
     max_output_floats = 8388608   # more output floats in one request get 400 (default: one per
                                   # byte of max_body_bytes)
+    max_output_floats_in_flight = 16777216  # output floats of all the requests a worker is
+                                  # answering; more get 503 (default: 2 x max_output_floats)
 
     [server]                      # optional
     inline_max_body_bytes = 262144  # predict bodies up to this size are decoded on the event
@@ -279,6 +281,17 @@ class Limits:
             for the default 8 MiB, i.e. 32 MiB of float32 and about 100 MB of JSON (~12 bytes
             per float) at most per request, which still fits the largest ordinary request, a
             full batch of 4,096 examples × 26 features × 64 dims (6.8 M floats).
+        max_output_floats_in_flight: output floats of all the predict requests one worker
+            process is answering at once, from the moment a request is decoded until its
+            answer has been sent (its output arrays, then its JSON, live that long). A request
+            that would take the total beyond it gets 503 with ``Retry-After: 1`` at once,
+            before its lookup allocates anything (counted in
+            ``embserve_requests_shed_total{reason="output_budget"}``); one request is always
+            admitted when none is in flight, so any request within ``max_output_floats``
+            can be served. Without it, each of many concurrent requests within the
+            per-request limit multiplied it: 1,000 connections × 8 Mi floats. ``0`` (the
+            default) means twice ``max_output_floats``: 16 Mi floats, i.e. 64 MiB of float32
+            and about 200 MB of JSON per worker.
     """
 
     max_body_bytes: int = _option(8 << 20, "larger request bodies get 413", minimum=1)
@@ -292,9 +305,18 @@ class Limits:
         minimum=1,
     )
 
+    max_output_floats_in_flight: int = _option(
+        0,
+        "output floats of the requests a worker is answering; more get 503 "
+        "(default: 2 x max_output_floats)",
+        minimum=1,
+    )
+
     def __post_init__(self) -> None:
         if self.max_output_floats == 0:
             object.__setattr__(self, "max_output_floats", self.max_body_bytes)
+        if self.max_output_floats_in_flight == 0:
+            object.__setattr__(self, "max_output_floats_in_flight", 2 * self.max_output_floats)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,12 @@ metric                                            type       labels / meaning
 ``embserve_out_of_range_ids_total``               counter    ``feature``; ids refused as outside
                                                              their table (the request got 400)
 ``embserve_internal_errors_total``                counter    ``route``; 500 responses (bugs)
+``embserve_requests_shed_total``                  counter    ``reason``: ``output_budget`` (503:
+                                                             the worker's output floats in flight
+                                                             would pass
+                                                             ``max_output_floats_in_flight``)
+``embserve_output_floats_in_flight``              gauge      output floats of the predict requests
+                                                             being answered (summed over workers)
 ``embserve_model_version``                        gauge      the served version (0: none)
 ``embserve_model_loads_total``                    counter    versions restored and swapped in
 ``embserve_model_load_duration_seconds``          histogram  restore + validation time
@@ -157,6 +163,18 @@ class ServerMetrics:
             ["route"],
             registry=r,
         )
+        self.shed = Counter(
+            "embserve_requests_shed",
+            "Requests refused with 503 to keep the worker within a limit, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.floats_in_flight = Gauge(
+            "embserve_output_floats_in_flight",
+            "Output floats of the predict requests being answered (decoded, not yet sent)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.version = Gauge(
             "embserve_model_version",
             "The model version being served (0: none loaded)",
@@ -245,6 +263,14 @@ class ServerMetrics:
     def count_internal_error(self, route: str) -> None:
         """Count one 500 response."""
         self.internal_errors.labels(route).inc()
+
+    def count_shed(self, reason: str) -> None:
+        """Count one request refused with 503 to stay within a limit."""
+        self.shed.labels(reason).inc()
+
+    def set_floats_in_flight(self, floats: int) -> None:
+        """The output floats of the predict requests this worker is answering now."""
+        self.floats_in_flight.set(floats)
 
     # -- versions -------------------------------------------------------------------------------
 
