@@ -3,6 +3,7 @@ every input form, before anything is allocated, and refused with a 400 naming th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tracemalloc
 from pathlib import Path
@@ -13,8 +14,17 @@ from starlette.testclient import TestClient
 
 from embserve.server.app import create_app
 from embserve.server.config import Limits, load_config
+from embserve.server.reloader import make_loader
 from embserve.server.rest import RequestError, RestCodec
-from tests.server._support import MODEL, amplification_body, feature_config, write_config
+from tests.server._support import (
+    MODEL,
+    Recording,
+    amplification_body,
+    feature_config,
+    held_request,
+    metric,
+    write_config,
+)
 
 PREDICT = f"/v1/models/{MODEL}:predict"
 
@@ -154,3 +164,134 @@ def test_codec_refuses_before_building_arrays() -> None:
     assert "2 × 400 × 3 = 2,400" in info.value.message
     request = codec.decode(json.dumps({"inputs": {"hist": [[[]] * 100, [[1]]]}}).encode())
     assert request.output_floats == 2 * 100 * 3
+
+
+# -- the output budget of one worker ([limits] max_output_floats_in_flight) ----------------------
+
+# 10 examples of user (dim 4): 40 output floats.
+FORTY = {"inputs": {"user": [1] * 10}}
+
+
+def _budget_client(tmp_path: Path, ckpt_dir: Path, budget: int) -> tuple[TestClient, list[Any]]:
+    config = load_config(
+        write_config(
+            tmp_path / "budget.toml",
+            ckpt_dir,
+            limits=f"max_output_floats_in_flight = {budget}\n",
+            # Every lookup in a thread (a held one must not hold the loop), several at once.
+            server="inline_max_output_floats = 0\nmax_concurrent_lookups = 4\n",
+        )
+    )
+    real = make_loader(config)
+    models: list[Recording] = []
+
+    def loader(prefix: str) -> Any:
+        models.append(Recording(real(prefix)))
+        return models[-1]
+
+    return TestClient(create_app(config, model_loader=loader)), models
+
+
+def _in_flight(client: TestClient) -> float:
+    return metric(client.get("/metrics").text, "embserve_output_floats_in_flight")
+
+
+def test_requests_past_the_output_budget_get_503_with_retry_after(
+    tmp_path: Path, ckpt_dir: Path
+) -> None:
+    client, models = _budget_client(tmp_path, ckpt_dir, budget=50)
+    with client:
+        with held_request(client, models[0], FORTY):
+            assert _in_flight(client) == 40
+            response = client.post(PREDICT, json=FORTY)  # 40 + 40 > 50
+            assert response.status_code == 503, response.text
+            assert response.headers["retry-after"] == "1"
+            message = response.json()["error"]
+            assert "limits.max_output_floats_in_flight = 50" in message
+            assert "40" in message
+            page = client.get("/metrics").text
+            assert metric(page, "embserve_requests_shed_total", reason="output_budget") == 1
+        # Once the held answer is sent, its floats are given back: the same request is served.
+        assert _in_flight(client) == 0
+        assert client.post(PREDICT, json=FORTY).status_code == 200
+        assert _in_flight(client) == 0
+
+
+def test_a_request_larger_than_the_budget_is_served_when_nothing_else_is(
+    tmp_path: Path, ckpt_dir: Path
+) -> None:
+    """The budget may be set below max_output_floats: a single request is always admitted, so
+    a request within max_output_floats is never refused forever."""
+    client, _ = _budget_client(tmp_path, ckpt_dir, budget=10)
+    with client:
+        assert client.post(PREDICT, json=FORTY).status_code == 200
+        assert _in_flight(client) == 0
+
+
+def test_refused_and_failed_requests_give_their_floats_back(tmp_path: Path, ckpt_dir: Path) -> None:
+    client, _ = _budget_client(tmp_path, ckpt_dir, budget=50)
+    with client:
+        bad_id = {"inputs": {"user": [1] * 9 + [10**6]}}  # 40 floats, one id out of range
+        assert client.post(PREDICT, json=bad_id).status_code == 400
+        assert _in_flight(client) == 0
+        # Were the 400's floats kept, this request (40 more) would be shed.
+        assert client.post(PREDICT, json=FORTY).status_code == 200
+        assert _in_flight(client) == 0
+
+
+def test_an_answer_whose_sending_fails_gives_its_floats_back(
+    tmp_path: Path, ckpt_dir: Path
+) -> None:
+    """A client that leaves while its answer is sent (the ASGI send raises) must not keep its
+    floats: a budget that leaked them would shed every request after a few disconnects."""
+    import asyncio
+
+    config = load_config(
+        write_config(tmp_path / "b.toml", ckpt_dir, limits="max_output_floats_in_flight = 50\n")
+    )
+    app = create_app(config)
+    body = json.dumps(FORTY).encode()
+
+    async def call(fail_send: bool) -> list[dict[str, Any]]:
+        sent: list[dict[str, Any]] = []
+        received = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal received
+            if received:
+                await asyncio.sleep(3600)
+            received = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            if fail_send and message["type"] == "http.response.body":
+                raise OSError("connection reset by peer")
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": PREDICT,
+            "raw_path": PREDICT.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"content-type", b"application/json")],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+            "app": app,
+        }
+        with contextlib.suppress(OSError):
+            await app(scope, receive, send)  # type: ignore[arg-type]
+        return sent
+
+    with TestClient(app) as client:  # runs the lifespan: the model is loaded
+        assert client.portal is not None
+        for _ in range(3):
+            client.portal.call(call, True)
+        assert _in_flight(client) == 0
+        sent = client.portal.call(call, False)
+        assert sent[0]["status"] == 200
+        assert _in_flight(client) == 0

@@ -28,19 +28,29 @@ about the server's insides); the detail is logged with its traceback and counted
 :meth:`~.reloader.Reloader.use`, which counts it in flight on that version until its answer is
 built: a reload swapping the version meanwhile does not affect it, and a version taken out of
 service is released only after its requests. A body over ``[server] inline_max_body_bytes``
-(256 KiB) is decoded, looked up and encoded in a *lookup thread*, where the interpreter hands
-the GIL back to the event loop every few milliseconds instead of stalling it for the whole
-parse. A smaller body is decoded on the loop; then its lookup runs on the loop too when the
-request's output floats, and its ids times the largest table dim, both stay within ``[server]
+(256 KiB) is decoded in one of two *codec threads*, where the interpreter hands the GIL back to
+the event loop every few milliseconds instead of stalling it for the whole parse (a single
+``orjson.loads`` call still holds the GIL for its whole body: about 11 ms per MB). A smaller
+body is decoded on the loop. Where the lookup runs is decided by the request's work, not its
+body (a 3 KB body can ask for megabytes of output): on the loop when the request's output
+floats, and its ids times the largest table dim, both stay within ``[server]
 inline_max_output_floats`` (32,768: the size from which lookups use numba's parallel kernels),
-and otherwise in a lookup thread, whose kernels release the GIL and run beside the loop. So the
-size of the work decides, not the size of the body (a 3 KB body can ask for megabytes of
-output). Encoding stays on the loop for small bodies: it holds the GIL (orjson) wherever it
-runs, and moving it to the lookup thread as well cost 16% of the throughput at batch 256 with
-8 clients. Small requests stay on the loop altogether because their work is mostly GIL-bound
-JSON and Python, where a thread only adds a hand-off and GIL contention (on 2 cores, batch-1
-requests with 26 features from 4 clients ran at 635 req/s inline against 296 req/s through a
-pool).
+otherwise in a *lookup thread*, whose kernels release the GIL and run beside the loop. The
+answer is encoded on the loop, unless it holds more than 4 × 65,536 floats: then in a codec
+thread, in calls of 65,536 floats (``rest.ENCODE_PIECE_FLOATS``, ~2 ms each), so the loop runs
+between them. Moving the encoding of batch-256 answers off the loop cost 16% of their
+throughput with 8 clients, and small requests stay on the loop altogether because their work
+is mostly GIL-bound JSON and Python, where a thread only adds a hand-off and GIL contention (on
+2 cores, batch-1 requests with 26 features from 4 clients ran at 635 req/s inline against 296
+req/s through a pool).
+
+**Output budget.** The output floats of the predict requests a worker is answering, from
+decoding until the answer is sent, are bounded by ``[limits] max_output_floats_in_flight``
+(default twice ``max_output_floats``): a request that would pass it gets 503 with
+``Retry-After: 1``, is counted in ``embserve_requests_shed_total{reason="output_budget"}``, and
+allocated nothing; ``embserve_output_floats_in_flight`` shows the floats held. One request is
+always admitted when none is in flight. This bounds a worker's output memory (outputs, their
+JSON) under any number of concurrent large requests, each of which passed ``max_output_floats``.
 
 **Lookup threads** are a pool of ``[server] max_concurrent_lookups`` threads (default: the
 usable CPU cores divided by numba's kernel threads, at least 1); requests beyond it wait their

@@ -34,7 +34,7 @@ A TOML file, read with the standard library's :mod:`tomllib`::
 
     [server]                      # optional
     inline_max_body_bytes = 262144  # predict bodies up to this size are decoded on the event
-                                    # loop, larger ones in a lookup thread (0: never inline)
+                                    # loop, larger ones in a codec thread (0: never inline)
     inline_max_output_floats = 32768  # requests whose output floats (and ids x the largest
                                     # dim) stay within this are looked up on the event loop,
                                     # larger ones in a lookup thread (0: never on the loop)
@@ -325,17 +325,20 @@ class ServerOptions:
 
     Attributes:
         inline_max_body_bytes: predict bodies up to this size are decoded on the event loop;
-            larger ones are decoded (and looked up, and encoded) in a lookup thread, where
-            parsing megabytes of JSON hands the GIL back to the loop every few milliseconds
-            instead of stalling every other connection (0: never on the loop).
+            larger ones in one of two codec threads, where parsing megabytes of JSON hands the
+            GIL back to the loop every few milliseconds instead of stalling every other
+            connection, and takes no lookup thread (0: never on the loop). Where the lookup
+            runs is decided by ``inline_max_output_floats``.
         inline_max_output_floats: a decoded request whose output floats, and its ids times
             the largest table dim, both stay within this is looked up on the event loop; a
             larger one in a lookup thread, whose kernels release the GIL and run beside the
-            loop (0: never on the loop). Its answer is encoded on the loop either way (orjson
-            holds the GIL wherever it runs). Small lookups stay on the loop because a thread
-            hop costs more than they do. The default, 32,768, is the size from which lookups
-            run numba's parallel kernels (``embserve.lookup.PARALLEL_MIN_FLOATS``), so the
-            event loop only ever runs serial kernels.
+            loop (0: never on the loop). Its answer is encoded on the loop (orjson holds the
+            GIL wherever it runs) unless it holds more than 262,144 floats: then in a codec
+            thread, in pieces, so that the loop runs between them. Small lookups stay on the
+            loop because a thread hop costs more than they do. The default, 32,768, is the
+            size from which lookups run numba's parallel kernels
+            (``embserve.lookup.PARALLEL_MIN_FLOATS``), so the event loop only ever runs serial
+            kernels.
         max_concurrent_lookups: how many lookup threads run at once (the rest queue). ``0``:
             the usable CPU cores divided by numba's kernel threads (at least 1), because every
             calling thread starts its own OpenMP team: with anyio's 40 pool threads, 8
@@ -345,7 +348,9 @@ class ServerOptions:
             idle keep-alive connection is closed by uvicorn after 5 s.
         body_timeout_s: a request whose body has not fully arrived this long after its head
             gets 408 and its connection is closed. The default, 20 s, lets the largest body
-            (8 MiB) arrive at 3.4 Mbit/s.
+            (8 MiB) arrive at 3.4 Mbit/s. A client that takes none of its answer for this long
+            while the server waits to write more is disconnected (its answer's memory is
+            freed).
         drain_timeout_s: at shutdown (SIGTERM), requests in flight get this long to finish
             before they are cancelled (rounded up to whole seconds, as uvicorn takes them).
             ``0`` (the default) means ``body_timeout_s`` plus 5 s:
@@ -366,7 +371,7 @@ class ServerOptions:
     """
 
     inline_max_body_bytes: int = _option(
-        256 << 10, "larger predict bodies are decoded in a lookup thread"
+        256 << 10, "larger predict bodies are decoded in a codec thread"
     )
     inline_max_output_floats: int = _option(
         PARALLEL_MIN_FLOATS, "larger lookups run in a lookup thread, off the event loop"
