@@ -319,6 +319,24 @@ class Recording:
                 self.running -= 1
 
 
+def recording_client(config_path: Path) -> tuple[TestClient, list[Recording]]:
+    """A client of the app serving the config at ``config_path``, and the :class:`Recording`
+    wrapping each model it loads (in load order; ``[0]`` once the client's block has begun)."""
+    from embserve.server.app import create_app
+    from embserve.server.config import load_config
+    from embserve.server.reloader import make_loader
+
+    config = load_config(config_path)
+    real = make_loader(config)
+    models: list[Recording] = []
+
+    def loader(prefix: str) -> Any:
+        models.append(Recording(real(prefix)))
+        return models[-1]
+
+    return TestClient(create_app(config, model_loader=loader)), models
+
+
 @contextlib.contextmanager
 def held_request(
     client: TestClient, model: Recording, payload: Any, *, expect: int = 200

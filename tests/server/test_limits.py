@@ -14,15 +14,14 @@ from starlette.testclient import TestClient
 
 from embserve.server.app import create_app
 from embserve.server.config import Limits, load_config
-from embserve.server.reloader import make_loader
 from embserve.server.rest import RequestError, RestCodec
 from tests.server._support import (
     MODEL,
-    Recording,
     amplification_body,
     feature_config,
     held_request,
     metric,
+    recording_client,
     write_config,
 )
 
@@ -173,7 +172,7 @@ FORTY = {"inputs": {"user": [1] * 10}}
 
 
 def _budget_client(tmp_path: Path, ckpt_dir: Path, budget: int) -> tuple[TestClient, list[Any]]:
-    config = load_config(
+    return recording_client(
         write_config(
             tmp_path / "budget.toml",
             ckpt_dir,
@@ -182,14 +181,6 @@ def _budget_client(tmp_path: Path, ckpt_dir: Path, budget: int) -> tuple[TestCli
             server="inline_max_output_floats = 0\nmax_concurrent_lookups = 4\n",
         )
     )
-    real = make_loader(config)
-    models: list[Recording] = []
-
-    def loader(prefix: str) -> Any:
-        models.append(Recording(real(prefix)))
-        return models[-1]
-
-    return TestClient(create_app(config, model_loader=loader)), models
 
 
 def _in_flight(client: TestClient) -> float:

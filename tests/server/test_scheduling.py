@@ -15,10 +15,13 @@ from starlette.testclient import TestClient
 
 from embserve.kernels import _jit
 from embserve.lookup import kernel_threads
-from embserve.server.app import create_app
-from embserve.server.config import load_config
-from embserve.server.reloader import make_loader
-from tests.server._support import HOLD_S, PREDICT, Recording, held_request, write_config
+from tests.server._support import (
+    HOLD_S,
+    PREDICT,
+    held_request,
+    recording_client,
+    write_config,
+)
 
 WAIT_S = HOLD_S
 
@@ -30,15 +33,7 @@ LARGE_OUTPUT = {"inputs": {"user": [1] * 4096, "hist": [[1]] * 4096, "tag": [[2]
 
 
 def _client(tmp_path: Path, ckpt_dir: Path, server: str = "") -> tuple[TestClient, list[Any]]:
-    config = load_config(write_config(tmp_path / "sched.toml", ckpt_dir, server=server))
-    real = make_loader(config)
-    models: list[Recording] = []
-
-    def loader(prefix: str) -> Any:
-        models.append(Recording(real(prefix)))
-        return models[-1]
-
-    return TestClient(create_app(config, model_loader=loader)), models
+    return recording_client(write_config(tmp_path / "sched.toml", ckpt_dir, server=server))
 
 
 def _event_loop_thread(client: TestClient) -> threading.Thread:
