@@ -33,7 +33,11 @@ from embserve.checkpoint.bundle import (
 )
 from embserve.checkpoint.dtypes import SUPPORTED, from_numpy
 from embserve.checkpoint.sstable import read_table
-from embserve.errors import CheckpointMismatchError, CheckpointNotFoundError
+from embserve.errors import (
+    CheckpointMismatchError,
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+)
 
 NUMERIC = [info for info in SUPPORTED.values() if info.dtype != DataType.STRING]
 SHAPES = hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5)
@@ -429,8 +433,9 @@ def test_misaligned_tensors_are_logged_once_and_reported(
         w.add("emb/t/.ATTRIBUTES/VARIABLE_VALUE", table)
         w.add("aligned", np.zeros(3, np.uint8))
         w.add("names", np.array([b"a", b"bc"], dtype=object))
+        # Stored last row range first: not one run in row order, so it is assembled.
         w.add_sliced(
-            "sliced", (4,), [(((0, 2),), np.ones(2, np.int8)), (((2, 2),), np.zeros(2, np.int8))]
+            "sliced", (4,), [(((2, 2),), np.zeros(2, np.int8)), (((0, 2),), np.ones(2, np.int8))]
         )
     reader = BundleReader(tmp_path / "c")
     info = reader.info("emb/t/.ATTRIBUTES/VARIABLE_VALUE")
@@ -458,3 +463,134 @@ def test_misaligned_tensors_are_logged_once_and_reported(
     assert "160 bytes" in message
     assert "offset 1" in message
     assert str(tmp_path / "c") in message
+
+
+# ---------------------------------------------------------------------------------------------
+# Sliced tensors stored as one run: served as views
+
+
+def _row_slices(full: npt.NDArray[Any], cuts: list[int], whole: bool) -> list[Any]:
+    """Full-width row slices of ``full`` at ``cuts``, in row order."""
+    bounds = [0, *cuts, full.shape[0]]
+    rest = [(0, None) if whole else (0, d) for d in full.shape[1:]]
+    return [
+        (((lo, hi - lo), *rest), full[lo:hi]) for lo, hi in itertools.pairwise(bounds) if hi > lo
+    ]
+
+
+@pytest.mark.parametrize("whole", [True, False], ids=["whole-extents", "explicit-extents"])
+@pytest.mark.parametrize("shape", [(12,), (12, 5), (12, 3, 2)])
+def test_row_slices_stored_back_to_back_are_a_view(
+    tmp_path: Path, shape: tuple[int, ...], whole: bool
+) -> None:
+    """A TPU chip's row slices (or a partitioned variable's), stored in row order one after the
+    other in one data file, are the tensor's bytes: get_tensor maps them instead of assembling
+    a new array (a multi-GB stacked SparseCore table restores without a copy)."""
+    full = np.arange(np.prod(shape), dtype=np.float32).reshape(shape) / 8
+    with BundleWriter(tmp_path / "c") as w:
+        w.add("before", np.int32(7))
+        w.add_sliced("t", shape, _row_slices(full, [3, 4, 9], whole))
+    reader = BundleReader(tmp_path / "c")
+    info = reader.info("t")
+    assert info.is_sliced
+    assert info.contiguous
+    assert info.zero_copy
+    assert info.copy_reason is None
+    assert (info.shard_id, info.offset, info.size) == (0, 4, full.nbytes)
+    first, second = reader.get_tensor("t"), reader.get_tensor("t")
+    assert np.shares_memory(first, second), "each call should view the same mapped bytes"
+    assert not first.flags.writeable
+    assert _same(first, full)
+    private = reader.get_tensor("t", copy=True)
+    assert private.flags.writeable
+    assert not np.shares_memory(private, first)
+    assert _same(private, full)
+
+
+def _write_sliced(prefix: Path, how: str, full: npt.NDArray[Any]) -> None:
+    slices = _row_slices(full, [2, 5], whole=True)
+    if how == "two shards":
+        with BundleWriter(prefix, num_shards=2) as w:
+            w.add_sliced("t", full.shape, slices, shard=[0, 1, 0])
+    elif how == "rows out of order":
+        with BundleWriter(prefix) as w:
+            w.add_sliced("t", full.shape, [slices[1], slices[0], slices[2]])
+    elif how == "column slices":
+        cols = [(((0, full.shape[0]), (0, 1)), full[:, :1]), (((0, 8), (1, 3)), full[:, 1:])]
+        with BundleWriter(prefix) as w:
+            w.add_sliced("t", full.shape, cols)
+    elif how == "gap between slices":
+        with BundleWriter(prefix, alignment=64) as w:  # 2 rows x 16 bytes, then padding
+            w.add_sliced("t", full.shape, slices)
+    else:
+        raise AssertionError(how)
+
+
+@pytest.mark.parametrize(
+    "how", ["two shards", "rows out of order", "column slices", "gap between slices"]
+)
+def test_other_sliced_layouts_are_assembled(tmp_path: Path, how: str) -> None:
+    """Anything but one back-to-back run of whole rows in one file is still assembled (and
+    reported as a copy), with the right values."""
+    full = np.arange(32, dtype=np.float32).reshape(8, 4)
+    _write_sliced(tmp_path / "c", how, full)
+    reader = BundleReader(tmp_path / "c")
+    info = reader.info("t")
+    assert info.is_sliced
+    assert not info.contiguous
+    assert "slices, assembled" in str(info.copy_reason)
+    first, second = reader.get_tensor("t"), reader.get_tensor("t")
+    assert not np.shares_memory(first, second)
+    assert _same(first, full)
+
+
+def _flip_byte(path: str, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x10]))
+
+
+@pytest.mark.parametrize("copy", [False, True], ids=["view", "copy"])
+@pytest.mark.parametrize("victim", [0, 1, 2])
+def test_a_view_of_slices_still_checks_every_slice(tmp_path: Path, victim: int, copy: bool) -> None:
+    """The stored checksums are the slices' own: a damaged byte in any one of them is caught
+    by get_tensor (as a view or as a copy) and by verify(), naming the file and offset."""
+    full = np.arange(48, dtype=np.float32).reshape(12, 4)
+    with BundleWriter(tmp_path / "c") as w:
+        w.add_sliced("t", full.shape, _row_slices(full, [4, 8], whole=True))
+    with BundleReader(tmp_path / "c") as reader:
+        assert reader.info("t").contiguous
+        at = reader.info("t").offset + victim * 64 + 5  # a byte inside slice `victim`
+        shard = reader.data_paths[0]
+    _flip_byte(shard, at)
+    reader = BundleReader(tmp_path / "c")
+    with pytest.raises(CorruptCheckpointError, match=rf"{shard}.*checksum mismatch"):
+        reader.get_tensor("t", copy=copy)
+    with pytest.raises(CorruptCheckpointError, match="checksum mismatch"):
+        BundleReader(tmp_path / "c").verify()
+    damaged = reader.get_tensor("t", copy=copy, verify=False)  # asked not to check: served
+    assert damaged.shape == full.shape
+    assert not _same(damaged, full)
+
+
+def test_misaligned_run_of_slices_is_copied_aligned(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run that starts at an offset the dtype cannot be viewed at is copied, like an
+    unsliced tensor there, and says why."""
+    full = np.arange(24, dtype=np.float32).reshape(6, 4)
+    with BundleWriter(tmp_path / "c") as w:
+        w.add("flag", np.bool_(True))
+        w.add_sliced("t", full.shape, _row_slices(full, [3], whole=True))
+    reader = BundleReader(tmp_path / "c")
+    info = reader.info("t")
+    assert info.contiguous
+    assert info.offset == 1
+    assert info.copy_reason == "offset 1 is not a multiple of float32's 4-byte alignment"
+    with caplog.at_level(logging.WARNING, logger="embserve"):
+        value = reader.get_tensor("t")
+    assert value.flags.aligned
+    assert _same(value, full)
+    assert "copied into this process's private memory" in caplog.text

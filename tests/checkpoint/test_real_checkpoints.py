@@ -111,17 +111,23 @@ def test_unaligned_tensor_is_copied_aligned() -> None:
 
 
 def test_sliced_tensors_assemble() -> None:
+    """TF1's partitioned variable is three row slices stored back to back in one file: a view
+    of the file. The sharded fixture's slices span files: assembled."""
     with BundleReader(FIXTURES / "partitioned" / "model.ckpt") as reader:
         info = reader.info("emb")
         assert info.is_sliced
         assert len(info.slices) == 3
-        np.testing.assert_array_equal(
-            reader.get_tensor("emb"), np.arange(40, dtype=np.float32).reshape(10, 4) / 4.0
-        )
+        assert info.contiguous
+        assert info.zero_copy
+        value = reader.get_tensor("emb")
+        np.testing.assert_array_equal(value, np.arange(40, dtype=np.float32).reshape(10, 4) / 4.0)
+        assert np.shares_memory(value, reader.get_tensor("emb"))
         assert not reader.has_tensor(OBJECT_GRAPH_KEY)
     with BundleReader(FIXTURES / "sharded" / "ckpt") as reader:
         assert reader.num_shards == 3
-        assert any(reader.info(k).is_sliced for k in reader)
+        sliced = [reader.info(k) for k in reader if reader.info(k).is_sliced]
+        assert sliced
+        assert not any(info.contiguous for info in sliced)
 
 
 @pytest.mark.parametrize(("name", "prefix"), CHECKPOINTS)

@@ -38,6 +38,7 @@ valid mapping and a reader never sees a half-written bundle.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import math
@@ -190,13 +191,20 @@ class TensorInfo:
         key: the tensor's name in the checkpoint.
         dtype: its element type.
         shape: its full shape.
-        shard_id: data shard holding the bytes (meaningless for a sliced tensor).
-        offset: byte offset in that shard (meaningless for a sliced tensor).
-        size: byte length of the encoded tensor (meaningless for a sliced tensor).
-        crc32c: the stored *masked* CRC-32C of those bytes.
+        shard_id: data shard holding the bytes (for a sliced tensor: meaningful only when
+            ``contiguous``).
+        offset: byte offset in that shard (likewise).
+        size: byte length of the encoded tensor (likewise).
+        crc32c: the stored *masked* CRC-32C of those bytes (meaningless for a sliced tensor:
+            each slice has its own).
         slices: for a tensor stored in pieces, the extents of each piece, one ``(start,
             length)`` pair per dimension with ``length`` ``None`` for "the whole dimension";
             empty for an ordinary tensor.
+        contiguous: a sliced numeric tensor whose slices are full-width row ranges stored back
+            to back, in row order, in one data shard (what a one-host TPU job or a
+            partitioned variable writes): its bytes are one row-major run, located by
+            ``shard_id`` / ``offset`` / ``size``, and :meth:`BundleReader.get_tensor` returns
+            a view of it like an ordinary tensor's. Set by :class:`BundleReader`.
     """
 
     key: str
@@ -207,6 +215,7 @@ class TensorInfo:
     size: int
     crc32c: int
     slices: tuple[tuple[Extent, ...], ...] = ()
+    contiguous: bool = False
 
     @property
     def dtype_name(self) -> str:
@@ -235,9 +244,10 @@ class TensorInfo:
 
         Reasons: an offset that is not a multiple of the dtype's alignment (TensorFlow does not
         align data: a float32 table stored after a bool or a string is copied), storage as
-        slices (assembled into a new array), or a string tensor (decoded into ``bytes``).
+        slices that are not one contiguous run (:attr:`contiguous`; assembled into a new
+        array), or a string tensor (decoded into ``bytes``).
         """
-        if self.slices:
+        if self.slices and not self.contiguous:
             return f"stored as {len(self.slices)} slices, assembled into one new array"
         if self.dtype == DataType.STRING:
             return "a string tensor, decoded into Python bytes objects"
@@ -388,12 +398,19 @@ class BundleReader:
             except UnicodeDecodeError:
                 raise corrupt(self.index_path, at, f"tensor name {key!r} is not UTF-8") from None
             entries[name_str] = self._parse_entry(name_str, value, at, sliced_ok=True)
-        self._entries = entries
         self._pieces: dict[str, list[_Piece]] = {
             info.key: self._check_slices(info, slice_entries)
             for info in entries.values()
             if info.slices
         }
+        for sliced, pieces in self._pieces.items():
+            run = _contiguous_run(entries[sliced], pieces)
+            if run is not None:
+                shard, offset, size = run
+                entries[sliced] = dataclasses.replace(
+                    entries[sliced], shard_id=shard, offset=offset, size=size, contiguous=True
+                )
+        self._entries = entries
         self._slice_entries = slice_entries
 
     # -- leases --------------------------------------------------------------------------------
@@ -808,7 +825,10 @@ class BundleReader:
         multiple of its element alignment (TensorFlow does not align data; such a tensor is
         copied once to an aligned, read-only array). bfloat16 tensors are ``uint16`` bit
         patterns (see :mod:`embserve.checkpoint.dtypes`), strings are ``object`` arrays of
-        ``bytes``, and sliced tensors are assembled into one new array.
+        ``bytes``. A sliced tensor whose slices are one contiguous run of rows in one data shard
+        (:attr:`TensorInfo.contiguous`: what a one-host TPU job writes, and partitioned
+        variables saved by one host) is a view like an ordinary tensor, its checksum verified
+        slice by slice; other sliced tensors are assembled into one new array.
 
         Args:
             key: the tensor name.
@@ -822,9 +842,22 @@ class BundleReader:
         """
         self._check_not_fenced()
         info = self.info(key)
+        if info.contiguous:
+            return self._read_run(info, copy=copy, verify=verify)
         if info.slices:
             return self._assemble(info, verify)
         return self._read(info, copy=copy, verify=verify)
+
+    def _read_run(self, info: TensorInfo, *, copy: bool, verify: bool) -> npt.NDArray[Any]:
+        """A contiguous sliced tensor: its run of bytes read as one tensor, checked per slice
+        (the stored checksums are the slices')."""
+        parts = [p.entry for p in self._pieces[info.key]]
+        if copy and info.num_elements:
+            return self._read_copy(info, verify=verify, parts=parts)
+        if verify:
+            for part in parts:
+                self._verify_numeric(part)
+        return self._read(info, copy=copy, verify=False)
 
     def _assemble(self, info: TensorInfo, verify: bool) -> npt.NDArray[Any]:
         dtype = SUPPORTED[info.dtype].numpy
@@ -874,12 +907,15 @@ class BundleReader:
             t.copy_reason,
         )
 
-    def _read_copy(self, t: TensorInfo, *, verify: bool) -> npt.NDArray[Any]:
+    def _read_copy(
+        self, t: TensorInfo, *, verify: bool, parts: Sequence[TensorInfo] | None = None
+    ) -> npt.NDArray[Any]:
         """A private copy read straight from the file into its array.
 
         Copying out of the memory map would hold both the mapped pages and the copy (a 4 GB
         table peaked at 7.8 GB of RSS that way); reading into the destination peaks at one
-        copy. The checksum, when asked for, is computed over the bytes actually kept.
+        copy. The checksum, when asked for, is computed over the bytes actually kept: those of
+        ``t``, or of each of ``parts`` (the slices a contiguous run is made of).
         """
         info = SUPPORTED[t.dtype]
         arr: npt.NDArray[Any] = np.empty(t.shape, dtype=info.numpy)
@@ -896,15 +932,18 @@ class BundleReader:
                     raise corrupt(path, t.offset + done, f"tensor {t.key!r}: file ends early")
                 done += got
         if verify:
-            crc = crc32c.value_of_buffer(view)
-            if crc32c.mask(crc) != t.crc32c:
-                raise corrupt(
-                    path,
-                    t.offset,
-                    f"tensor {t.key!r}: checksum mismatch over bytes [{t.offset}, "
-                    f"{t.offset + t.size}) (stored {t.crc32c:#010x}, computed "
-                    f"{crc32c.mask(crc):#010x})",
-                )
+            for part in parts if parts is not None else [t]:
+                start = part.offset - t.offset
+                kept = view[start : start + part.size]
+                crc = crc32c.value_of_buffer(kept)
+                if crc32c.mask(crc) != part.crc32c:
+                    raise corrupt(
+                        path,
+                        part.offset,
+                        f"tensor {part.key!r}: checksum mismatch over bytes [{part.offset}, "
+                        f"{part.offset + part.size}) (stored {part.crc32c:#010x}, computed "
+                        f"{crc32c.mask(crc):#010x})",
+                    )
             if t.dtype == DataType.BOOL and t.size and int(arr.view(np.uint8).max()) > 1:
                 raise corrupt(path, t.offset, f"tensor {t.key!r}: bool byte above 1")
         return arr
@@ -966,6 +1005,34 @@ class BundleReader:
                     counter.advance(t.size)
                 else:
                     self._verify_numeric(t, counter.advance)
+
+
+def _contiguous_run(full: TensorInfo, pieces: Sequence[_Piece]) -> tuple[int, int, int] | None:
+    """``(shard, offset, size)`` of a sliced tensor's bytes when they form one row-major run.
+
+    That is when every slice spans whole rows (all of every dimension but the first), and the
+    slices, in row order, lie back to back in one data shard with no gap: then the
+    concatenation of their bytes *is* the tensor. Slices without elements hold no bytes and
+    are passed over. ``None`` otherwise (or for strings and tensors without elements).
+    """
+    if not full.shape or not SUPPORTED[full.dtype].itemsize or not full.num_elements:
+        return None
+    whole = tuple(slice(0, d) for d in full.shape[1:])
+    filled = [p for p in pieces if p.entry.num_elements]
+    if any(p.region[1:] != whole for p in filled):
+        return None
+    filled.sort(key=lambda p: p.region[0].start)
+    first = filled[0].entry
+    row = 0
+    end = first.offset
+    for p in filled:
+        if p.region[0].start != row or p.entry.shard_id != first.shard_id or p.entry.offset != end:
+            return None
+        row = p.region[0].stop
+        end += p.entry.size
+    if row != full.shape[0]:
+        return None
+    return first.shard_id, first.offset, end - first.offset
 
 
 def _find_overlap(boxes: Sequence[Sequence[tuple[int, int]]]) -> tuple[int, int] | None:
