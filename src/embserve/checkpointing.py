@@ -20,12 +20,38 @@ the checkpoint format (:mod:`embserve.checkpoint`). It reproduces what TensorFlo
 
 Restored tables are read-only memory-mapped views of the data files: restoring a 40 GB table
 opens files and checks metadata; it does not read or copy the table.
+
+**SparseCore checkpoints** (``TPUEmbeddingV2``, SPARSECORE_FORMAT.md) are recognised by the
+embedding object's child ``_sparse_core_table_layouts`` holding a non-empty string (an empty one
+means a plain checkpoint, as in TensorFlow). Its ``SparseCoreTableLayouts`` proto is decoded and
+checked (:mod:`embserve.checkpoint.sparsecore`), and each config table that a layout names is
+restored from its stack ``P/<stack>`` (slots from ``P/<stack>/<slot>``) as a
+:class:`~embserve.tables.StackedTable`: a view of the mapped stack that lookups address through
+the layout, so no table is unstacked into new memory (``copy=True`` gives plain private
+arrays instead). Where TensorFlow 2.21 is lax, embserve refuses, naming the table and key
+(SPARSECORE_FORMAT.md §7, §10):
+
+* a config table whose vocabulary size or dim differs from its layout:
+  ``CheckpointMismatchError`` (TensorFlow silently serves the checkpoint's shape);
+* a damaged or inconsistent layouts proto, or a stack whose shape disagrees with its layouts:
+  ``CorruptCheckpointError``; a missing or non-float32 stack: ``CheckpointMismatchError``;
+* a config table that no layout names restores from its own key ``P/<table>`` (a *mixed*
+  checkpoint, as TensorFlow does), else ``CheckpointMismatchError``;
+* a checkpoint holding more tables than the config asks for serves the asked-for subset, as for
+  plain checkpoints (TensorFlow raises ``KeyError``);
+* restoring after ``build()`` works (TensorFlow silently keeps the initial values, or fails);
+* a ForServing object that restored a SparseCore checkpoint and was saved again by TensorFlow
+  (the stack keys hold scalars, the tables are under ``P/_variables/<table>/parameters``)
+  restores from those per-table keys (TensorFlow 2.21 fails with ``IndexError``).
+
+Writing such an object back (:func:`write_checkpoint`) writes plain per-table keys, which
+TensorFlow's ``TPUEmbeddingForServing`` restores (and a TPU job's checkpoint adapter reshards).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 
@@ -36,11 +62,21 @@ from embserve.checkpoint import (
     DataType,
     ObjectGraph,
     ObjectGraphBuilder,
+    attribute_key,
 )
 from embserve.checkpoint._mapping import collapse_huge_pages as _collapse
 from embserve.checkpoint.bundle import ProgressCallback, ProgressCounter
-from embserve.embedding import TPUEmbeddingForServing
-from embserve.errors import CheckpointMismatchError
+from embserve.checkpoint.sparsecore import (
+    LAYOUTS_ATTRIBUTE,
+    SparseCoreLayouts,
+    TableLayout,
+    check_stack_entry,
+    parse_layouts,
+    slot_edge,
+)
+from embserve.embedding import TPUEmbeddingForServing, _initial_value
+from embserve.errors import CheckpointMismatchError, CorruptCheckpointError
+from embserve.tables import StackedTable
 
 __all__ = [
     "SAVE_COUNTER",
@@ -49,6 +85,7 @@ __all__ = [
     "RestoreResult",
     "collapse_huge_pages",
     "find_embedding_tables",
+    "read_sparsecore_layouts",
     "restore_embedding",
     "restore_objects",
     "write_checkpoint",
@@ -66,8 +103,15 @@ VERIFY_ON_RESTORE_MAX_BYTES = 64 << 20
 _EMBEDDING_MARKERS = ("_table_config", "_variables", "_output_shapes")
 
 #: ``progress(done_bytes, total_bytes)``, reported as :class:`ProgressCounter` does: ``(0,
-#: total)`` first, then after each table or slot, ``(total, total)`` last.
+#: total)`` first, then after each tensor read (a table, a slot, or a SparseCore stack shared
+#: by several tables, counted once), ``(total, total)`` last.
 Progress = ProgressCallback
+
+_VALUE = "VARIABLE_VALUE"
+
+#: What a restored table or slot is: a plain array (a view of the checkpoint, or private with
+#: ``copy=True``), or a table served in place from a SparseCore stack.
+Table = np.ndarray | StackedTable
 
 
 class FoundTable(NamedTuple):
@@ -76,10 +120,16 @@ class FoundTable(NamedTuple):
     Attributes:
         object_path: edge names from the root to the embedding object, e.g. ``("embedding",)``.
         table: the table name.
-        key: the bundle key of the table.
-        shape: its shape ``(vocabulary_size, dim)``.
+        key: the bundle key holding the table: its own variable, or for a table of a SparseCore
+            checkpoint the key of the stack it lies in (``layout`` says where).
+        shape: its logical shape ``(vocabulary_size, dim)``.
         dtype: TensorFlow's dtype name (``"float32"``).
-        slots: slot name → bundle key.
+        slots: slot name → bundle key (for a stacked table, the keys of its stack's slots).
+        layout: for a table stored in a SparseCore stack, its layout: stack name
+            (``layout.stack``), N, chips, SparseCores per chip, T, row offset, rotation, padded
+            shape and the stack's shape ``layout.stack_shape``
+            (:class:`~embserve.checkpoint.sparsecore.TableLayout`); ``None`` for a table
+            stored as its own variable.
     """
 
     object_path: tuple[str, ...]
@@ -88,6 +138,7 @@ class FoundTable(NamedTuple):
     shape: tuple[int, ...]
     dtype: str
     slots: dict[str, str]
+    layout: TableLayout | None = None
 
 
 def _load_graph(reader: BundleReader) -> ObjectGraph:
@@ -101,6 +152,130 @@ def _load_graph(reader: BundleReader) -> ObjectGraph:
     return graph
 
 
+def _value_key(graph: ObjectGraph, path: Sequence[str]) -> str | None:
+    """The ``VARIABLE_VALUE`` key of the object at ``path``, or ``None`` (no such object, or it
+    saves no value)."""
+    node = graph.find(path)
+    if node is None:
+        return None
+    attribute = graph.attributes(node).get(_VALUE)
+    return None if attribute is None else attribute.checkpoint_key
+
+
+def read_sparsecore_layouts(
+    reader: BundleReader, graph: ObjectGraph, object_path: Sequence[str]
+) -> SparseCoreLayouts | None:
+    """The SparseCore table layouts of the embedding object at ``object_path``, or ``None``.
+
+    An object is a SparseCore (``TPUEmbeddingV2``) embedding when its child
+    ``_sparse_core_table_layouts`` holds a non-empty string: a serialized
+    ``SparseCoreTableLayouts``, decoded and checked against SPARSECORE_FORMAT.md §10.3. No such
+    child, or an empty string (what a plain ``TPUEmbedding`` writes before TensorFlow's ``build``
+    deletes it), means a plain per-table checkpoint.
+
+    Raises:
+        CheckpointMismatchError: the object graph names a layouts key the bundle lacks.
+        CorruptCheckpointError: the value is not a string scalar, or the proto is damaged or
+            breaks a rule (naming the key and the table).
+    """
+    key = _value_key(graph, [*object_path, LAYOUTS_ATTRIBUTE])
+    if key is None:
+        return None
+    if not reader.has_tensor(key):
+        raise CheckpointMismatchError(
+            f"checkpoint {reader.prefix!r}: the object graph names key {key!r} for the SparseCore "
+            "table layouts, but the bundle has no such tensor"
+        )
+    info = reader.info(key)
+    if info.dtype != DataType.STRING or info.shape != ():
+        raise CorruptCheckpointError(
+            f"checkpoint {reader.prefix!r}: the SparseCore table layouts {key!r} are "
+            f"{info.dtype_name} {list(info.shape)}, not a string scalar"
+        )
+    data = reader.get_tensor(key)[()]
+    assert isinstance(data, bytes)  # a string scalar's element
+    if not data:
+        return None
+    return parse_layouts(data, key, reader.prefix)
+
+
+def _is_resaved(
+    reader: BundleReader, graph: ObjectGraph, path: Sequence[str], stack: str, table: str
+) -> str | None:
+    """The per-table key of ``table`` when the object is a TensorFlow ForServing object that
+    restored a SparseCore checkpoint and was saved again (its stack key holds a scalar, the
+    table is under ``_variables/<table>/parameters``, SPARSECORE_FORMAT.md §5.3), else None."""
+    stack_key = _value_key(graph, [*path, stack])
+    if stack_key is None or not reader.has_tensor(stack_key) or reader.info(stack_key).shape:
+        return None
+    key = _value_key(graph, [*path, "_variables", table, "parameters"])
+    return key if key is not None and reader.has_tensor(key) else None
+
+
+def _found_sparsecore(
+    reader: BundleReader,
+    graph: ObjectGraph,
+    path: tuple[str, ...],
+    layouts: SparseCoreLayouts,
+    children: Mapping[str, int],
+) -> list[FoundTable]:
+    """The tables of a SparseCore object: every layout whose stack is stored, then the plain
+    per-table variables beside the stacks (a mixed checkpoint)."""
+    found: list[FoundTable] = []
+    for layout in layouts.tables.values():
+        resaved = _is_resaved(reader, graph, path, layout.stack, layout.table)
+        if resaved is not None:
+            info = reader.info(resaved)
+            found.append(FoundTable(path, layout.table, resaved, info.shape, info.dtype_name, {}))
+            continue
+        key = _value_key(graph, [*path, layout.stack])
+        if key is None or not reader.has_tensor(key):
+            continue
+        prefix = slot_edge(layout.stack, "")
+        slots = {
+            name[len(prefix) :]: slot_key
+            for name in children
+            if name.startswith(prefix)
+            and (slot_key := _value_key(graph, [*path, name])) is not None
+        }
+        dtype = reader.info(key).dtype_name
+        found.append(FoundTable(path, layout.table, key, layout.shape, dtype, slots, layout))
+    stacks = set(layouts.stacks)
+    plain = {
+        name: child
+        for name, child in children.items()
+        if name not in stacks and not any(name.startswith(slot_edge(s, "")) for s in stacks)
+    }
+    found += _found_plain(reader, graph, path, plain)
+    return found
+
+
+def _found_plain(
+    reader: BundleReader, graph: ObjectGraph, path: tuple[str, ...], children: Mapping[str, int]
+) -> list[FoundTable]:
+    """Plain per-table variables among ``children``: values whose name has no ``/`` and does
+    not start with ``_``; ``"<table>/<slot>"`` children are their slots."""
+    found: list[FoundTable] = []
+    for name, child in children.items():
+        if "/" in name or name.startswith("_"):
+            continue
+        attrs = graph.attributes(child)
+        if _VALUE not in attrs:
+            continue
+        key = attrs[_VALUE].checkpoint_key
+        if not reader.has_tensor(key):
+            continue
+        info = reader.info(key)
+        slots = {}
+        for other, other_child in children.items():
+            if other.startswith(name + "/"):
+                slot_attrs = graph.attributes(other_child)
+                if _VALUE in slot_attrs:
+                    slots[other[len(name) + 1 :]] = slot_attrs[_VALUE].checkpoint_key
+        found.append(FoundTable(path, name, key, info.shape, info.dtype_name, slots))
+    return found
+
+
 def find_embedding_tables(
     reader: BundleReader, graph: ObjectGraph | None = None
 ) -> list[FoundTable]:
@@ -110,33 +285,30 @@ def find_embedding_tables(
     (``_table_config``, ``_variables``, ``_output_shapes``); its tables are the children
     holding a value whose name has no ``/``, and ``"<table>/<slot>"`` children are that
     table's slots.
+
+    A SparseCore (``TPUEmbeddingV2``) embedding is a node whose ``_sparse_core_table_layouts``
+    child holds a non-empty layouts proto: its tables are the logical tables the layouts name
+    (those whose stack is stored), each with ``key`` = its stack's key and ``layout`` set, plus
+    any plain per-table variable beside the stacks.
+
+    Raises:
+        CorruptCheckpointError: a SparseCore object's layouts are damaged (naming the key).
     """
     graph = graph or _load_graph(reader)
     found: list[FoundTable] = []
     for node in range(len(graph.proto.nodes)):
         children = graph.children(node)
-        if not all(m in children for m in _EMBEDDING_MARKERS):
+        is_plain = all(m in children for m in _EMBEDDING_MARKERS)
+        if not is_plain and LAYOUTS_ATTRIBUTE not in children:
             continue
         path = graph.path_of(node)
         if path is None:
             continue
-        for name, child in children.items():
-            if "/" in name or name.startswith("_"):
-                continue
-            attrs = graph.attributes(child)
-            if "VARIABLE_VALUE" not in attrs:
-                continue
-            key = attrs["VARIABLE_VALUE"].checkpoint_key
-            if not reader.has_tensor(key):
-                continue
-            info = reader.info(key)
-            slots = {}
-            for other, other_child in children.items():
-                if other.startswith(name + "/"):
-                    slot_attrs = graph.attributes(other_child)
-                    if "VARIABLE_VALUE" in slot_attrs:
-                        slots[other[len(name) + 1 :]] = slot_attrs["VARIABLE_VALUE"].checkpoint_key
-            found.append(FoundTable(tuple(path), name, key, info.shape, info.dtype_name, slots))
+        layouts = read_sparsecore_layouts(reader, graph, path)
+        if layouts is not None:
+            found += _found_sparsecore(reader, graph, tuple(path), layouts, children)
+        elif is_plain:
+            found += _found_plain(reader, graph, tuple(path), children)
     return found
 
 
@@ -146,19 +318,149 @@ class RestoreResult(NamedTuple):
     keys: frozenset[str]
 
 
-def _variable_key(graph: ObjectGraph, path: Sequence[str], what: str, prefix: str) -> str:
-    node = graph.find(path)
-    attrs = graph.attributes(node) if node is not None else {}
-    if "VARIABLE_VALUE" not in attrs:
+def _variable_key(
+    graph: ObjectGraph, path: Sequence[str], what: str, prefix: str, hint: str = ""
+) -> str:
+    key = _value_key(graph, path)
+    if key is None:
         raise CheckpointMismatchError(
             f"checkpoint {prefix!r} has no {what} at object path {'/'.join(path)!r} "
             f"(expected key {'/'.join(path)}/.ATTRIBUTES/VARIABLE_VALUE, with '/' in names "
-            "escaped as '.S')"
+            f"escaped as '.S'){hint}"
         )
-    return attrs["VARIABLE_VALUE"].checkpoint_key
+    return key
 
 
-_Plan = list[tuple[Any, str, str]]  # (table name, "parameters" or slot name, bundle key)
+class _Source(NamedTuple):
+    """One value to restore: a table's parameters or slot, and where it comes from."""
+
+    config: Any  # the TableConfig
+    slot: str  # "parameters" or the slot's name
+    key: str | None  # the bundle key read; None: the slot's initial value (re-saved checkpoints)
+    layout: TableLayout | None = None  # set when ``key`` is a SparseCore stack
+
+
+class _Plan(NamedTuple):
+    """What one object's restore reads: its sources, and every key it consumes."""
+
+    sources: list[_Source]
+    keys: frozenset[str]
+
+
+def _check_plain(
+    reader: BundleReader, key: str, what: str, shape: tuple[int, int], table: Any
+) -> None:
+    """A per-table variable's entry: present, float32, of the TableConfig's shape."""
+    if not reader.has_tensor(key):
+        raise CheckpointMismatchError(
+            f"checkpoint {reader.prefix!r}: the object graph names key {key!r} for {what}, but "
+            "the bundle has no such tensor"
+        )
+    info = reader.info(key)
+    if info.dtype != DataType.FLOAT or info.shape != shape:
+        raise CheckpointMismatchError(
+            f"checkpoint {reader.prefix!r}: {what} is stored under {key!r} as "
+            f"{info.dtype_name} {list(info.shape)}, but the TableConfig wants float32 "
+            f"{list(shape)} (vocabulary_size={table.vocabulary_size}, dim={table.dim})"
+        )
+
+
+def _plan_plain(
+    reader: BundleReader,
+    graph: ObjectGraph,
+    path: Sequence[str],
+    table: Any,
+    slots: Sequence[str],
+    hint: str = "",
+) -> list[_Source]:
+    """A table stored as its own variable ``P/<table>``, slots as ``P/<table>/<slot>``."""
+    name = str(table.name)
+    shape = (table.vocabulary_size, table.dim)
+    entries = [("parameters", [*path, name], f"table {name!r}")]
+    entries += [
+        (slot, [*path, f"{name}/{slot}"], f"slot {slot!r} of table {name!r}") for slot in slots
+    ]
+    sources = []
+    for slot, node_path, what in entries:
+        key = _variable_key(graph, node_path, what, reader.prefix, hint)
+        _check_plain(reader, key, what, shape, table)
+        sources.append(_Source(table, slot, key))
+    return sources
+
+
+def _plan_resaved(
+    reader: BundleReader,
+    graph: ObjectGraph,
+    path: Sequence[str],
+    table: Any,
+    key: str,
+    slots: Sequence[str],
+) -> list[_Source]:
+    """A table of a re-saved ForServing checkpoint: ``P/_variables/<table>/parameters``.
+
+    TensorFlow's serving object creates no slot variables for the tables it restored from
+    stacks, so such a checkpoint never holds slots: a slot stored under
+    ``P/_variables/<table>/<slot>`` is restored, any other gets its initial value, as
+    ``build()`` would give it.
+    """
+    name = str(table.name)
+    shape = (table.vocabulary_size, table.dim)
+    _check_plain(reader, key, f"table {name!r}", shape, table)
+    sources = [_Source(table, "parameters", key)]
+    for slot in slots:
+        slot_key = _value_key(graph, [*path, "_variables", name, slot])
+        if slot_key is not None:
+            _check_plain(reader, slot_key, f"slot {slot!r} of table {name!r}", shape, table)
+        sources.append(_Source(table, slot, slot_key))
+    return sources
+
+
+def _plan_stacked(
+    reader: BundleReader,
+    graph: ObjectGraph,
+    path: Sequence[str],
+    table: Any,
+    layouts: SparseCoreLayouts,
+    slots: Sequence[str],
+) -> list[_Source]:
+    """A table the SparseCore layouts place in a stack: check the config against the layout
+    and the stack (and its slot stacks) against the layouts."""
+    name = str(table.name)
+    layout = layouts.tables[name]
+    stack = layouts.stacks[layout.stack]
+    key = _value_key(graph, [*path, stack.name])
+    shown = key or attribute_key([*path, stack.name])
+    if (table.vocabulary_size, table.dim) != layout.shape:
+        raise CheckpointMismatchError(
+            f"checkpoint {reader.prefix!r}: table {name!r} is {layout.rows} x {layout.dim} in "
+            f"the SparseCore layouts {layouts.key!r} (stored in stack {stack.name!r}, key "
+            f"{shown!r}), but the TableConfig wants {table.vocabulary_size} x {table.dim} "
+            f"(vocabulary_size={table.vocabulary_size}, dim={table.dim})"
+        )
+    resaved = _is_resaved(reader, graph, path, stack.name, name)
+    if resaved is not None:
+        return _plan_resaved(reader, graph, path, table, resaved, slots)
+    info = reader.info(key) if key is not None and reader.has_tensor(key) else None
+    check_stack_entry(stack, info, shown, reader.prefix)
+    assert key is not None  # check_stack_entry raised otherwise
+    sources = [_Source(table, "parameters", key, layout)]
+    for slot in slots:
+        edge = slot_edge(stack.name, slot)
+        slot_key = _value_key(graph, [*path, edge])
+        slot_shown = slot_key or attribute_key([*path, edge])
+        slot_info = (
+            reader.info(slot_key) if slot_key is not None and reader.has_tensor(slot_key) else None
+        )
+        check_stack_entry(
+            stack,
+            slot_info,
+            slot_shown,
+            reader.prefix,
+            what=f"optimizer slot {slot!r} (of table {name!r}) of the stacked variable",
+        )
+        assert slot_key is not None
+        sources.append(_Source(table, slot, slot_key, layout))
+    return sources
 
 
 def _plan_restore(
@@ -174,31 +476,25 @@ def _plan_restore(
             f"checkpoint {reader.prefix!r} has no object {'/'.join(path)!r}; objects at its "
             f"root: {sorted(graph.children(0))}"
         )
-    plan: _Plan = []
+    layouts = read_sparsecore_layouts(reader, graph, path)
+    consumed: set[str] = set()
+    if layouts is not None:
+        consumed.add(layouts.key)
+    hint = ""
+    if layouts is not None:
+        hint = (
+            f"; no SparseCore layout in {layouts.key!r} names it either (they name "
+            f"{sorted(layouts.tables)})"
+        )
+    sources: list[_Source] = []
     for table in embedding._table_configs:
-        name = str(table.name)
-        shape = (table.vocabulary_size, table.dim)
-        entries = [("parameters", [*path, name], f"table {name!r}")]
-        entries += [
-            (slot, [*path, f"{name}/{slot}"], f"slot {slot!r} of table {name!r}")
-            for slot in embedding._table_slot_names(table)
-        ]
-        for slot, node_path, what in entries:
-            key = _variable_key(graph, node_path, what, reader.prefix)
-            if not reader.has_tensor(key):
-                raise CheckpointMismatchError(
-                    f"checkpoint {reader.prefix!r}: the object graph names key {key!r} for "
-                    f"{what}, but the bundle has no such tensor"
-                )
-            info = reader.info(key)
-            if info.dtype != DataType.FLOAT or info.shape != shape:
-                raise CheckpointMismatchError(
-                    f"checkpoint {reader.prefix!r}: {what} is stored under {key!r} as "
-                    f"{info.dtype_name} {list(info.shape)}, but the TableConfig wants float32 "
-                    f"{list(shape)} (vocabulary_size={table.vocabulary_size}, dim={table.dim})"
-                )
-            plan.append((table.name, slot, key))
-    return plan
+        slots = embedding._table_slot_names(table)
+        if layouts is not None and str(table.name) in layouts.tables:
+            sources += _plan_stacked(reader, graph, path, table, layouts, slots)
+        else:
+            sources += _plan_plain(reader, graph, path, table, slots, hint)
+    consumed.update(s.key for s in sources if s.key is not None)
+    return _Plan(sources, frozenset(consumed))
 
 
 def restore_objects(
@@ -231,16 +527,22 @@ def restore_objects(
         verify: check every table's checksum (by default only tables up to
             :data:`VERIFY_ON_RESTORE_MAX_BYTES` are checked).
         progress: ``progress(done_bytes, total_bytes)``: ``(0, total)`` first, then after
-            each table or slot, the total covering every object; ``(total, total)`` last,
-            before any object is installed (it may raise to abandon the restore).
+            each tensor read (a table or slot, or a SparseCore stack once however many tables
+            it holds), the total covering every object; ``(total, total)`` last, before any
+            object is installed (it may raise to abandon the restore).
 
     Returns:
-        The bundle keys restored (for ``assert_consumed``-style bookkeeping).
+        The bundle keys restored (for ``assert_consumed``-style bookkeeping): tables, slots,
+        and for SparseCore objects the stacks read and the layouts key.
 
     Raises:
         CheckpointMismatchError: an object, a table or a slot is missing, or a stored shape /
-            dtype differs from its TableConfig.
-        CorruptCheckpointError: a checksum does not match.
+            dtype differs from its TableConfig; for a SparseCore object also a table whose
+            layout's shape differs from its TableConfig, or a stack (or slot stack) that is
+            missing or not float32. The message names the table and the key.
+        CorruptCheckpointError: a checksum does not match, or a SparseCore object's layouts
+            are damaged or break a rule, or a stack's shape disagrees with them (naming the
+            table or stack and the key).
     """
     return _restore(
         reader,
@@ -250,6 +552,34 @@ def restore_objects(
         verify=verify,
         progress=progress,
     )
+
+
+def _stacked_table(stack: np.ndarray, layout: TableLayout, copy: bool) -> Table:
+    """One logical table (or slot) of a stack: served in place, or unstacked when copying."""
+    table = StackedTable(
+        stack,
+        rows=layout.rows,
+        dim=layout.dim,
+        num_shards=layout.num_sparse_cores,
+        shard_rows=layout.shard_rows,
+        row_offset=layout.row_offset,
+        rotation=layout.rotation,
+        name=layout.table,
+    )
+    return table.unstack() if copy else table
+
+
+def _initial_slot(config: Any, slot: str, restored: Mapping[str, Table]) -> np.ndarray:
+    """A slot's initial value, as ``build()`` creates it (its table restored already)."""
+    optimizer = config.optimizer
+    names = optimizer._slot_names()
+    inits = optimizer._slot_initializers()
+    if optimizer.slot_variable_creation_fn is not None:
+        created = optimizer.slot_variable_creation_fn(restored["parameters"], names, inits)
+        return np.asarray(created[slot])
+    shape = (config.vocabulary_size, config.dim)
+    init = inits[names.index(slot)]
+    return _initial_value(init, shape, f"slot {config.name}/{slot}")
 
 
 def _restore(
@@ -264,23 +594,49 @@ def _restore(
     """:func:`restore_objects` over ``(object path, object)`` pairs."""
     graph = graph or _load_graph(reader)
     plans = [(obj, _plan_restore(reader, graph, path, obj)) for path, obj in objects]
-    total = sum(reader.info(key).num_elements * 4 for _, plan in plans for _, _, key in plan)
-    staged: list[tuple[TPUEmbeddingForServing, dict[Any, dict[str, np.ndarray]]]] = []
+
+    def nbytes(key: str) -> int:
+        return reader.info(key).num_elements * 4
+
+    # A stack is read once, however many tables and objects it serves; a per-table variable
+    # once per table (each object gets its own private copy when copying).
+    stacks: set[str] = set()
+    total = 0
+    for _, plan in plans:
+        for s in plan.sources:
+            if s.key is not None and s.layout is None:
+                total += nbytes(s.key)
+            elif s.key is not None and s.key not in stacks:
+                stacks.add(s.key)
+                total += nbytes(s.key)
+    read: dict[str, np.ndarray] = {}
+    staged: list[tuple[TPUEmbeddingForServing, dict[Any, dict[str, Table]]]] = []
     # The final report (which may raise to cancel) comes before anything is installed.
     with ProgressCounter(progress, total) as counter:
         for obj, plan in plans:
-            variables: dict[Any, dict[str, np.ndarray]] = {}
-            for table_name, slot, key in plan:
-                nbytes = reader.info(key).num_elements * 4
-                check = verify or nbytes <= VERIFY_ON_RESTORE_MAX_BYTES
-                variables.setdefault(table_name, {})[slot] = reader.get_tensor(
-                    key, copy=copy, verify=check
-                )
-                counter.advance(nbytes)
+            variables: dict[Any, dict[str, Table]] = {}
+            for source in plan.sources:
+                slots = variables.setdefault(source.config.name, {})
+                if source.key is None:
+                    slots[source.slot] = _initial_slot(source.config, source.slot, slots)
+                    continue
+                size = nbytes(source.key)
+                check = verify or size <= VERIFY_ON_RESTORE_MAX_BYTES
+                if source.layout is None:
+                    slots[source.slot] = reader.get_tensor(source.key, copy=copy, verify=check)
+                    counter.advance(size)
+                    continue
+                stack = read.get(source.key)
+                if stack is None:
+                    # Mapped, never copied whole: copy=True copies each table out of it.
+                    stack = read[source.key] = reader.get_tensor(source.key, verify=check)
+                    counter.advance(size)
+                slots[source.slot] = _stacked_table(stack, source.layout, copy)
             staged.append((obj, variables))
     for obj, variables in staged:  # nothing below can fail: install every object
-        obj._set_variables(variables)
-    return frozenset(key for _, plan in plans for _, _, key in plan)
+        # The serving object takes plain arrays and StackedTables alike (embedding.py).
+        obj._set_variables(cast("dict[Any, dict[str, np.ndarray]]", variables))
+    return frozenset(key for _, plan in plans for key in plan.keys)
 
 
 def restore_embedding(
@@ -304,10 +660,11 @@ def restore_embedding(
         embedding: the serving object; built or not (restoring does not run initializers).
         graph, copy, verify, progress: as in :func:`restore_objects`.
 
+    ``object_path`` may lead anywhere, e.g. to a SparseCore embedding inside a Keras model
+    (``["model", "_functional", "_operations", "1", "_tpu_embedding"]``).
+
     Raises:
-        CheckpointMismatchError: the embedding object, a table or a slot is missing, or a stored
-            shape / dtype differs from the TableConfig.
-        CorruptCheckpointError: a checksum does not match.
+        CheckpointMismatchError, CorruptCheckpointError: as in :func:`restore_objects`.
     """
     keys = _restore(
         reader,
@@ -325,7 +682,7 @@ class _Node:
 
     __slots__ = ("children", "full_name", "id", "value")
 
-    def __init__(self, full_name: str | None = None, value: np.ndarray | None = None) -> None:
+    def __init__(self, full_name: str | None = None, value: Table | None = None) -> None:
         self.children: list[tuple[str, _Node]] = []
         self.full_name = full_name
         self.value = value
@@ -408,6 +765,11 @@ def write_checkpoint(
     names and are renamed into place, so a reader never sees a partial checkpoint and arrays
     mapped from an older checkpoint of the same prefix stay valid.
 
+    Tables always go out as plain per-table variables, also those served from a SparseCore
+    stack (each unstacked in turn, ``np.asarray``, while it is written): TensorFlow's
+    ``TPUEmbeddingForServing`` restores such a checkpoint, and a TPU job's checkpoint adapter
+    reshards it into its stacks.
+
     Args:
         prefix: where to write.
         objects: attribute name under the root → serving object.
@@ -465,7 +827,12 @@ def collapse_huge_pages(embedding: TPUEmbeddingForServing) -> int:
     checkpoint the same way benefits. It copies the memory (about 3.5 s per GiB here): call it
     after a restore and before serving, or off the request path (``embserve serve`` does with
     ``huge_pages = true`` under ``[server]``). Returns 0 where the platform or filesystem
-    refuses; lookups are correct either way.
+    refuses; lookups are correct either way. A table served from a SparseCore stack collapses
+    its whole stack (once, however many of the tables share it).
     """
     # The tables it holds now: an object not yet restored or built has none (and is not built).
-    return sum(_collapse(table) for table in embedding._tables.values())
+    arrays: dict[int, np.ndarray] = {}
+    for table in embedding._tables.values():
+        array = table.stack if isinstance(table, StackedTable) else table
+        arrays.setdefault(id(array), array)
+    return sum(_collapse(array) for array in arrays.values())

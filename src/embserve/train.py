@@ -11,6 +11,12 @@ the training job used (``tf.train.Checkpoint(model=model, embedding=embedding)``
 checkpoints and updates the ``checkpoint`` state file; ``write`` writes exactly the prefix given.
 ``load_checkpoint``, ``list_variables`` and ``latest_checkpoint`` read any TensorFlow checkpoint by
 name, as their ``tf.train`` namesakes do.
+
+Checkpoints written by SparseCore training (``TPUEmbeddingV2``, TPU v5p / v6e and later: stacked,
+padded tables described by a ``_sparse_core_table_layouts`` proto) restore into the same
+``TPUEmbeddingForServing`` with the same call; each table is served in place from its stack
+(:mod:`embserve.checkpointing` lists what is checked). ``load_checkpoint`` and ``list_variables``
+show such checkpoints' keys as stored: the stacks, not the logical tables.
 """
 
 from __future__ import annotations
@@ -98,6 +104,13 @@ class CheckpointLoadStatus:
     Unlike TensorFlow, embserve's restore is never deferred and never partial for the objects it
     tracks: a missing table or slot already raised. The assertions report the other direction:
     values in the checkpoint that nothing here consumed.
+
+    After a SparseCore checkpoint is restored, the stacks (and slot stacks) that served a table
+    and the layouts key count as consumed, so ``assert_consumed`` passes when every stored
+    table was asked for. TensorFlow 2.21's ``assert_consumed`` and
+    ``assert_existing_objects_matched`` fail after every correct SparseCore restore (its
+    per-table variables have no path in the checkpoint); embserve reports what happened
+    instead of mirroring that.
     """
 
     def __init__(self, prefix: str | None, consumed: frozenset[str], available: frozenset[str]):
@@ -180,21 +193,27 @@ class Checkpoint:
     ) -> CheckpointLoadStatus:
         """Restore the tracked objects from ``save_path`` (a prefix or a directory).
 
-        All or nothing: every object's tables are checked and read before any object is
-        given them (:func:`embserve.checkpointing.restore_objects`), so a mismatch or a damaged
-        table leaves every object as it was.
+        Plain (per-table) and SparseCore (stacked) checkpoints alike; before or after the
+        objects are built. All or nothing: every object's tables are checked and read before
+        any object is given them (:func:`embserve.checkpointing.restore_objects`), so a
+        mismatch or a damaged table leaves every object as it was.
 
         Args:
             save_path: checkpoint prefix, or a directory (→ its latest checkpoint). ``None``
                 restores nothing, as in TensorFlow.
-            copy: load tables into private memory instead of memory-mapping the data files.
-            verify: verify every table's checksum now (tables up to 64 MiB always are).
+            copy: load tables into private memory instead of memory-mapping the data files
+                (tables of a SparseCore stack become plain arrays of their own).
+            verify: verify every table's checksum now (tables and stacks up to 64 MiB always
+                are).
             progress: ``progress(done_bytes, total_bytes)`` while verifying or copying.
 
         Raises:
             CheckpointNotFoundError: no checkpoint there.
-            CheckpointMismatchError: a tracked object, table or slot is missing or differs.
-            CorruptCheckpointError: the files are damaged.
+            CheckpointMismatchError: a tracked object, table or slot is missing or differs (for
+                a SparseCore checkpoint also: a table's shape differs from its layout, or a
+                stack is missing or not float32).
+            CorruptCheckpointError: the files are damaged (also: damaged SparseCore layouts,
+                or a stack whose shape disagrees with them).
         """
         if save_path is None:
             return CheckpointLoadStatus(None, frozenset(), frozenset())
