@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: help test lint pytest demo bench bench-quick fixtures checkpoint-fixtures protos clean
+.PHONY: help test lint pytest demo bench bench-quick fixtures checkpoint-fixtures sparsecore-fixtures protos clean
 
 help:
 	@echo "make demo   - write a demo checkpoint, serve it over HTTP, send a request, stop"
@@ -64,6 +64,12 @@ checkpoint-fixtures:
 	test -x .venvs/tf/bin/python || ($(PYTHON) -m venv .venvs/tf && .venvs/tf/bin/pip install -q tensorflow-cpu==2.21.0)
 	.venvs/tf/bin/pip install -q google-crc32c
 	.venvs/tf/bin/python tools/make_checkpoint_fixtures.py
+
+# Re-creates tests/data/sparsecore/ (SparseCore checkpoints) with real TensorFlow 2.21.
+sparsecore-fixtures:
+	test -x .venvs/tf/bin/python || ($(PYTHON) -m venv .venvs/tf && .venvs/tf/bin/pip install -q tensorflow-cpu==2.21.0)
+	.venvs/tf/bin/pip install -q google-crc32c
+	.venvs/tf/bin/python tools/make_sparsecore_fixtures.py
 
 # Regenerates src/embserve/checkpoint/protos/*_pb2.py(i) with a pinned protoc (grpcio-tools).
 protos:

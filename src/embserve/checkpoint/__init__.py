@@ -25,6 +25,8 @@ The public surface is small on purpose; the modules hold the details:
 
 Lower-level pieces (the ``.index`` table in :mod:`.sstable`, masked CRCs in :mod:`.crc32c`, slice
 keys in :mod:`.slices`) are importable from their modules for tools and tests.
+:mod:`.sparsecore` reads the layouts of SparseCore (``TPUEmbeddingV2``) checkpoints' stacked tables
+(``SPARSECORE_FORMAT.md``): decoding, validation, stack entries.
 
 Every failure is an :class:`embserve.errors.CheckpointError`: ``CheckpointNotFoundError`` (also a
 ``FileNotFoundError``) for missing files, ``CorruptCheckpointError`` naming file, offset and the

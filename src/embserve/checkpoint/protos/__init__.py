@@ -9,4 +9,6 @@ TensorFlow's descriptors in one process. Regenerate the ``*_pb2.py`` / ``*_pb2.p
   ``BundleHeader``, ``BundleEntry`` (the ``.index`` values).
 - ``trackable_object_graph.proto``: ``TrackableObjectGraph`` (``_CHECKPOINTABLE_OBJECT_GRAPH``).
 - ``checkpoint_state.proto``: ``CheckpointState`` (the text-format ``checkpoint`` file).
+- ``sparse_core_layout.proto``: ``SparseCoreTableLayouts`` (TensorFlow's package
+  ``tensorflow.tpu``), the layouts of a SparseCore checkpoint's stacked tables.
 """
