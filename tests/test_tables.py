@@ -212,3 +212,13 @@ def test_numpy_integers_are_counts() -> None:
     assert type(table.rows) is int
     assert type(table.dim) is int
     assert table.rotation == 0
+
+
+def test_the_layout_is_read_only() -> None:
+    """Lookups trust that every logical row maps inside the stack: nothing can be re-pointed."""
+    table = make()
+    for attribute, value in [("rows", 10**6), ("stack", np.zeros((4, 4))), ("rotation", 0)]:
+        with pytest.raises(AttributeError):
+            setattr(table, attribute, value)
+    with pytest.raises(AttributeError):
+        table.extra = 1  # type: ignore[attr-defined]

@@ -6,11 +6,16 @@ table's missing optimizer with the global one and its missing name with ``table_
 back onto the caller's ``TableConfig`` objects, as TensorFlow does — and reject duplicate names
 and foreign optimizers. ``build()`` creates every table with its initializer and, when the table
 has an optimizer, its slot variables with their initial values.
+
+Tables (and slots) are numpy arrays, or :class:`~embserve.tables.StackedTable` s when restored
+from a SparseCore (``TPUEmbeddingV2``) checkpoint without ``copy=True``: those are served
+straight from the checkpoint's stacks and are array-like (``shape``, ``dtype``, indexing;
+``np.asarray(table)`` gives a private unstacked copy).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -19,8 +24,12 @@ from embserve.config import FeatureConfig, TableConfig
 from embserve.errors import ConfigError
 from embserve.lookup import LookupPlan
 from embserve.optimizers import _Optimizer
+from embserve.tables import StackedTable
 
 __all__ = ["TPUEmbeddingForServing"]
+
+# A table or slot value: an array, or a logical table inside a SparseCore stack.
+Table = np.ndarray | StackedTable
 
 
 def _initial_value(
@@ -95,19 +104,19 @@ class TPUEmbeddingForServing:
                 )
             names.add(table.name)
         self._table_configs: list[TableConfig] = tables
-        self._variables: dict[Any, dict[str, np.ndarray]] = {}
-        self._tables: dict[TableConfig, np.ndarray] = {}
+        self._variables: dict[Any, dict[str, Table]] = {}
+        self._tables: dict[TableConfig, Table] = {}
         self._built = False
 
     def build(self) -> None:
         """Create the tables and their slot variables (once; later calls do nothing)."""
         if self._built:
             return
-        variables: dict[Any, dict[str, np.ndarray]] = {}
+        variables: dict[Any, dict[str, Table]] = {}
         for table in self._table_configs:
             shape = (table.vocabulary_size, table.dim)
             params = _initial_value(table.initializer, shape, f"table {table.name!r}")
-            slots: dict[str, np.ndarray] = {"parameters": params}
+            slots: dict[str, Table] = {"parameters": params}
             opt = table.optimizer
             if opt is not None:
                 slot_names = opt._slot_names()
@@ -128,27 +137,38 @@ class TPUEmbeddingForServing:
         """Slot names the table carries: its optimizer's, in TensorFlow's order."""
         return [] if table.optimizer is None else list(table.optimizer._slot_names())
 
-    def _set_variables(self, variables: dict[Any, dict[str, np.ndarray]]) -> None:
+    def _set_variables(self, variables: Mapping[Any, Mapping[str, Table]]) -> None:
         """Install restored tables and slots (``{table name: {"parameters": ..., slot: ...}}``).
 
         Used by checkpoint restore: no initializer runs, so restoring a memory-mapped 40 GB
-        table never allocates it. The caller has checked names, shapes and dtypes.
+        table never allocates it. Values are arrays or :class:`~embserve.tables.StackedTable` s
+        (a SparseCore checkpoint restored in place), installed as they are. The caller has
+        checked names, shapes and dtypes.
         """
-        self._variables = variables
+        self._variables = {name: dict(slots) for name, slots in variables.items()}
         self._tables = {t: variables[t.name]["parameters"] for t in self._table_configs}
         self._plan.forget_tables()
         self._built = True
 
     @property
-    def embedding_tables(self) -> dict[TableConfig, np.ndarray]:
-        """The tables, keyed by their ``TableConfig`` object (identity), in table order."""
+    def embedding_tables(self) -> dict[TableConfig, Any]:
+        """The tables, keyed by their ``TableConfig`` object (identity), in table order.
+
+        Each is a numpy array, or, restored from a SparseCore checkpoint without ``copy=True``,
+        a :class:`~embserve.tables.StackedTable`: array-like with TensorFlow's shape
+        ``(vocabulary_size, dim)``, read-only, served in place from the checkpoint's stack;
+        ``np.asarray(table)`` gives its rows as a private array (TensorFlow's
+        ``embedding_tables[t].numpy()``). Typed ``Any`` for that reason: ``np.ndarray |
+        StackedTable`` (:data:`Table`).
+        """
         self.build()
         return dict(self._tables)
 
     @property
-    def variables(self) -> dict[Any, dict[str, np.ndarray]]:
+    def variables(self) -> dict[Any, dict[str, Any]]:
         """``{table name: {"parameters": table, slot name: slot}}``, as TensorFlow 2.21 keys it
-        (by name, although its docstring says by TableConfig)."""
+        (by name, although its docstring says by TableConfig). Values as in
+        :attr:`embedding_tables`."""
         self.build()
         return self._variables
 

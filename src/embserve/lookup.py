@@ -73,6 +73,8 @@ from embserve.kernels.sequence import (
     sequence_parallel,
     sequence_serial,
 )
+from embserve.kernels.stacked import RowMap, map_rows
+from embserve.tables import StackedTable
 
 __all__ = [
     "MAX_OUTPUT_BYTES",
@@ -150,8 +152,35 @@ def _check_size(path: str, what: str, shape: tuple[int, ...], itemsize: int, bag
         )
 
 
-def _prepare_table(table: Any, table_config: TableConfig) -> np.ndarray:
-    """The table as a 2-D C-contiguous float array (converted only if it is not one already)."""
+def _prepare_table(table: Any, table_config: TableConfig) -> tuple[np.ndarray, RowMap | None]:
+    """The array the kernels read for ``table``, and where its logical rows sit in it.
+
+    A plain table becomes a 2-D C-contiguous float array (converted only if it is not one
+    already), read as it is (placement None). A :class:`~embserve.tables.StackedTable` is read
+    in place: its whole stack ``[T·N, W]`` (a private view, so nobody can reshape the array the
+    kernels were promised), with the :class:`~embserve.kernels.stacked.RowMap` of its rows; ids
+    are checked against its logical rows, then translated.
+    """
+    if isinstance(table, StackedTable):
+        stack = table.stack.view(np.ndarray)
+        # The StackedTable checked all this when built, but its stack is the caller's array
+        # object, whose shape can be reassigned in place: check what the kernels rely on.
+        if (
+            stack.ndim != 2
+            or stack.dtype not in _TABLE_DTYPES
+            or not stack.flags.c_contiguous
+            or stack.shape[0] != table.shard_rows * table.num_shards
+            or stack.shape[1] < table.dim
+        ):
+            raise InputError(
+                f"table {_table_name(table_config)!r}: the stack of {table!r} no longer has "
+                f"the layout it was built with (shape {stack.shape}, dtype {stack.dtype}, "
+                f"strides {stack.strides})"
+            )
+        placement = RowMap(
+            table.rows, table.num_shards, table.shard_rows, table.row_offset, table.rotation
+        )
+        return stack, placement
     arr = table if isinstance(table, np.ndarray) else np.asarray(table)
     if arr.ndim != 2:
         raise InputError(
@@ -165,7 +194,7 @@ def _prepare_table(table: Any, table_config: TableConfig) -> np.ndarray:
         )
     if not arr.flags.c_contiguous:
         arr = np.ascontiguousarray(arr)
-    return arr
+    return arr, None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,14 +390,25 @@ class FeatureSpec:
 
 
 class _Feature:
-    """What one feature's lookup needs, read from its FeatureConfig once per call."""
+    """What one feature's lookup needs, read from its FeatureConfig once per call.
+
+    ``table`` is the array the kernels read: the table itself, or the whole stack of a
+    :class:`~embserve.tables.StackedTable`. ``rows`` and ``dim`` are the logical table's: ids
+    are checked against ``rows``, outputs are ``dim`` wide. :meth:`array_rows` turns checked ids
+    into rows of ``table``.
+    """
 
     __slots__ = (
         "arena",
         "changes",
         "combiner",
         "combiner_name",
+        "dim",
         "path",
+        "placement",
+        "row_arena",
+        "rows",
+        "shape_map",
         "source",
         "spec",
         "table",
@@ -380,14 +420,27 @@ class _Feature:
         path: str,
         config: FeatureConfig,
         spec: FeatureSpec,
-        table: np.ndarray,
+        prepared: tuple[np.ndarray, RowMap | None],
         source: Any,
         changes: int,
     ) -> None:
         self.changes = changes  # the config change count the spec is at least as new as
         self.path = path
         self.spec = spec
+        table, placement = prepared
         self.table = table
+        self.placement = placement
+        if placement is None:
+            self.rows = int(table.shape[0])
+            self.dim = int(table.shape[1])
+            self.shape_map: tuple[int, int, int, int, int] | None = None
+            self.row_arena: OutputArena | None = None
+        else:
+            self.rows = placement.rows
+            self.dim = int(source.dim)
+            m = placement
+            self.shape_map = (m.num_shards, m.shift, m.shard_rows, m.row_offset, m.rotation)
+            self.row_arena = OutputArena()
         self.source = source  # the table object the caller passed, before _prepare_table
         self.table_name = _table_name(config.table)
         combiner = spec.combiner
@@ -407,17 +460,28 @@ class _Feature:
             out.fill(0)
         return out
 
+    def array_rows(self, ids: np.ndarray) -> np.ndarray:
+        """The rows of :attr:`table` the kernels read for checked 1-D ``ids``: ``ids`` itself
+        for a plain table, else their stacked rows (int64, one compiled pass)."""
+        m = self.shape_map
+        if m is None:
+            return ids
+        assert self.row_arena is not None
+        rows = self.row_arena.take(ids.shape, np.int64)
+        map_rows(ids, m[0], m[1], m[2], m[3], m[4], rows)
+        return rows
+
     def check_ids(
         self, ids: np.ndarray, allow_negative: bool, locate: Any, subset: np.ndarray | None = None
     ) -> None:
         """Raise IdOutOfRangeError for the first id outside the table (``locate(k)`` → row,
         position of value ``k``; ``subset`` maps checked ids back to value positions)."""
-        bad = first_bad_id(ids, self.table.shape[0], allow_negative)
+        bad = first_bad_id(ids, self.rows, allow_negative)
         if bad >= 0:
             k = int(subset[bad]) if subset is not None else bad
             row, position = locate(k)
             raise IdOutOfRangeError(
-                self.path, self.table_name, row, position, int(ids[bad]), self.table.shape[0]
+                self.path, self.table_name, row, position, int(ids[bad]), self.rows
             )
 
 
@@ -440,12 +504,11 @@ def _lookup_dense(f: _Feature, raw: Any) -> np.ndarray:
     f.spec.check_dense()
     ids = to_dense_ids(raw, f.path)
     flat = ids.reshape(-1)  # a view when contiguous, else a contiguous copy
-    table = f.table
-    if first_bad_id(flat, table.shape[0], False) >= 0:
+    if first_bad_id(flat, f.rows, False) >= 0:
         f.check_ids(flat, False, _dense_locate(ids.shape))  # raises, naming row and position
-    dim = table.shape[1]
+    dim = f.dim
     out = f.output((flat.shape[0], dim))
-    (gather_parallel if _parallel(out.size) else gather_serial)(table, flat, out)
+    (gather_parallel if _parallel(out.size) else gather_serial)(f.table, f.array_rows(flat), out)
     return out.reshape((*ids.shape, dim))
 
 
@@ -469,11 +532,12 @@ def _pool(
     nbags: int,
     bag_name: Any = str,
 ) -> np.ndarray:
-    out = f.output((nbags, f.table.shape[1]))
-    kernel = pooled_parallel if _parallel(ids.shape[0] * f.table.shape[1]) else pooled_serial
-    first = kernel(f.table, ids, weights, splits, f.combiner, out)
+    out = f.output((nbags, f.dim))
+    kernel = pooled_parallel if _parallel(ids.shape[0] * f.dim) else pooled_serial
+    rows = f.array_rows(ids)
+    first = kernel(f.table, rows, weights, splits, f.combiner, out)
     if first >= 0:
-        _refuse_overflow(f, ids, weights, splits, out, first, bag_name)
+        _refuse_overflow(f, rows, weights, splits, out, first, bag_name)
     return out
 
 
@@ -487,7 +551,8 @@ def _refuse_overflow(
     bag_name: Any,
 ) -> None:
     """Raise when finite inputs overflowed in the bags from ``first`` on (the kernel flagged
-    ``first``); return when every non-finite output came from the table's own inf / NaN."""
+    ``first``); return when every non-finite output came from the table's own inf / NaN.
+    ``ids`` are the rows of ``f.table`` the kernel read (:meth:`_Feature.array_rows`)."""
     bag, why = pooled_overflow(f.table, ids, weights, splits, f.combiner, out, first)
     if bag < 0:
         return
@@ -548,7 +613,7 @@ def _lookup_sparse(f: _Feature, raw: Any, weight: Any) -> np.ndarray:
 def _sparse_sequence(f: _Feature, sp: SparseParts, seq_len: int) -> np.ndarray:
     """Entry ``[b, j]`` lands at ``out[b, j]`` when ``b < dense_shape[0]`` and ``j < L``."""
     batch = sp.dense_shape[0]
-    shape = (batch, seq_len, f.table.shape[1])
+    shape = (batch, seq_len, f.dim)
     _check_size(f.path, f"dense_shape {list(sp.dense_shape)}", shape, f.table.itemsize, batch)
     rows = sp.indices[:, 0]
     cols = sp.indices[:, 1]
@@ -570,13 +635,12 @@ def _sparse_sequence(f: _Feature, sp: SparseParts, seq_len: int) -> np.ndarray:
         ids, rows_k, cols_k = ids[order], rows_k[order], cols_k[order]
     splits = _splits_from_rows(rows_k, batch)
     out = f.output(shape, zero=True)
-    kernel = (
-        scatter_add_parallel if _parallel(ids.shape[0] * f.table.shape[1]) else scatter_add_serial
-    )
+    kernel = scatter_add_parallel if _parallel(ids.shape[0] * f.dim) else scatter_add_serial
     cols_k = np.ascontiguousarray(cols_k)  # a column slice of the indices
-    first = kernel(f.table, ids, cols_k, splits, out)
+    array_rows = f.array_rows(ids)
+    first = kernel(f.table, array_rows, cols_k, splits, out)
     if first >= 0:
-        _refuse_scatter_overflow(f, ids, rows_k, cols_k, out, first)
+        _refuse_scatter_overflow(f, array_rows, rows_k, cols_k, out, first)
     return out
 
 
@@ -589,12 +653,13 @@ def _refuse_scatter_overflow(
     first: int,
 ) -> None:
     """Raise when entries sharing a position summed finite rows to inf / NaN (the kernel
-    flagged example ``first``); positions fed by a non-finite table row are the table's."""
+    flagged example ``first``); positions fed by a non-finite table row are the table's.
+    ``ids`` are the rows of ``f.table`` the kernel read (:meth:`_Feature.array_rows`)."""
     bad = ~np.isfinite(out[first:]).all(axis=-1)  # [examples from first, L]
     later = rows >= first
     hit = np.zeros(rows.shape[0], dtype=bool)
     hit[later] = bad[rows[later] - first, cols[later]]
-    fed_by_nonfinite = ~np.isfinite(f.table[ids[hit]]).all(axis=1)
+    fed_by_nonfinite = ~np.isfinite(f.table[ids[hit], : f.dim]).all(axis=1)
     bad[rows[hit][fed_by_nonfinite] - first, cols[hit][fed_by_nonfinite]] = False
     refused = np.argwhere(bad)
     if refused.shape[0]:
@@ -626,7 +691,7 @@ def _sparse_plain(f: _Feature, sp: SparseParts, weight: Any) -> np.ndarray:
     f.check_ids(sp.values, False, _sparse_locate(sp.indices))
     weights = _NO_WEIGHTS if weight is None else weight_values(weight, n, f.path, cast=True)
     nrows = int(rows[-1]) + 1 if n else 0
-    dim = f.table.shape[1]
+    dim = f.dim
     _check_size(f.path, f"row index {nrows - 1}", (nrows, dim), f.table.itemsize, nrows)
     return _pool(f, sp.values, weights, _splits_from_rows(rows, nrows), nrows)
 
@@ -641,7 +706,7 @@ def _validated_rows(f: _Feature, sp: SparseParts) -> tuple[np.ndarray, int]:
     """
     shape = sp.dense_shape
     nbags = math.prod(shape[:-1])
-    out_shape = (*shape[:-1], f.table.shape[1])
+    out_shape = (*shape[:-1], f.dim)
     _check_size(f.path, f"dense_shape {list(shape)}", out_shape, f.table.itemsize, nbags)
     if len(shape) > 2 and math.prod(shape) >= 2**63:
         raise InputError(
@@ -707,7 +772,7 @@ def _sparse_validated(f: _Feature, sp: SparseParts, weight: Any) -> np.ndarray:
             return str([int(i) for i in np.unravel_index(b, bags)])
 
     out = _pool(f, ids, weights, _splits_from_rows(rows, nbags), nbags, name)
-    return out.reshape((*bags, f.table.shape[1]))
+    return out.reshape((*bags, f.dim))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -716,9 +781,9 @@ def _sparse_validated(f: _Feature, sp: SparseParts, weight: Any) -> np.ndarray:
 
 def _sequence(f: _Feature, rg: RaggedParts, seq_len: int) -> np.ndarray:
     batch = rg.row_splits.shape[0] - 1
-    out = f.output((batch, seq_len, f.table.shape[1]))
+    out = f.output((batch, seq_len, f.dim))
     kernel = sequence_parallel if _parallel(out.size) else sequence_serial
-    kernel(f.table, rg.values, rg.row_splits, out)
+    kernel(f.table, f.array_rows(rg.values), rg.row_splits, out)
     return out
 
 
@@ -744,7 +809,7 @@ def _lookup_ragged(f: _Feature, raw: Any, weight: Any) -> np.ndarray:
     shape = f.spec.output_shape
     if shape is None:
         return out
-    return out.reshape((*(int(d) for d in shape if d is not None), f.table.shape[1]))
+    return out.reshape((*(int(d) for d in shape if d is not None), f.dim))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -810,18 +875,22 @@ class LookupPlan:
     ) -> TableGroup | None:
         """The fused group for ``keys``, or None when a feature needs the general path."""
         prepared: list[np.ndarray] = []
+        placements: list[RowMap | None] = []
+        dim = -1
         for key in keys:
             cfg = self.features.get(key) if type(key) is str else None
             if cfg is None or not self.spec(key).accepts_dense or cfg.table not in tables:
                 return None
             try:  # the general path's per-feature state: prepared table, combiner checked
-                table = self._feature(key, cfg, tables[cfg.table]).table
+                f = self._feature(key, cfg, tables[cfg.table])
             except InputError:
                 return None  # the general path raises it, in its order
-            if table.dtype != _F32 or (prepared and table.shape[1] != prepared[0].shape[1]):
+            if f.table.dtype != _F32 or (prepared and f.dim != dim):
                 return None
-            prepared.append(table)
-        return TableGroup(prepared) if prepared else None
+            dim = f.dim
+            prepared.append(f.table)
+            placements.append(f.placement)
+        return TableGroup(prepared, placements, dim) if prepared else None
 
     def _run_dense(self, inputs: dict[Any, Any], tables: Mapping[TableConfig, Any]) -> Any:
         """All features dense, one shape, int32/int64 ids: one kernel call for the whole request

@@ -74,15 +74,14 @@ class StackedTable:
     """
 
     __slots__ = (
+        "_dim",
         "_name",
-        "_shift",
-        "dim",
-        "num_shards",
-        "rotation",
-        "row_offset",
-        "rows",
-        "shard_rows",
-        "stack",
+        "_num_shards",
+        "_rotation",
+        "_row_offset",
+        "_rows",
+        "_shard_rows",
+        "_stack",
     )
 
     def __init__(
@@ -149,16 +148,52 @@ class StackedTable:
                 f"[{row_offset}, {row_offset + per_shard}) of every shard, but a shard has "
                 f"{shard_rows} rows"
             )
-        self.stack = stack
-        self.rows = rows
-        self.dim = dim
-        self.num_shards = num_shards
-        self.shard_rows = shard_rows
-        self.row_offset = row_offset
-        self.rotation = rotation
+        # Read-only from here on: lookups trust that every logical row maps inside the stack.
+        self._stack = stack
+        self._rows = rows
+        self._dim = dim
+        self._num_shards = num_shards
+        self._shard_rows = shard_rows
+        self._row_offset = row_offset
+        self._rotation = rotation
         self._name = name
-        # log2(N) when N is a power of two (then r div N, r mod N are a shift and a mask), else -1.
-        self._shift = num_shards.bit_length() - 1 if num_shards & (num_shards - 1) == 0 else -1
+
+    # --- the layout ---------------------------------------------------------------------------
+
+    @property
+    def stack(self) -> np.ndarray:
+        """The whole stack ``[T·N, W]`` (shared with the other tables of the stack)."""
+        return self._stack
+
+    @property
+    def rows(self) -> int:
+        """R, the logical rows (the vocabulary size)."""
+        return self._rows
+
+    @property
+    def dim(self) -> int:
+        """D, the logical width."""
+        return self._dim
+
+    @property
+    def num_shards(self) -> int:
+        """N, the SparseCore shards of the stack."""
+        return self._num_shards
+
+    @property
+    def shard_rows(self) -> int:
+        """T, the rows of one shard."""
+        return self._shard_rows
+
+    @property
+    def row_offset(self) -> int:
+        """o, this table's first row inside every shard."""
+        return self._row_offset
+
+    @property
+    def rotation(self) -> int:
+        """ρ, this table's shard rotation."""
+        return self._rotation
 
     # --- array-like description of the logical table ------------------------------------------
 
@@ -222,14 +257,9 @@ class StackedTable:
         ``ids`` must already be valid (``0 <= id < rows``); nothing is checked here.
         """
         r = np.asarray(ids, dtype=np.int64)
-        n = self.num_shards
-        if self._shift >= 0:
-            shard = ((r & (n - 1)) + self.rotation) & (n - 1)
-            position = r >> self._shift
-        else:
-            shard = (r % n + self.rotation) % n
-            position = r // n
-        out: np.ndarray = shard * self.shard_rows + (position + self.row_offset)
+        n = self._num_shards
+        shard = (r % n + self._rotation) % n
+        out: np.ndarray = shard * self._shard_rows + (r // n + self._row_offset)
         return out
 
     def unstack(self) -> np.ndarray:

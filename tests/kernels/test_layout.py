@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from embserve.kernels.multi import gather_tables_parallel, gather_tables_serial
+from embserve.kernels.multi import gather_tables_parallel, gather_tables_serial, layout_row
 from embserve.kernels.pooled import SUM, pooled_parallel, pooled_serial
 from embserve.kernels.sequence import (
     gather_parallel,
@@ -162,6 +162,7 @@ def test_fused_gather_refuses_an_output_not_in_c_rows(kernel: Callable[..., Any]
     tables = [_table(4), _table(4)]
     addresses = np.array([t.ctypes.data for t in tables], np.int64)
     out = np.asfortranarray(np.full((2, 3, 4), np.nan, np.float32))
+    layout = np.array([layout_row(t) for t in tables], np.int64)
     with pytest.raises(ValueError, match="C-ordered rows"):
-        kernel(addresses, np.array([ROWS, ROWS], np.int64), np.zeros(6, np.int64), out)
+        kernel(addresses, layout, np.zeros(6, np.int64), out)
     assert np.isnan(out).all()

@@ -13,10 +13,19 @@ import numpy as np
 
 from embserve.kernels._jit import jit, jit_inline
 
-__all__ = ["LAYOUT_MESSAGE", "c_rows", "first_bad_id", "first_bad_split", "first_nonfinite"]
+__all__ = [
+    "LAYOUT_MESSAGE",
+    "WIDTH_MESSAGE",
+    "c_rows",
+    "first_bad_id",
+    "first_bad_split",
+    "first_nonfinite",
+    "readable",
+]
 
 # What an entry point raises (a constant: numba raises exceptions with constant arguments only).
 LAYOUT_MESSAGE = "kernel arrays must be C-ordered rows (np.ascontiguousarray)"
+WIDTH_MESSAGE = "kernel output rows must not be wider than the table's rows"
 
 
 @jit_inline
@@ -36,6 +45,23 @@ def c_rows(a):  # type: ignore[no-untyped-def]
             return False
         expected *= a.shape[axis]
     return True
+
+
+@jit_inline
+def readable(table, out):  # type: ignore[no-untyped-def]
+    """Raise ``ValueError`` unless ``table`` (2-D) and ``out`` are C-ordered rows and ``out``'s
+    rows are no wider than the table's.
+
+    Kernels read the first ``dim = out.shape[-1]`` values of each table row, at
+    ``base + id * row_bytes`` with ``row_bytes = table.shape[1] * itemsize``: a plain table has
+    ``dim == table.shape[1]``; a SparseCore stack ``[T·N, W]`` (:mod:`embserve.tables`) is passed
+    whole, C-ordered, and its tables read their first ``dim <= W`` columns. The layout check
+    stays exact: a padded width is the stack's own, never a strided view.
+    """
+    if not (c_rows(table) and c_rows(out)):
+        raise ValueError(LAYOUT_MESSAGE)
+    if out.shape[-1] > table.shape[1]:
+        raise ValueError(WIDTH_MESSAGE)
 
 
 # Each check is a branch-free pass the compiler vectorizes (min / max, or an OR of compares),

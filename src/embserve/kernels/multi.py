@@ -3,18 +3,27 @@
 A serving request carries tens of features, each with its own table. Looking them up one kernel
 call at a time costs a Python round trip and, for large batches, one wake-up of the thread pool
 per feature (26 one-hot features of 1,024 ids: 26 parallel regions). These kernels take every
-feature at once: the tables as base addresses (``addresses[f]``, ``rows[f]``; all float32 with the
-same ``dim``), the ids of feature ``f`` at ``ids[f * n : (f + 1) * n]``, and ``out[f, i]`` as the
-row for id ``i`` of feature ``f``.
+feature at once: the tables as base addresses (``addresses[f]``) and one row of ``layout[f]``
+each (all float32, read ``dim = out.shape[2]`` columns wide), the ids of feature ``f`` at
+``ids[f * n : (f + 1) * n]``, and ``out[f, i]`` as the row for id ``i`` of feature ``f``.
 
-Unlike the single-table kernels these check the ids themselves, all of them, before the first
-row is read: the return value is -1 when every id was in range (and ``out`` is filled), else the
-flat index of the first bad id (and ``out`` is untouched).
+``layout[f]`` (int64, see :data:`LAYOUT_COLUMNS`) describes the array at ``addresses[f]``
+(``height`` rows of ``width >= dim`` floats, C-ordered) and where the feature's logical rows
+sit in it: ``rows`` logical rows, and the SparseCore placement (:mod:`embserve.kernels.stacked`)
+``num_shards``, ``shift``, ``shard_rows``, ``row_offset``, ``rotation``. A plain table is
+``[rows, rows, dim, 1, 0, rows, 0, 0]``: the identity. When any feature is stacked, every
+feature's checked ids are translated to array rows first (one pass, in the kernel).
+
+Unlike the single-table kernels these check the ids themselves, all of them, against the
+logical ``rows``, before the first row is read: the return value is -1 when every id was in
+range (and ``out`` is filled), else the flat index of the first bad id (and ``out`` is
+untouched).
 
 :class:`TableGroup` is the Python side: it checks the tables once (float32, one ``dim``, C-ordered
-rows: the kernels rebuild each table from its address and cannot see its strides), keeps them
-alive while their addresses are in use, and owns the group's output arena. :class:`GroupCache`
-keeps a bounded number of groups by key (a lookup keys them by the request's feature order).
+rows, a placement that stays inside the array: the kernels rebuild each table from its address
+and trust its layout row), keeps them alive while their addresses are in use, and owns the
+group's output arena. :class:`GroupCache` keeps a bounded number of groups by key (a lookup keys
+them by the request's feature order).
 """
 
 from __future__ import annotations
@@ -29,110 +38,231 @@ from embserve.kernels._native import PREFETCH_ROWS, address_of, prefetch_row, ta
 from embserve.kernels.arena import OutputArena
 from embserve.kernels.check import LAYOUT_MESSAGE, c_rows
 from embserve.kernels.sequence import _gather_range
+from embserve.kernels.stacked import RowMap, map_range
 
-__all__ = ["GroupCache", "TableGroup", "gather_tables_parallel", "gather_tables_serial"]
+__all__ = [
+    "LAYOUT_COLUMNS",
+    "GroupCache",
+    "TableGroup",
+    "gather_tables_parallel",
+    "gather_tables_serial",
+    "layout_row",
+]
+
+# The columns of a layout row, in order.
+LAYOUT_COLUMNS = (
+    "rows",
+    "height",
+    "width",
+    "num_shards",
+    "shift",
+    "shard_rows",
+    "row_offset",
+    "rotation",
+)
+_ROWS, _HEIGHT, _WIDTH, _SHARDS, _SHIFT, _SHARD_ROWS, _OFFSET, _ROTATION = range(8)
 
 # Rows per work unit of the parallel driver (units never straddle two features).
 _CHUNK = 64
 
 
 @jit_inline
-def _first_bad(rows, ids, n):  # type: ignore[no-untyped-def]
+def _first_bad(layout, ids, n):  # type: ignore[no-untyped-def]
     if n == 0:
         return -1
     # A vectorized min / max per feature; the scan for the offender runs only when one exists.
-    for f in range(rows.shape[0]):
+    for f in range(layout.shape[0]):
         first = f * n
+        rows = layout[f, _ROWS]
         lo = ids[first]
         hi = ids[first]
         for i in range(first, first + n):
             v = ids[i]
             lo = min(lo, v)
             hi = max(hi, v)
-        if lo < 0 or hi >= rows[f]:
+        if lo < 0 or hi >= rows:
             for i in range(first, first + n):
-                if ids[i] < 0 or ids[i] >= rows[f]:
+                if ids[i] < 0 or ids[i] >= rows:
                     return i
     return -1
 
 
 @jit_inline
-def _copy_rows(addresses, rows, ids, out, f, i0, i1):  # type: ignore[no-untyped-def]
+def _mapped(layout):  # type: ignore[no-untyped-def]
+    """Whether any feature's logical rows are not the array's rows (a SparseCore stack)."""
+    found = False
+    for f in range(layout.shape[0]):
+        found |= layout[f, _SHARDS] != 1 or layout[f, _OFFSET] != 0
+    return found
+
+
+@jit_inline
+def _map_features(layout, ids, n, rows):  # type: ignore[no-untyped-def]
+    """``rows[f * n + i]`` = the array row of feature ``f``'s (checked) id ``i``."""
+    for f in range(layout.shape[0]):
+        lf = layout[f]
+        lo = f * n
+        map_range(
+            ids,
+            lf[_SHARDS],
+            lf[_SHIFT],
+            lf[_SHARD_ROWS],
+            lf[_OFFSET],
+            lf[_ROTATION],
+            rows,
+            lo,
+            lo + n,
+        )
+
+
+@jit_inline
+def _copy_rows(addresses, layout, ids, out, f, i0, i1):  # type: ignore[no-untyped-def]
     """Rows ``i0 .. i1`` of feature ``f``: the single-table gather on its slice of the call."""
     n = out.shape[1]
-    table = table_at(addresses[f], rows[f], out.shape[2])
+    table = table_at(addresses[f], layout[f, _HEIGHT], layout[f, _WIDTH])
     _gather_range(table, ids[f * n : (f + 1) * n], out[f], i0, i1)
 
 
+@jit_inline
+def _prefetch_all(addresses, layout, ids, out):  # type: ignore[no-untyped-def]
+    """Start every row's load (``ids`` already array rows)."""
+    n = out.shape[1]
+    used = out.shape[2] * 4
+    for f in range(addresses.shape[0]):
+        row_bytes = layout[f, _WIDTH] * 4
+        for i in range(f * n, (f + 1) * n):
+            prefetch_row(addresses[f] + ids[i] * row_bytes, used)
+
+
+@jit_inline
+def _copy_all(addresses, layout, ids, out):  # type: ignore[no-untyped-def]
+    n = out.shape[1]
+    for f in range(addresses.shape[0]):
+        _copy_rows(addresses, layout, ids, out, f, 0, n)
+
+
 @jit
-def gather_tables_serial(addresses, rows, ids, out):  # type: ignore[no-untyped-def]
+def gather_tables_serial(addresses, layout, ids, out):  # type: ignore[no-untyped-def]
     """Check every id, then ``out[f, i] = table_f[ids[f * n + i]]`` on the calling thread."""
     if not c_rows(out):
         raise ValueError(LAYOUT_MESSAGE)
     n = out.shape[1]
+    if _mapped(layout):
+        # Stacked tables: translate first (harmless arithmetic on any id), check, then read.
+        rows = np.empty(ids.shape[0], dtype=np.int64)
+        _map_features(layout, ids, n, rows)
+        if n < PREFETCH_ROWS:
+            _prefetch_all(addresses, layout, rows, out)
+        bad = _first_bad(layout, ids, n)
+        if bad >= 0:
+            return bad
+        _copy_all(addresses, layout, rows, out)
+        return -1
     if n < PREFETCH_ROWS:
         # Few ids per feature (a latency-bound request): _copy_rows prefetches only within a
         # feature, so start every row's load up front, before the id check (a prefetch never
         # faults, even for an id the check then refuses). Batch 1 x 26 features from 26 x 1M x
         # 64 tables, rows not in cache: 5.6 us without, 2.0 us with one prefetch per row,
         # 1.4 us with one per cache line the row touches.
-        row_bytes = out.shape[2] * 4
-        for f in range(addresses.shape[0]):
-            for i in range(f * n, (f + 1) * n):
-                prefetch_row(addresses[f] + ids[i] * row_bytes, row_bytes)
-    bad = _first_bad(rows, ids, n)
+        _prefetch_all(addresses, layout, ids, out)
+    bad = _first_bad(layout, ids, n)
     if bad >= 0:
         return bad
-    for f in range(addresses.shape[0]):
-        _copy_rows(addresses, rows, ids, out, f, 0, n)
+    _copy_all(addresses, layout, ids, out)
     return -1
 
 
 @jit_parallel
-def gather_tables_parallel(addresses, rows, ids, out):  # type: ignore[no-untyped-def]
+def gather_tables_parallel(addresses, layout, ids, out):  # type: ignore[no-untyped-def]
     """:func:`gather_tables_serial` with the copies in one parallel region for all features."""
     if not c_rows(out):
         raise ValueError(LAYOUT_MESSAGE)
     n = out.shape[1]
-    bad = _first_bad(rows, ids, n)
+    bad = _first_bad(layout, ids, n)
     if bad >= 0:
         return bad
+    mapped = _mapped(layout)
+    rows = np.empty(ids.shape[0] if mapped else 0, dtype=np.int64)
+    if mapped:  # one pass, before the region: cheap next to the rows it then reads
+        _map_features(layout, ids, n, rows)
     per_feature = (n + _CHUNK - 1) // _CHUNK
     for u in prange(addresses.shape[0] * per_feature):
         f = u // per_feature
         i0 = (u - f * per_feature) * _CHUNK
-        _copy_rows(addresses, rows, ids, out, f, i0, min(i0 + _CHUNK, n))
+        i1 = min(i0 + _CHUNK, n)
+        if mapped:
+            _copy_rows(addresses, layout, rows, out, f, i0, i1)
+        else:
+            _copy_rows(addresses, layout, ids, out, f, i0, i1)
     return -1
 
 
+def layout_row(table: np.ndarray, placement: RowMap | None = None) -> list[int]:
+    """The layout row (:data:`LAYOUT_COLUMNS`) of ``table`` read through ``placement`` (None:
+    a plain table)."""
+    m = placement if placement is not None else RowMap.plain(int(table.shape[0]))
+    return [
+        m.rows,
+        int(table.shape[0]),
+        int(table.shape[1]),
+        m.num_shards,
+        m.shift,
+        m.shard_rows,
+        m.row_offset,
+        m.rotation,
+    ]
+
+
 class TableGroup:
-    """Tables gathered by one kernel call: float32 ``[rows, dim]`` arrays of one ``dim``.
+    """Tables gathered by one kernel call: float32 arrays read ``dim`` columns wide.
 
     Args:
-        tables: the tables, in the order their ids are stacked.
+        tables: the arrays the kernels read, in the order their ids are stacked: plain ``[rows,
+            dim]`` tables, or whole SparseCore stacks ``[T·N, W]`` (``W >= dim``).
+        placements: per table, None (a plain table) or the :class:`RowMap` of its logical rows
+            inside the array.
+        dim: the width read from every table (default: the first table's ``shape[1]``).
 
     Raises:
         ValueError: no tables, a table that is not a 2-D float32 array in C-ordered rows
-            (numpy's ``c_contiguous``), or tables of different ``dim``.
+            (numpy's ``c_contiguous``), a table narrower than ``dim`` (or, plain, of another
+            width), or a placement that does not fit its array.
     """
 
-    __slots__ = ("addresses", "arena", "dim", "rows", "tables")
+    __slots__ = ("addresses", "arena", "dim", "layout", "rows", "tables")
 
-    def __init__(self, tables: Sequence[np.ndarray]) -> None:
+    def __init__(
+        self,
+        tables: Sequence[np.ndarray],
+        placements: Sequence[RowMap | None] | None = None,
+        dim: int | None = None,
+    ) -> None:
         if not tables:
             raise ValueError("a table group needs at least one table")
-        dim = tables[0].shape[1] if tables[0].ndim == 2 else -1
-        for i, t in enumerate(tables):
+        if placements is None:
+            placements = [None] * len(tables)
+        if len(placements) != len(tables):
+            raise ValueError(f"{len(tables)} tables but {len(placements)} placements")
+        if dim is None:
+            dim = tables[0].shape[1] if tables[0].ndim == 2 else -1
+        for i, (t, m) in enumerate(zip(tables, placements, strict=True)):
             if not isinstance(t, np.ndarray) or t.ndim != 2 or t.dtype != np.float32:
                 raise ValueError(f"table {i} of the group is not a 2-D float32 array")
             if not t.flags.c_contiguous:
                 raise ValueError(f"table {i} of the group: {LAYOUT_MESSAGE}")
-            if t.shape[1] != dim:
+            if t.shape[1] < dim or (m is None and t.shape[1] != dim):
                 raise ValueError(f"table {i} of the group has dim {t.shape[1]}, not {dim}")
+            misfit = m.misfit(t.shape[0]) if m is not None else None
+            if misfit is not None:
+                raise ValueError(f"table {i} of the group: its placement does not fit: {misfit}")
         self.tables = list(tables)  # keeps the memory behind the addresses alive
         self.addresses = np.array([address_of(t) for t in self.tables], dtype=np.int64)
-        self.rows = np.array([t.shape[0] for t in self.tables], dtype=np.int64)
-        self.dim: int = dim
+        self.layout = np.array(
+            [layout_row(t, m) for t, m in zip(self.tables, placements, strict=True)],
+            dtype=np.int64,
+        ).reshape(len(self.tables), len(LAYOUT_COLUMNS))
+        self.rows = self.layout[:, 0].copy()  # logical rows: ids are checked against these
+        self.dim: int = int(dim)
         self.arena = OutputArena()
 
     def gather(self, ids: np.ndarray, parallel: bool) -> np.ndarray | None:
@@ -149,7 +279,7 @@ class TableGroup:
         n = ids.shape[0] // len(self.tables)
         out = self.arena.take((len(self.tables), n, self.dim), np.float32)
         kernel = gather_tables_parallel if parallel else gather_tables_serial
-        if kernel(self.addresses, self.rows, ids, out) >= 0:
+        if kernel(self.addresses, self.layout, ids, out) >= 0:
             return None
         return out
 

@@ -21,10 +21,12 @@ bags of 1-40 ids, both versions interleaved in one process: within noise (±5%) 
 / sqrtn got 5-12% faster because the register kernel now divides before its one store.
 
 Callers guarantee: ``ids`` within ``[0, table.shape[0])``, ``splits`` non-decreasing from 0 to
-``len(ids)``, ``out`` shaped ``[len(splits) - 1, table.shape[1]]`` in the table's dtype,
-``weights`` as long as ``ids`` (or empty: unweighted). Rows are read and written by address, so
-both entry points raise ``ValueError`` unless ``table`` and ``out`` are C-ordered rows
-(:func:`embserve.kernels.check.c_rows`).
+``len(ids)``, ``out`` shaped ``[len(splits) - 1, dim]`` in the table's dtype with ``dim <=
+table.shape[1]``, ``weights`` as long as ``ids`` (or empty: unweighted). The first ``dim`` values
+of each table row are combined: all of a plain table's, or a logical table's columns of a
+SparseCore stack passed whole. Rows are read and written by address, so both entry points raise
+``ValueError`` unless ``table`` and ``out`` are C-ordered rows and ``out`` is no wider than the
+table (:func:`embserve.kernels.check.readable`).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from numba import prange
 
 from embserve.kernels._jit import jit, jit_inline, jit_parallel
 from embserve.kernels._native import PREFETCH_ROWS, prefetch_row, sum_rows
-from embserve.kernels.check import LAYOUT_MESSAGE, c_rows
+from embserve.kernels.check import readable
 
 __all__ = [
     "CHUNKS",
@@ -66,9 +68,10 @@ CHUNKS = 64
 
 
 @jit_inline
-def _vector_dim(table):  # type: ignore[no-untyped-def]
-    """Whether the register kernel serves this table: float32 rows of a multiple of 16 floats."""
-    return table.itemsize == 4 and table.shape[1] % 16 == 0
+def _vector_dim(table, dim):  # type: ignore[no-untyped-def]
+    """Whether the register kernel serves this table: float32 rows read in a multiple of 16
+    floats."""
+    return table.itemsize == 4 and dim % 16 == 0
 
 
 @jit_inline
@@ -123,8 +126,9 @@ def _nonfinite(o, dim):  # type: ignore[no-untyped-def]
 def _bags_vector(table, ids, splits, combiner, out, b0, b1):  # type: ignore[no-untyped-def]
     """Unweighted bags ``b0 .. b1`` through the register kernel; whether an output value is inf
     or NaN (tested in registers by :func:`sum_rows`)."""
-    dim = table.shape[1]
-    row_bytes = dim * table.itemsize
+    dim = out.shape[1]
+    row_bytes = table.shape[1] * table.itemsize
+    out_bytes = dim * out.itemsize
     base = table.ctypes.data
     out_base = out.ctypes.data
     bad = False
@@ -136,7 +140,7 @@ def _bags_vector(table, ids, splits, combiner, out, b0, b1):  # type: ignore[no-
             denom = np.float32(end - start)
         elif end > start and combiner == SQRTN:
             denom = np.float32(math.sqrt(end - start))
-        target = out_base + b * row_bytes
+        target = out_base + b * out_bytes
         bad |= _sum_bag(base, row_bytes, ids, ids, start, end, target, dim, False, denom)
     return bad
 
@@ -145,8 +149,9 @@ def _bags_vector(table, ids, splits, combiner, out, b0, b1):  # type: ignore[no-
 def _bags_vector_weighted(table, ids, weights, splits, combiner, out, b0, b1):  # type: ignore[no-untyped-def]
     """Weighted bags ``b0 .. b1`` through the register kernel; whether an output value or a
     denominator is inf or NaN."""
-    dim = table.shape[1]
-    row_bytes = dim * table.itemsize
+    dim = out.shape[1]
+    row_bytes = table.shape[1] * table.itemsize
+    out_bytes = dim * out.itemsize
     base = table.ctypes.data
     out_base = out.ctypes.data
     bad = False
@@ -166,7 +171,7 @@ def _bags_vector_weighted(table, ids, weights, splits, combiner, out, b0, b1):  
             for d in range(dim):
                 o[d] = 0
         else:
-            target = out_base + b * row_bytes
+            target = out_base + b * out_bytes
             bad |= _sum_bag(base, row_bytes, ids, weights, start, end, target, dim, True, denom)
     return bad
 
@@ -175,8 +180,9 @@ def _bags_vector_weighted(table, ids, weights, splits, combiner, out, b0, b1):  
 def _bags_array(table, ids, splits, combiner, out, b0, b1, acc):  # type: ignore[no-untyped-def]
     """Unweighted bags ``b0 .. b1`` through an accumulator array; whether an output value is
     inf or NaN."""
-    dim = table.shape[1]
-    row_bytes = dim * table.itemsize
+    dim = out.shape[1]
+    row_bytes = table.shape[1] * table.itemsize
+    used = dim * table.itemsize
     base = table.ctypes.data
     last = ids.shape[0] - 1
     for b in range(b0, b1):
@@ -186,7 +192,7 @@ def _bags_array(table, ids, splits, combiner, out, b0, b1, acc):  # type: ignore
             acc[d] = 0
         for k in range(start, end):
             if k + PREFETCH_ROWS <= last:
-                prefetch_row(base + ids[k + PREFETCH_ROWS] * row_bytes, row_bytes)
+                prefetch_row(base + ids[k + PREFETCH_ROWS] * row_bytes, used)
             r0 = table[ids[k]]
             for d in range(dim):
                 acc[d] += r0[d]
@@ -206,8 +212,9 @@ def _bags_array(table, ids, splits, combiner, out, b0, b1, acc):  # type: ignore
 def _bags_array_weighted(table, ids, weights, splits, combiner, out, b0, b1, acc):  # type: ignore[no-untyped-def]
     """Weighted bags ``b0 .. b1`` through an accumulator array; whether an output value or a
     denominator is inf or NaN."""
-    dim = table.shape[1]
-    row_bytes = dim * table.itemsize
+    dim = out.shape[1]
+    row_bytes = table.shape[1] * table.itemsize
+    used = dim * table.itemsize
     base = table.ctypes.data
     last = ids.shape[0] - 1
     bad = False
@@ -218,7 +225,7 @@ def _bags_array_weighted(table, ids, weights, splits, combiner, out, b0, b1, acc
         wsum = np.float32(0)
         for k in range(splits[b], end):
             if k + PREFETCH_ROWS <= last:
-                prefetch_row(base + ids[k + PREFETCH_ROWS] * row_bytes, row_bytes)
+                prefetch_row(base + ids[k + PREFETCH_ROWS] * row_bytes, used)
             r0 = table[ids[k]]
             w = weights[k]
             for d in range(dim):
@@ -240,7 +247,7 @@ def _bags_array_weighted(table, ids, weights, splits, combiner, out, b0, b1, acc
 def _bags(table, ids, weights, splits, combiner, out, b0, b1, acc):  # type: ignore[no-untyped-def]
     """Reduce bags ``b0 .. b1`` (``weights`` empty: unweighted); whether an output value or a
     denominator is inf or NaN."""
-    if _vector_dim(table):
+    if _vector_dim(table, out.shape[1]):
         if weights.shape[0] == 0:
             return _bags_vector(table, ids, splits, combiner, out, b0, b1)
         return _bags_vector_weighted(table, ids, weights, splits, combiner, out, b0, b1)
@@ -269,9 +276,8 @@ def pooled_serial(table, ids, weights, splits, combiner, out):  # type: ignore[n
     which :func:`pooled_overflow` looks for the first one that is not (the check runs while
     the rows are in cache; the search only on that rare path).
     """
-    if not (c_rows(table) and c_rows(out)):
-        raise ValueError(LAYOUT_MESSAGE)
-    acc = np.empty(table.shape[1], dtype=out.dtype)
+    readable(table, out)
+    acc = np.empty(out.shape[1], dtype=out.dtype)
     bad = _bags(table, ids, weights, splits, combiner, out, 0, splits.shape[0] - 1, acc)
     return 0 if bad else -1
 
@@ -280,14 +286,13 @@ def pooled_serial(table, ids, weights, splits, combiner, out):  # type: ignore[n
 def pooled_parallel(table, ids, weights, splits, combiner, out):  # type: ignore[no-untyped-def]
     """:func:`pooled_serial` with runs of bags of equal id counts spread over the thread pool;
     returns -1, or the first bag of the first run holding a non-finite value."""
-    if not (c_rows(table) and c_rows(out)):
-        raise ValueError(LAYOUT_MESSAGE)
+    readable(table, out)
     chunks = min(CHUNKS, max(splits.shape[0] - 1, 1))
     # One flag per run: a prange reduction over the inlined bag loops does not compile (numba
     # 0.68: "unexpected cycle in lookup()").
     flagged = np.empty(chunks, dtype=np.bool_)
     for c in prange(chunks):
-        acc = np.empty(table.shape[1], dtype=out.dtype)
+        acc = np.empty(out.shape[1], dtype=out.dtype)
         b0 = _chunk_start(splits, c, chunks)
         b1 = _chunk_start(splits, c + 1, chunks)
         flagged[c] = _bags(table, ids, weights, splits, combiner, out, b0, b1, acc)
@@ -308,7 +313,7 @@ def pooled_overflow(table, ids, weights, splits, combiner, out, start):  # type:
     non-finite table row (a table may hold inf / NaN; the output is then TensorFlow's). The
     rare path only: the drivers' own check costs a pass over each hot output row.
     """
-    dim = table.shape[1]
+    dim = out.shape[1]
     weighted = weights.shape[0] != 0
     for b in range(start, splits.shape[0] - 1):
         if weighted and combiner != SUM:

@@ -2,8 +2,11 @@
 
 Callers guarantee every id is within ``[0, table.shape[0])`` and every target position is inside
 ``out``; these kernels check only the layout: every entry point raises ``ValueError`` unless
-``table`` and ``out`` are C-ordered rows (rows are prefetched by address; the multi-table gather
-reads whole tables by address through :func:`_gather_range`). Every loop prefetches the row
+``table`` and ``out`` are C-ordered rows and ``out``'s rows are no wider than the table's (rows are
+prefetched by address; the multi-table gather reads whole tables by address through
+:func:`_gather_range`). They copy the first ``dim = out.shape[-1]`` values of each table row: all
+of a plain table's, or a logical table's columns of a SparseCore stack passed whole
+(:func:`embserve.kernels.check.readable`). Every loop prefetches the row
 ``PREFETCH_ROWS`` ids ahead (see :mod:`embserve.kernels._native` for the measurements).
 """
 
@@ -14,7 +17,7 @@ from numba import prange
 
 from embserve.kernels._jit import jit, jit_inline, jit_parallel
 from embserve.kernels._native import PREFETCH_ROWS, prefetch_row
-from embserve.kernels.check import LAYOUT_MESSAGE, c_rows
+from embserve.kernels.check import readable
 
 __all__ = [
     "gather_parallel",
@@ -36,13 +39,14 @@ _GATHER_CHUNK = 64
 
 @jit_inline
 def _gather_range(table, ids, out, i0, i1):  # type: ignore[no-untyped-def]
-    dim = table.shape[1]
-    row_bytes = dim * table.itemsize
+    dim = out.shape[1]
+    row_bytes = table.shape[1] * table.itemsize
+    used = dim * table.itemsize
     base = table.ctypes.data
     n = ids.shape[0]
     for i in range(i0, i1):
         if i + PREFETCH_ROWS < n:
-            prefetch_row(base + ids[i + PREFETCH_ROWS] * row_bytes, row_bytes)
+            prefetch_row(base + ids[i + PREFETCH_ROWS] * row_bytes, used)
         row = table[ids[i]]
         o = out[i]
         for d in range(dim):
@@ -52,16 +56,14 @@ def _gather_range(table, ids, out, i0, i1):  # type: ignore[no-untyped-def]
 @jit
 def gather_serial(table, ids, out):  # type: ignore[no-untyped-def]
     """``out[i] = table[ids[i]]``: dense ids of any shape, flattened."""
-    if not (c_rows(table) and c_rows(out)):
-        raise ValueError(LAYOUT_MESSAGE)
+    readable(table, out)
     _gather_range(table, ids, out, 0, ids.shape[0])
 
 
 @jit_parallel
 def gather_parallel(table, ids, out):  # type: ignore[no-untyped-def]
     """:func:`gather_serial` over the thread pool."""
-    if not (c_rows(table) and c_rows(out)):
-        raise ValueError(LAYOUT_MESSAGE)
+    readable(table, out)
     n = ids.shape[0]
     for c in prange((n + _GATHER_CHUNK - 1) // _GATHER_CHUNK):
         i0 = c * _GATHER_CHUNK
@@ -71,14 +73,15 @@ def gather_parallel(table, ids, out):  # type: ignore[no-untyped-def]
 @jit_inline
 def _sequence_row(table, ids, splits, out, b):  # type: ignore[no-untyped-def]
     length = out.shape[1]
-    dim = table.shape[1]
-    row_bytes = dim * table.itemsize
+    dim = out.shape[2]
+    row_bytes = table.shape[1] * table.itemsize
+    used = dim * table.itemsize
     base = table.ctypes.data
     start = splits[b]
     n = min(splits[b + 1] - start, length)
     for j in range(n):
         if j + PREFETCH_ROWS < n:
-            prefetch_row(base + ids[start + j + PREFETCH_ROWS] * row_bytes, row_bytes)
+            prefetch_row(base + ids[start + j + PREFETCH_ROWS] * row_bytes, used)
         row = table[ids[start + j]]
         o = out[b, j]
         for d in range(dim):
@@ -92,8 +95,7 @@ def _sequence_row(table, ids, splits, out, b):  # type: ignore[no-untyped-def]
 @jit
 def sequence_serial(table, ids, splits, out):  # type: ignore[no-untyped-def]
     """Ragged rows packed left into ``out[B, L, D]``, cut at ``L``, zero-padded."""
-    if not (c_rows(table) and c_rows(out)):
-        raise ValueError(LAYOUT_MESSAGE)
+    readable(table, out)
     for b in range(splits.shape[0] - 1):
         _sequence_row(table, ids, splits, out, b)
 
@@ -101,8 +103,7 @@ def sequence_serial(table, ids, splits, out):  # type: ignore[no-untyped-def]
 @jit_parallel
 def sequence_parallel(table, ids, splits, out):  # type: ignore[no-untyped-def]
     """:func:`sequence_serial` over the thread pool."""
-    if not (c_rows(table) and c_rows(out)):
-        raise ValueError(LAYOUT_MESSAGE)
+    readable(table, out)
     for b in prange(splits.shape[0] - 1):
         _sequence_row(table, ids, splits, out, b)
 
@@ -114,14 +115,15 @@ def _scatter_row(table, ids, cols, splits, out, b):  # type: ignore[no-untyped-d
     Only sums can overflow, and only where entries share a position, but finding those costs
     more than re-reading the touched rows while they are in cache.
     """
-    dim = table.shape[1]
-    row_bytes = dim * table.itemsize
+    dim = out.shape[2]
+    row_bytes = table.shape[1] * table.itemsize
+    used = dim * table.itemsize
     base = table.ctypes.data
     start = splits[b]
     end = splits[b + 1]
     for k in range(start, end):
         if k + PREFETCH_ROWS < end:
-            prefetch_row(base + ids[k + PREFETCH_ROWS] * row_bytes, row_bytes)
+            prefetch_row(base + ids[k + PREFETCH_ROWS] * row_bytes, used)
         row = table[ids[k]]
         o = out[b, cols[k]]
         for d in range(dim):
@@ -143,8 +145,7 @@ def scatter_add_serial(table, ids, cols, splits, out):  # type: ignore[no-untype
     Returns the first row ``b`` holding an inf or NaN at a position it wrote, or -1 (the
     caller decides whether finite rows overflowed or the table holds non-finite values).
     """
-    if not (c_rows(table) and c_rows(out)):
-        raise ValueError(LAYOUT_MESSAGE)
+    readable(table, out)
     first = -1
     for b in range(splits.shape[0] - 1):
         if _scatter_row(table, ids, cols, splits, out, b) and first < 0:
@@ -155,8 +156,7 @@ def scatter_add_serial(table, ids, cols, splits, out):  # type: ignore[no-untype
 @jit_parallel
 def scatter_add_parallel(table, ids, cols, splits, out):  # type: ignore[no-untyped-def]
     """:func:`scatter_add_serial` with rows spread over the thread pool (rows never overlap)."""
-    if not (c_rows(table) and c_rows(out)):
-        raise ValueError(LAYOUT_MESSAGE)
+    readable(table, out)
     n = splits.shape[0] - 1
     flagged = np.zeros(n, dtype=np.bool_)
     for b in prange(n):
