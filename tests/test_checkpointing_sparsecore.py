@@ -195,3 +195,19 @@ def test_huge_pages_are_asked_for_each_stack_once(tmp_path: Path) -> None:
     es.train.Checkpoint(embedding=emb).restore(tmp_path / "ckpt-1")
     moved = collapse_huge_pages(emb)
     assert moved in (0, 2 << 20)  # 0 where the kernel or filesystem refuses
+
+
+def test_restore_keys_name_each_tables_stack(tmp_path: Path) -> None:
+    """What a checksum pass over served tables needs: the key each table was restored from."""
+    write_sparsecore(tmp_path / "ckpt-1", LAYOUTS, slots=["accumulators"])
+    keys = checkpointing.restore_keys(
+        BundleReader(tmp_path / "ckpt-1"), ["embedding"], _model(SHAPES, es.Adagrad())
+    )
+    slot_key = "embedding/a_b.Saccumulators/.ATTRIBUTES/VARIABLE_VALUE"
+    assert keys["a"] == {"parameters": STACK_KEY, "accumulators": slot_key}
+    assert keys["b"] == keys["a"]
+    assert keys["c"]["parameters"] == "embedding/c/.ATTRIBUTES/VARIABLE_VALUE"
+    with pytest.raises(es.CheckpointMismatchError, match="'d'"):
+        checkpointing.restore_keys(
+            BundleReader(tmp_path / "ckpt-1"), ["embedding"], _model({**SHAPES, "d": (2, 2)})
+        )

@@ -87,6 +87,7 @@ __all__ = [
     "find_embedding_tables",
     "read_sparsecore_layouts",
     "restore_embedding",
+    "restore_keys",
     "restore_objects",
     "write_checkpoint",
 ]
@@ -675,6 +676,34 @@ def restore_embedding(
         progress=progress,
     )
     return RestoreResult(keys)
+
+
+def restore_keys(
+    reader: BundleReader,
+    object_path: Sequence[str],
+    embedding: TPUEmbeddingForServing,
+    *,
+    graph: ObjectGraph | None = None,
+) -> dict[Any, dict[str, str]]:
+    """The bundle keys a restore of ``embedding`` at ``object_path`` reads, without reading them.
+
+    ``{table name: {"parameters": key, slot name: key}}``, checked as :func:`restore_embedding`
+    checks them. For a table of a SparseCore checkpoint the key is its stack's (shared by the
+    stack's tables; the served :class:`~embserve.tables.StackedTable`'s ``stack`` is that
+    tensor), so a checksum pass verifies each such key once, slice by slice
+    (``reader.get_tensor(key, verify=True)``), never an unstacked copy. Slots a re-saved
+    ForServing checkpoint does not hold (they start from their initializers) are left out.
+
+    Raises:
+        CheckpointMismatchError, CorruptCheckpointError: as :func:`restore_embedding` would.
+    """
+    plan = _plan_restore(reader, graph or _load_graph(reader), object_path, embedding)
+    keys: dict[Any, dict[str, str]] = {}
+    for source in plan.sources:
+        slots = keys.setdefault(source.config.name, {})
+        if source.key is not None:
+            slots[source.slot] = source.key
+    return keys
 
 
 class _Node:
