@@ -211,3 +211,18 @@ def test_restore_keys_name_each_tables_stack(tmp_path: Path) -> None:
         checkpointing.restore_keys(
             BundleReader(tmp_path / "ckpt-1"), ["embedding"], _model({**SHAPES, "d": (2, 2)})
         )
+
+
+def test_find_tells_a_stack_from_the_slots_of_another(tmp_path: Path) -> None:
+    """Table names may hold '/': stack 'item' must not take stack 'item/sku' (or its slots) for
+    slots of its own."""
+    layouts = [layout("item", "item", 5, 8), layout("item/sku", "item/sku", 7, 8)]
+    write_sparsecore(tmp_path / "ckpt-1", layouts, slots=["accumulators"])
+    found = {f.table: f for f in find_embedding_tables(BundleReader(tmp_path / "ckpt-1"))}
+    assert found["item"].slots == {
+        "accumulators": "embedding/item.Saccumulators/.ATTRIBUTES/VARIABLE_VALUE"
+    }
+    assert found["item/sku"].slots == {
+        "accumulators": "embedding/item.Ssku.Saccumulators/.ATTRIBUTES/VARIABLE_VALUE"
+    }
+    assert found["item/sku"].key == "embedding/item.Ssku/.ATTRIBUTES/VARIABLE_VALUE"

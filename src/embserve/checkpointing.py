@@ -232,11 +232,14 @@ def _found_sparsecore(
         key = _value_key(graph, [*path, layout.stack])
         if key is None or not reader.has_tensor(key):
             continue
+        # Slot names have no "/" (a stack "item" must not claim stack "item/sku" or its slots).
         prefix = slot_edge(layout.stack, "")
         slots = {
             name[len(prefix) :]: slot_key
             for name in children
             if name.startswith(prefix)
+            and "/" not in name[len(prefix) :]
+            and name not in layouts.stacks
             and (slot_key := _value_key(graph, [*path, name])) is not None
         }
         dtype = reader.info(key).dtype_name
