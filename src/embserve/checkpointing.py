@@ -51,7 +51,7 @@ TensorFlow's ``TPUEmbeddingForServing`` restores (and a TPU job's checkpoint ada
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -74,7 +74,7 @@ from embserve.checkpoint.sparsecore import (
     parse_layouts,
     slot_edge,
 )
-from embserve.embedding import TPUEmbeddingForServing, _initial_value
+from embserve.embedding import Table, TPUEmbeddingForServing, _initial_value
 from embserve.errors import CheckpointMismatchError, CorruptCheckpointError
 from embserve.tables import StackedTable
 
@@ -109,10 +109,6 @@ _EMBEDDING_MARKERS = ("_table_config", "_variables", "_output_shapes")
 Progress = ProgressCallback
 
 _VALUE = "VARIABLE_VALUE"
-
-#: What a restored table or slot is: a plain array (a view of the checkpoint, or private with
-#: ``copy=True``), or a table served in place from a SparseCore stack.
-Table = np.ndarray | StackedTable
 
 
 class FoundTable(NamedTuple):
@@ -638,8 +634,7 @@ def _restore(
                 slots[source.slot] = _stacked_table(stack, source.layout, copy)
             staged.append((obj, variables))
     for obj, variables in staged:  # nothing below can fail: install every object
-        # The serving object takes plain arrays and StackedTables alike (embedding.py).
-        obj._set_variables(cast("dict[Any, dict[str, np.ndarray]]", variables))
+        obj._set_variables(variables)
     return frozenset(key for _, plan in plans for key in plan.keys)
 
 
