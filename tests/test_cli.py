@@ -21,6 +21,7 @@ import pytest
 import embserve as es
 from embserve import train
 from embserve.checkpoint import OBJECT_GRAPH_KEY, BundleReader
+from embserve.checkpoint.sparsecore import unstack_table
 from embserve.checkpointing import find_embedding_tables
 from embserve.cli import ProgressBar, format_bytes, main
 from embserve.server.config import ServingConfig, parse_config, serving_config_toml
@@ -28,6 +29,7 @@ from embserve.server.reloader import Reloader, make_loader
 from tests.nested_checkpoints import nest_embedding
 
 FIXTURES = Path(__file__).resolve().parent / "data" / "checkpoints"
+SPARSECORE = Path(__file__).resolve().parent / "data" / "sparsecore"
 
 # The TPU fixtures' tables (tools/make_checkpoint_fixtures.py): name -> (vocabulary, dim).
 TPU_TABLES = {"t0": (7, 3), "t1": (11, 5)}
@@ -375,8 +377,11 @@ def test_a_garbage_index_file(capsys: pytest.CaptureFixture[str], tmp_path: Path
 
 
 def _fixture_prefixes() -> list[Path]:
-    """Every checkpoint prefix among the TensorFlow-made fixtures."""
-    return sorted(i.with_suffix("") for i in FIXTURES.glob("*/*.index"))
+    """Every checkpoint prefix among the TensorFlow-made fixtures (SparseCore ones included;
+    their damaged cases, under ``mismatch/``, are not servable by design)."""
+    return sorted(i.with_suffix("") for i in FIXTURES.glob("*/*.index")) + sorted(
+        i.with_suffix("") for i in SPARSECORE.glob("*/*.index")
+    )
 
 
 def _embedding_prefixes() -> list[Path]:
@@ -413,13 +418,51 @@ def _assert_serves_the_checkpoint(config: ServingConfig, prefix: Path) -> None:
         assert [t.table for t in found] == [str(t.name) for t in config.tables]
         for t in found:
             stored = reader.get_tensor(t.key)
+            if t.layout is not None:  # a SparseCore stack: the table is cut out of it
+                stored = unstack_table(stored, t.layout)
             served = model({t.table: np.arange(stored.shape[0])})[t.table]
             np.testing.assert_array_equal(served, stored)
 
 
 def test_every_fixture_with_tables_is_tested() -> None:
     names = {p.parent.name for p in _embedding_prefixes()}
-    assert names == {"keras", "tpu_adagrad", "tpu_adam", "tpu_none"}
+    assert names == {
+        "keras",
+        "tpu_adagrad",
+        "tpu_adam",
+        "tpu_none",
+        # SparseCore (TPUEmbeddingV2) checkpoints
+        "four_chips_4sc",
+        "four_chips_ftrl",
+        "keras_beside",
+        "keras_nested",
+        "mixed",
+        "one_chip_adam",
+        "resaved",
+        "sharded_files",
+        "stacked_2x4",
+        "unstacked",
+    }
+
+
+def test_inspect_lists_sparsecore_stacks_and_their_tables(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The worked example of SPARSECORE_FORMAT.md §9: two stacks, each table's logical shape
+    and size, and where it sits in its stack (padding, row offset, rotation)."""
+    code, out, err = run(capsys, "inspect", SPARSECORE / "stacked_2x4")
+    assert code == 0, err
+    assert "embedding  t_b    float32  [37, 16]   2.31 KiB  accumulators" in out
+    assert "SparseCore stacks (2; tables served from them in place):" in out
+    first = next(line for line in out.splitlines() if line.lstrip().startswith("t_a_t_b_t_c "))
+    assert (
+        " ".join(first.split()) == "t_a_t_b_t_c [256, 16] 2 x 4 t_a 100 x 16 +28 rows, +0 cols 0 0"
+    )
+    assert "t_b    37 x 16     +27 rows, +0 cols      16         4" in out
+    assert "t_c    50 x 12     +14 rows, +4 cols      24         0" in out
+    # Tables are counted by their own bytes (100*16 + 37*16 + 50*12 + 64*8 floats), slot
+    # stacks once.
+    assert "4 embedding tables, 12.9 KiB; 1 optimizer slot, 16.0 KiB" in out
 
 
 @pytest.mark.parametrize("prefix", _embedding_prefixes(), ids=lambda p: p.parent.name)

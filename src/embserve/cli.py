@@ -245,6 +245,50 @@ def _copies_line(infos: Sequence[TensorInfo]) -> str:
     )
 
 
+def _table_bytes(reader: BundleReader, table: FoundTable) -> int:
+    """A table's own bytes: its tensor's, or for a table inside a SparseCore stack its logical
+    rows x dim (the stack, with padding and the other tables, is listed apart)."""
+    if table.layout is not None:
+        return math.prod(table.shape) * reader.info(table.key).numpy_dtype.itemsize
+    return _tensor_bytes(reader.info(table.key))
+
+
+def _stacks_report(found: Sequence[FoundTable]) -> list[str]:
+    """The SparseCore stacks (TPUEmbeddingV2) holding the tables found, if any: each stack's
+    shape and topology, then where each of its tables sits in it (SPARSECORE_FORMAT.md §3)."""
+    stacks: dict[tuple[tuple[str, ...], str], list[FoundTable]] = {}
+    for t in found:
+        if t.layout is not None:
+            stacks.setdefault((t.object_path, t.layout.stack), []).append(t)
+    if not stacks:
+        return []
+    lines = ["", f"SparseCore stacks ({len(stacks)}; tables served from them in place):"]
+    rows = [
+        ["stack", "shape", "chips x SC", "table", "rows x dim", "padding", "offset", "rotation"]
+    ]
+    for (_, stack), tables in stacks.items():
+        first = tables[0].layout
+        assert first is not None
+        for n, t in enumerate(sorted(tables, key=lambda t: t.layout.row_offset if t.layout else 0)):
+            layout = t.layout
+            assert layout is not None
+            padding = f"+{layout.padded_rows - layout.rows} rows, +{layout.width - layout.dim} cols"
+            rows.append(
+                [
+                    stack if n == 0 else "",
+                    _shape(first.stack_shape) if n == 0 else "",
+                    f"{first.num_partitions} x {first.sparse_cores_per_chip}" if n == 0 else "",
+                    t.table,
+                    f"{layout.rows} x {layout.dim}",
+                    padding,
+                    str(layout.row_offset),
+                    str(layout.rotation),
+                ]
+            )
+    lines.append(_columns(rows, right=(6, 7)))
+    return lines
+
+
 def _report(reader: BundleReader, path: str, found: Sequence[FoundTable]) -> str:
     """The human-readable listing: variables, embedding tables with slots, totals."""
     infos = [reader.info(k) for k in reader]
@@ -274,7 +318,6 @@ def _report(reader: BundleReader, path: str, found: Sequence[FoundTable]) -> str
         lines.append(f"embedding tables ({len(found)}, in {len(objects)} TPUEmbedding {noun}):")
         rows = [["object", "table", "dtype", "shape", "size", "slots"]]
         for t in found:
-            size = _tensor_bytes(reader.info(t.key))
             slots = ", ".join(t.slots) if t.slots else "-"
             rows.append(
                 [
@@ -282,19 +325,20 @@ def _report(reader: BundleReader, path: str, found: Sequence[FoundTable]) -> str
                     t.table,
                     t.dtype,
                     _shape(t.shape),
-                    format_bytes(size),
+                    format_bytes(_table_bytes(reader, t)),
                     slots,
                 ]
             )
         lines.append(_columns(rows, right=(4,)))
+        lines += _stacks_report(found)
     else:
         graph = reader.has_tensor(OBJECT_GRAPH_KEY)
         why = "" if graph else " (no object graph: a TF1 name-based checkpoint)"
         lines.append(f"embedding tables: none found{why}")
 
     lines.append(_copies_line(infos))
-    table_bytes = sum(_tensor_bytes(reader.info(t.key)) for t in found)
-    slot_keys = [k for t in found for k in t.slots.values()]
+    table_bytes = sum(_table_bytes(reader, t) for t in found)
+    slot_keys = list(dict.fromkeys(k for t in found for k in t.slots.values()))
     slot_bytes = sum(_tensor_bytes(reader.info(k)) for k in slot_keys)
     value_bytes = sum(_tensor_bytes(i) for i in infos)
     disk = os.path.getsize(reader.index_path) + sum(os.path.getsize(p) for p in reader.data_paths)

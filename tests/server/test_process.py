@@ -552,3 +552,35 @@ def test_hostile_requests_get_4xx_with_bounded_memory(
     assert server.proc.poll() is None
     print(f"server RSS {rss_before} -> {rss_after} KiB, peak {peak_before} -> {peak_after} KiB")
     assert peak_after - rss_before < 64 << 10, (rss_before, peak_before, rss_after, peak_after)
+
+
+def test_serves_a_sparsecore_checkpoint_with_the_config_inspect_writes(
+    tmp_path: Path, server_factory: Callable[..., Server]
+) -> None:
+    """A TPUEmbeddingV2 (SparseCore) checkpoint made by TensorFlow, served the way a user
+    would: ``embserve inspect --config`` writes the config, ``embserve serve`` answers from the
+    stacks (issue 11)."""
+    import shutil
+
+    fixture = Path(__file__).resolve().parents[1] / "data" / "sparsecore" / "stacked_2x4"
+    shutil.copytree(fixture, tmp_path / "ckpts")
+    skeleton = subprocess.run(
+        [sys.executable, "-m", "embserve", "inspect", str(tmp_path / "ckpts"), "--config"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    config = tmp_path / "serving.toml"
+    config.write_text(skeleton.replace('name = "embedding"', f'name = "{MODEL}"', 1))
+    server = server_factory(config)
+    expected = json.loads((fixture / "expected.json").read_text())["restored"]
+    body = json.dumps({"instances": [{"t_b": 36, "t_c": 49}, {"t_b": 0, "t_c": 13}]}).encode()
+    status, headers, answer = http_request(server.port, "POST", PREDICT, body)
+    assert status == 200, answer
+    assert headers["x-model-version"] == "1"
+    predictions = json.loads(answer)["predictions"]
+    for name, rows in (("t_b", [36, 0]), ("t_c", [49, 13])):
+        table = np.frombuffer(bytes.fromhex(expected[name]["data_hex"]), dtype="<f4")
+        table = table.reshape(expected[name]["shape"])
+        got = np.asarray([p[name] for p in predictions], dtype=np.float32)
+        np.testing.assert_array_equal(got, table[rows], err_msg=name)

@@ -102,7 +102,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 import embserve as es
-from embserve.checkpoint import BundleReader, ObjectGraph, crc32c, resolve_checkpoint
+from embserve.checkpoint import BundleReader, crc32c, resolve_checkpoint
 from embserve.checkpoint.bundle import (
     HEADER_KEY,
     MAX_SHARDS,
@@ -118,9 +118,11 @@ from embserve.checkpointing import (
     collapse_huge_pages,
     find_embedding_tables,
     restore_embedding,
+    restore_keys,
 )
 from embserve.lookup import FeatureSpec
 from embserve.server.config import object_value
+from embserve.tables import StackedTable
 
 if TYPE_CHECKING:
     from embserve.server.config import ServingConfig
@@ -545,27 +547,29 @@ def _table_checks(
 ) -> tuple[list[_TableCheck], list[str]]:
     """What :func:`verify_served_tables` checks: tables over
     :data:`~embserve.checkpointing.VERIFY_ON_RESTORE_MAX_BYTES` (smaller ones were checked by
-    the restore), as array checks, plus the keys of tables assembled from slices (checked slice
-    by slice through ``reader``)."""
-    graph = ObjectGraph.from_reader(reader)
+    the restore), as array checks, plus the keys of tables stored in slices (checked slice by
+    slice through ``reader``). A SparseCore table is served from its stack, which is checked
+    once, as its stored slices, whatever the number of tables in it (never unstacked)."""
+    keys = restore_keys(reader, object_path, model)
     checks: list[_TableCheck] = []
     sliced: list[str] = []
     for table, array in model.embedding_tables.items():
-        value = np.asarray(array)
-        if value.nbytes <= VERIFY_ON_RESTORE_MAX_BYTES:
-            continue
-        node = graph.find([*object_path, str(table.name)]) if graph is not None else None
-        attributes = graph.attributes(node) if graph is not None and node is not None else {}
-        if "VARIABLE_VALUE" not in attributes:
+        key = keys.get(table.name, {}).get("parameters")
+        if key is None:
             raise es.CheckpointMismatchError(
                 f"checkpoint {reader.prefix!r}: no value for table {table.name!r} under "
                 f"object {object_value(object_path)!r} to verify against"
             )
-        key = attributes["VARIABLE_VALUE"].checkpoint_key
         info = reader.info(key)
-        if info.slices:
-            sliced.append(key)
+        if info.num_elements * info.numpy_dtype.itemsize <= VERIFY_ON_RESTORE_MAX_BYTES:
+            continue  # checked by the restore
+        if info.slices or isinstance(array, StackedTable):
+            # A stack is stored in slices (one per chip); copy_tables unstacked it, and the
+            # copies are checked through their source, once per stack.
+            if key not in sliced:
+                sliced.append(key)
             continue
+        value = np.asarray(array)
         path = reader.data_paths[info.shard_id]
         if not value.flags.c_contiguous or value.nbytes != info.size:
             raise es.CorruptCheckpointError(
