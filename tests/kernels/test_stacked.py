@@ -192,7 +192,8 @@ def test_fused_gather_with_stacked_tables(kernel: Callable[..., Any], n: int) ->
     ids = [rng.integers(0, t.shape[0], n) for t in logical]
     out = np.full((4, n, 8), np.nan, np.float32)
     addresses = np.array([address_of(t) for t in arrays], np.int64)
-    assert kernel(addresses, layout, np.concatenate(ids), out) == -1
+    rows = np.empty(4 * n, np.int64)
+    assert kernel(addresses, layout, np.concatenate(ids), rows, out) == -1
     for f in range(4):
         np.testing.assert_array_equal(out[f], logical[f][ids[f]])
 
@@ -210,7 +211,8 @@ def test_fused_gather_checks_logical_rows_before_writing(
         ids = np.zeros((4, n), np.int64)
         ids[f, n - 1] = bad
         out = np.full((4, n, 8), 7.0, np.float32)
-        assert kernel(addresses, layout, ids.reshape(-1), out) == f * n + n - 1
+        rows = np.empty(4 * n, np.int64)
+        assert kernel(addresses, layout, ids.reshape(-1), rows, out) == f * n + n - 1
         assert (out == 7.0).all()
 
 
@@ -245,3 +247,14 @@ def test_table_group_refuses_placements_that_do_not_fit(
     stack = np.zeros((160, 12), np.float32)
     with pytest.raises(ValueError, match=words):
         TableGroup([stack], placements, dim)
+
+
+@pytest.mark.parametrize("kernel", [gather_tables_serial, gather_tables_parallel])
+def test_fused_gather_refuses_a_short_row_scratch(kernel: Callable[..., Any]) -> None:
+    arrays, maps, _ = _stacked_group(np.random.default_rng(2))
+    layout = np.array([layout_row(t, m) for t, m in zip(arrays, maps, strict=True)], np.int64)
+    addresses = np.array([address_of(t) for t in arrays], np.int64)
+    out = np.full((4, 5, 8), 7.0, np.float32)
+    with pytest.raises(ValueError, match="scratch"):
+        kernel(addresses, layout, np.zeros(20, np.int64), np.empty(19, np.int64), out)
+    assert (out == 7.0).all()

@@ -11,7 +11,12 @@ gather (:mod:`embserve.kernels.multi`) maps inside its kernel with :func:`map_ra
 Why translate instead of computing the address inside every kernel: the kernels stay one code
 path (the register kernel of :mod:`embserve.kernels.pooled` is LLVM IR that indexes rows by id),
 plain tables pay nothing, and the translation is a sequential pass over the ids, cheap next to
-the random row reads it precedes (``benchmarks/stacked.py`` measures both).
+the random row reads it precedes (``benchmarks/stacked.py`` measures stacked against plain).
+
+Measured against the alternative (prototype kernels, one thread, N = 8, ids uniform): bags of 1-40
+ids (20k ids, B=1024, dim 64, array accumulator), cache-resident table: translate + bag loop
+144.9 µs, mapping inside the bag loop 156.5 µs, no mapping 138.0 µs; 1 GiB stack: 382 against 412
+µs. A 4,096-row gather: 25.3 µs translated, 25.2 µs mapped inside. The translation is kept.
 """
 
 from __future__ import annotations
