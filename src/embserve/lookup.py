@@ -161,7 +161,9 @@ def _prepare_table(table: Any, table_config: TableConfig) -> tuple[np.ndarray, R
     kernels were promised), with the :class:`~embserve.kernels.stacked.RowMap` of its rows; ids
     are checked against its logical rows, then translated.
     """
-    if isinstance(table, StackedTable):
+    if isinstance(table, np.ndarray):
+        arr = table
+    elif isinstance(table, StackedTable):
         stack = table.stack.view(np.ndarray)
         # The StackedTable checked all this when built, but its stack is the caller's array
         # object, whose shape can be reassigned in place: check what the kernels rely on.
@@ -181,7 +183,8 @@ def _prepare_table(table: Any, table_config: TableConfig) -> tuple[np.ndarray, R
             table.rows, table.num_shards, table.shard_rows, table.row_offset, table.rotation
         )
         return stack, placement
-    arr = table if isinstance(table, np.ndarray) else np.asarray(table)
+    else:
+        arr = np.asarray(table)
     if arr.ndim != 2:
         raise InputError(
             f"table {_table_name(table_config)!r}: expected a 2-D [rows, dim] table, "
@@ -431,8 +434,7 @@ class _Feature:
         self.table = table
         self.placement = placement
         if placement is None:
-            self.rows = int(table.shape[0])
-            self.dim = int(table.shape[1])
+            self.rows, self.dim = table.shape
             self.shape_map: tuple[int, int, int, int, int] | None = None
             self.row_arena: OutputArena | None = None
         else:

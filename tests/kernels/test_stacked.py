@@ -258,3 +258,12 @@ def test_fused_gather_refuses_a_short_row_scratch(kernel: Callable[..., Any]) ->
     with pytest.raises(ValueError, match="scratch"):
         kernel(addresses, layout, np.zeros(20, np.int64), np.empty(19, np.int64), out)
     assert (out == 7.0).all()
+
+
+def test_a_plain_group_layout_is_the_identity_row_of_every_table() -> None:
+    tables = [np.zeros((r, 4), np.float32) for r in (10, 7, 1)]
+    group = TableGroup(tables)
+    assert group.layout.tolist() == [layout_row(t) for t in tables]
+    assert group.layout.tolist()[1] == [7, 7, 4, 1, 0, 7, 0, 0]
+    assert not group.mapped
+    assert TableGroup([*tables, tables[0]], [None, None, None, RowMap(3, 2, 5, 1, 1)], 4).mapped
