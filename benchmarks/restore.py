@@ -33,11 +33,39 @@ from the page cache with ``posix_fadvise(POSIX_FADV_DONTNEED)`` (per file, no pr
 needed); on this VM the "disk" may itself be cached by the host, so cold numbers are an upper
 bound on real disk speed.
 
+``--sparsecore``: the same race on a SparseCore (``TPUEmbeddingV2``) checkpoint instead
+(SPARSECORE_FORMAT.md). One stack ``items_shops_users`` of 8,388,608 × 64 float32 (2.15 GB;
+``--rows`` sets the stack's rows, a multiple of 512, ``--dim`` its width, a multiple of 8)
+holding three tables in the layout TensorFlow 2.21's own stacker computes for them on 2 chips ×
+4 SparseCores (N = 8; checked with ``_stack_tables_with_same_table_dim_and_optimizer``):
+
+- ``items`` 4,194,300 × 64 (padded to 4,194,304 rows), row offset 0, rotation 0,
+- ``shops`` 3,145,700 × 60 (padded to 3,145,728 × 64), row offset 524,288, rotation 4,
+- ``users`` 1,048,550 × 57 (padded to 1,048,576 × 64), row offset 917,504, rotation 0,
+
+rows interleaved over the 8 SparseCores by the row formula (§3.1), stored as one row slice per
+chip (``BundleWriter.add_sliced``), the ``_sparse_core_table_layouts`` proto and an object graph
+with TensorFlow's nodes and edges (``embedding/<stack>``, ``embedding/_variables/<stack>/
+parameters``, ``embedding/_sparse_core_table_layouts``, ``save_counter``). Row ``r``, column
+``c`` of a table holds a hash of (table, r, c) (exact in float32); padding rows hold 1e30 and
+padding columns NaN. The stack is filled shard block by shard block into a memory-mapped scratch
+file, so the writer never holds it in anonymous memory. Contestants: embserve's default
+(zero copy: each table is a ``StackedTable`` over the mapped stack), ``copy=True`` (plain
+private per-table arrays), ``verify=True``, and, with ``--tf-python``, TensorFlow 2.21's
+``TPUEmbeddingForServing``: ``restore()`` then ``build()`` (TensorFlow unstacks every table into
+a new variable; restoring after ``build()`` restores nothing there, silently, so it is not a
+contestant). Each worker looks up 1,024 random ids in every table (one feature per table), and
+every result is checked against the values the hash gives for those rows; the parent also
+checks, before the save, that the scratch stack holds each looked-up row where the row formula
+puts it and the padding where it belongs. embserve's kernels are loaded first by restoring and
+looking up a 512-row checkpoint of the same layout, the same way.
+
 Usage::
 
     .venv/bin/python benchmarks/restore.py --tf-python .venvs/tf/bin/python
     .venv/bin/python benchmarks/restore.py --tf-python .venvs/tf/bin/python --cold --write
     .venv/bin/python benchmarks/restore.py --rows 1000000 --reps 1    # a quick look
+    .venv/bin/python benchmarks/restore.py --sparsecore --tf-python .venvs/tf/bin/python --write
 
 ``--write`` inserts the markdown section (with the command and machine facts) at the top of
 ``benchmarks/RESULTS.md``, below its marker line, keeping older sections. The temporary
@@ -144,6 +172,117 @@ def _digest(values: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# SparseCore mode: the stack's geometry, values and ids (shared by the parent and the workers)
+
+SC_STACK_ROWS = 8_388_608  # × 64 float32 = 2 GiB
+SC_CHIPS = 2
+SC_CORES_PER_CHIP = 4  # v5p
+SC_CORES = SC_CHIPS * SC_CORES_PER_CHIP  # N
+SC_TINY_ROWS = 512  # the kernel-loading checkpoint's stack
+SC_PAD_ROW = np.float32(1e30)
+SC_FILL_CHUNK_ROWS = 1 << 16  # rows per fill step: 16 MiB of float32 × 64, 4× that in hashing
+# (name, eighths of the stack's rows, rows short of the padded count, columns short of the width)
+SC_TABLE_SHAPES = (("items", 4, 4, 0), ("shops", 3, 28, 4), ("users", 1, 26, 7))
+
+
+@dataclass(frozen=True)
+class ScTable:
+    """One logical table inside the stack (SPARSECORE_FORMAT.md §1 names)."""
+
+    name: str
+    rows: int  # R
+    dim: int  # D
+    padded_rows: int  # Rp
+    row_offset: int  # o
+    rotation: int  # ρ
+    seed: int
+
+    @property
+    def feature(self) -> str:
+        return f"f_{self.name}"
+
+    @property
+    def block_rows(self) -> int:
+        """Rp / N: the table's rows in every SparseCore shard."""
+        return self.padded_rows // SC_CORES
+
+
+def _sc_tables(stack_rows: int, width: int) -> tuple[int, list[ScTable]]:
+    """T (rows per SparseCore shard) and the tables, laid out as TensorFlow's stacker lays them
+    out: name order, offsets = padded rows before / N, rotation = (k · cores per chip) mod N."""
+    if stack_rows < 512 or stack_rows % 512:
+        raise SystemExit(f"restore.py --sparsecore: --rows {stack_rows} is not a multiple of 512")
+    if width < 16 or width % 8:
+        raise SystemExit(f"restore.py --sparsecore: --dim {width} is not a multiple of 8 ≥ 16")
+    tables = []
+    before = 0
+    for k, (name, eighths, short_rows, short_dim) in enumerate(SC_TABLE_SHAPES):
+        padded = stack_rows // 8 * eighths  # a multiple of 8·N = 64, as TensorFlow pads
+        tables.append(
+            ScTable(
+                name,
+                padded - short_rows,
+                width - short_dim,
+                padded,
+                before // SC_CORES,
+                k * SC_CORES_PER_CHIP % SC_CORES,
+                k + 1,
+            )
+        )
+        before += padded
+    assert before == stack_rows
+    return stack_rows // SC_CORES, tables
+
+
+def _sc_stack_name(tables: Sequence[ScTable]) -> str:
+    return "_".join(t.name for t in tables)
+
+
+def _sc_values(table: ScTable, rows: np.ndarray) -> np.ndarray:
+    """The values of logical ``rows`` of ``table``: [len(rows), D] float32, a hash of (table,
+    row, column) scaled to [-1, 1) (24 significant bits, so exact in float32)."""
+    r = np.asarray(rows, dtype=np.uint64)[:, None]
+    c = np.arange(table.dim, dtype=np.uint64)[None, :]
+    mask = np.uint64(0xFFFFFFFF)
+    h = (r * np.uint64(0x9E3779B1) + c * np.uint64(0x85EBCA77) + np.uint64(table.seed)) & mask
+    h ^= h >> np.uint64(15)
+    h = (h * np.uint64(0x2C1B3C6D)) & mask
+    h ^= h >> np.uint64(12)
+    out = (h >> np.uint64(8)).astype(np.float32)
+    out *= np.float32(2.0**-23)
+    out -= np.float32(1.0)
+    return out
+
+
+def _sc_stacked_rows(table: ScTable, shard_rows: int, rows: np.ndarray) -> np.ndarray:
+    """SPARSECORE_FORMAT.md §3.1: logical row r is stacked row
+    ``((r mod N + ρ) mod N) · T + o + r div N``."""
+    r = np.asarray(rows, dtype=np.int64)
+    return (
+        ((r % SC_CORES + table.rotation) % SC_CORES) * shard_rows + table.row_offset + r // SC_CORES
+    )
+
+
+def _sc_ids(tables: Sequence[ScTable]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The two lookups' ids: 1,024 uniform random rows of every table, the same in every
+    process."""
+    first, second = {}, {}
+    for t in tables:
+        rng = np.random.default_rng([SEED, t.seed])
+        first[t.feature] = rng.integers(0, t.rows, N_IDS, dtype=np.int64)
+        second[t.feature] = rng.integers(0, t.rows, N_IDS, dtype=np.int64)
+    return first, second
+
+
+def _sc_digest(outputs: dict[str, Any], tables: Sequence[ScTable]) -> str:
+    """sha256 over every feature's float32 result, in table order."""
+    h = hashlib.sha256()
+    for t in tables:
+        h.update(np.ascontiguousarray(np.asarray(outputs[t.feature], dtype=np.float32)).tobytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
 # Workers (one measurement per process)
 
 
@@ -224,17 +363,19 @@ def _worker_tf(prefix: str, rows: int, dim: int, mode: str) -> dict[str, Any]:
 
 
 def _lookups(
-    lookup: Callable[[np.ndarray], Any],
-    ids1: np.ndarray,
-    ids2: np.ndarray,
+    lookup: Callable[[Any], Any],
+    ids1: Any,
+    ids2: Any,
     before: dict[str, int],
     after: dict[str, int],
     peak_reset: bool,
     *,
     restore_s: float,
     extra: dict[str, Any],
+    digest: Callable[[Any], str] = _digest,
 ) -> dict[str, Any]:
-    """Time two lookups after a restore; assemble the worker's report."""
+    """Time two lookups after a restore; assemble the worker's report (``digest`` runs after
+    the timing)."""
     t = time.perf_counter()
     out1 = lookup(ids1)
     first_s = time.perf_counter() - t
@@ -253,15 +394,127 @@ def _lookups(
         "first_lookup_s": first_s,
         "second_lookup_s": second_s,
         "rss_after_lookups_kib": end["VmRSS"],
-        "digests": [_digest(out1), _digest(out2)],
+        "digests": [digest(out1), digest(out2)],
         **extra,
     }
+
+
+def _worker_embserve_sc(
+    prefix: str, tiny_prefix: str, stack_rows: int, width: int, mode: str
+) -> dict[str, Any]:
+    """Restore the SparseCore checkpoint with embserve, measure, look up twice."""
+    import embserve as es
+
+    def serving(rows: int) -> tuple[list[ScTable], Any]:
+        _, tables = _sc_tables(rows, width)
+        features = {
+            t.feature: es.FeatureConfig(
+                es.TableConfig(vocabulary_size=t.rows, dim=t.dim, name=t.name)
+            )
+            for t in tables
+        }
+        return tables, es.TPUEmbeddingForServing(features, optimizer=None)
+
+    copy, verify = mode == "copy", mode == "verify"
+    # Load the lookup kernels (numba's on-disk cache) by restoring and looking up a 512-row
+    # checkpoint of the same layout in the same mode: the "first lookup" below then measures
+    # reaching the restored rows, not loading machine code.
+    t = time.perf_counter()
+    tiny_tables, tiny = serving(SC_TINY_ROWS)
+    es.train.Checkpoint(embedding=tiny).restore(tiny_prefix, copy=copy, verify=verify)
+    tiny({t.feature: np.zeros(N_IDS, dtype=np.int64) for t in tiny_tables})
+    kernel_load_s = time.perf_counter() - t
+    del tiny
+    tables, emb = serving(stack_rows)
+    ids1, ids2 = _sc_ids(tables)
+
+    before = _proc_status()
+    peak_reset = _reset_peak()
+    t0 = time.perf_counter()
+    status = es.train.Checkpoint(embedding=emb).restore(prefix, copy=copy, verify=verify)
+    restore_s = time.perf_counter() - t0
+    after = _proc_status()
+    status.assert_consumed()
+    kinds = sorted({type(v).__name__ for v in emb.embedding_tables.values()})
+    return _lookups(
+        emb,
+        ids1,
+        ids2,
+        before,
+        after,
+        peak_reset,
+        restore_s=restore_s,
+        extra={
+            "kernel_load_s": kernel_load_s,
+            "table_types": kinds,
+            "versions": {"embserve": es.__version__},
+        },
+        digest=lambda out: _sc_digest(out, tables),
+    )
+
+
+def _worker_tf_sc(prefix: str, stack_rows: int, width: int) -> dict[str, Any]:
+    """Restore the SparseCore checkpoint with TensorFlow 2.21's TPUEmbeddingForServing:
+    ``restore()`` before ``build()`` (the only order in which it restores stacked tables)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    emb_api = tf.tpu.experimental.embedding
+    _, tables = _sc_tables(stack_rows, width)
+    features = {
+        t.feature: emb_api.FeatureConfig(
+            emb_api.TableConfig(vocabulary_size=t.rows, dim=t.dim, name=t.name)
+        )
+        for t in tables
+    }
+    emb = emb_api.TPUEmbeddingForServing(features, optimizer=None)
+    ids1, ids2 = _sc_ids(tables)
+    tf.nn.embedding_lookup(tf.zeros([4, width]), tf.zeros([N_IDS], tf.int64))  # load the op once
+    before = _proc_status()
+    peak_reset = _reset_peak()
+    t0 = time.perf_counter()
+    status = tf.train.Checkpoint(embedding=emb).restore(prefix)
+    t1 = time.perf_counter()
+    emb.build()  # creates the per-table variables, then the pending restore unstacks into them
+    restore_s = time.perf_counter() - t0
+    after = _proc_status()
+    # assert_consumed / assert_existing_objects_matched fail after every correct SparseCore
+    # restore in TF 2.21 (tests/data/sparsecore/README.md); the values are checked instead.
+    status.assert_nontrivial_match()
+    kinds = sorted({type(v).__name__ for v in emb.embedding_tables.values()})
+
+    def lookup(ids: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = emb({f: tf.constant(v) for f, v in ids.items()})
+        return {f: v.numpy() for f, v in out.items()}
+
+    return _lookups(
+        lookup,
+        ids1,
+        ids2,
+        before,
+        after,
+        peak_reset,
+        restore_s=restore_s,
+        extra={
+            "restore_call_s": t1 - t0,
+            "build_s": restore_s - (t1 - t0),
+            "table_types": kinds,
+            "versions": {"tensorflow": tf.__version__},
+        },
+        digest=lambda out: _sc_digest(out, tables),
+    )
 
 
 def _worker_main(args: argparse.Namespace) -> int:
     """``--worker KIND``: one measurement; the report is the last line on stdout."""
     kind = args.worker
-    if kind.startswith("embserve"):
+    if args.sparsecore:
+        if kind.startswith("embserve"):
+            mode = {"embserve": "mmap", "embserve-copy": "copy", "embserve-verify": "verify"}[kind]
+            report = _worker_embserve_sc(args.prefix, args.tiny_prefix, args.rows, args.dim, mode)
+        else:
+            report = _worker_tf_sc(args.prefix, args.rows, args.dim)
+    elif kind.startswith("embserve"):
         mode = {"embserve": "mmap", "embserve-copy": "copy", "embserve-verify": "verify"}[kind]
         report = _worker_embserve(args.prefix, args.rows, args.dim, mode)
     else:
@@ -372,6 +625,116 @@ def _write_checkpoint(
     return prefix, digests, {"fill_s": fill_s, "save_s": save_s}
 
 
+def _sc_fill(stack: np.ndarray, shard_rows: int, tables: Sequence[ScTable]) -> None:
+    """Pack every table into ``stack`` ([T·N, W]) with the row formula, shard block by shard
+    block: SparseCore shard s holds, at rows ``[s·T + o, s·T + o + Rp/N)``, the table's logical
+    rows ``j·N + ((s − ρ) mod N)`` for j = 0, 1, … (§3.1 solved for r). Every stacked row is
+    written once (the blocks tile the shards); padding rows get 1e30, padding columns NaN."""
+    for t in tables:
+        for shard in range(SC_CORES):
+            base = shard * shard_rows + t.row_offset
+            lane = (shard - t.rotation) % SC_CORES
+            for j0 in range(0, t.block_rows, SC_FILL_CHUNK_ROWS):
+                j1 = min(t.block_rows, j0 + SC_FILL_CHUNK_ROWS)
+                rows = np.arange(j0, j1, dtype=np.int64) * SC_CORES + lane
+                real = int(np.searchsorted(rows, t.rows))  # rows ascend: real ones first
+                out = stack[base + j0 : base + j1]
+                out[:real, : t.dim] = _sc_values(t, rows[:real])
+                out[:real, t.dim :] = np.nan
+                out[real:] = SC_PAD_ROW
+
+
+def _sc_check_source(stack: np.ndarray, shard_rows: int, tables: Sequence[ScTable]) -> None:
+    """Before saving: the looked-up rows sit where §3.1 puts them, every padding row and
+    column holds its sentinel (a mistake in the writer would otherwise be measured)."""
+    ids1, ids2 = _sc_ids(tables)
+    for t in tables:
+        for ids in (ids1[t.feature], ids2[t.feature], np.array([0, t.rows - 1])):
+            rows = stack[_sc_stacked_rows(t, shard_rows, ids)]
+            if not np.array_equal(rows[:, : t.dim], _sc_values(t, ids)):
+                raise RuntimeError(f"writer bug: table {t.name} rows not where §3.1 puts them")
+            if t.dim < stack.shape[1] and not np.isnan(rows[:, t.dim :]).all():
+                raise RuntimeError(f"writer bug: table {t.name} padding columns not NaN")
+        padding = stack[_sc_stacked_rows(t, shard_rows, np.arange(t.rows, t.padded_rows))]
+        if not (padding == SC_PAD_ROW).all():
+            raise RuntimeError(f"writer bug: table {t.name} padding rows not 1e30")
+
+
+def _write_sparsecore(
+    directory: Path, stack_rows: int, width: int, source_path: Path | None
+) -> tuple[str, dict[str, float]]:
+    """Write a SparseCore checkpoint ``directory/ckpt-1`` as a 2-chip × 4-SparseCore
+    ``TPUEmbeddingV2`` job would (SPARSECORE_FORMAT.md §5): the stack as one row slice per chip,
+    the layouts proto, the object graph TensorFlow writes for ``tf.train.Checkpoint(
+    embedding=...)``. With ``source_path`` the stack is packed into a memory-mapped scratch file
+    (removed afterwards) and written from there, so no copy of it is held in anonymous memory.
+    Returns the prefix and timings."""
+    from embserve.checkpoint import OBJECT_GRAPH_KEY, BundleWriter, ObjectGraphBuilder
+    from embserve.checkpoint.sparsecore import LAYOUTS_ATTRIBUTE, TableLayout, encode_layouts
+
+    shard_rows, tables = _sc_tables(stack_rows, width)
+    stack_name = _sc_stack_name(tables)
+    directory.mkdir(parents=True, exist_ok=True)
+    stack: np.ndarray
+    if source_path is None:
+        stack = np.empty((stack_rows, width), dtype=np.float32)
+    else:
+        stack = np.memmap(source_path, dtype=np.float32, mode="w+", shape=(stack_rows, width))
+    t = time.perf_counter()
+    _sc_fill(stack, shard_rows, tables)
+    if isinstance(stack, np.memmap):
+        stack.flush()
+    fill_s = time.perf_counter() - t
+    _sc_check_source(stack, shard_rows, tables)
+
+    # The object graph as TensorFlow saves a TPUEmbeddingV2 (node ids in its order too).
+    b = ObjectGraphBuilder()
+    emb = b.add_child(b.ROOT, "embedding")
+    counter = b.add_child(b.ROOT, "save_counter")
+    stack_node = b.add_child(emb, stack_name)
+    variables = b.add_child(emb, "_variables")
+    layouts_node = b.add_child(emb, LAYOUTS_ATTRIBUTE)
+    b.add_child(b.add_child(variables, stack_name), "parameters", child=stack_node)
+    b.add_attribute(counter, full_name="save_counter")
+    b.add_attribute(stack_node)
+    b.add_attribute(layouts_node)
+    _, keys = b.build()
+    layouts = [
+        TableLayout(
+            t.name,
+            stack_name,
+            SC_CORES,
+            SC_CHIPS,
+            shard_rows,
+            (t.rows, t.dim),
+            (t.padded_rows, width),
+            t.row_offset,
+            t.rotation,
+        )
+        for t in tables
+    ]
+    per_chip = stack_rows // SC_CHIPS
+    prefix = os.fspath(directory / "ckpt-1")
+    t = time.perf_counter()
+    with BundleWriter(prefix, overwrite=True) as w:
+        w.add_sliced(
+            keys[(stack_node, "VARIABLE_VALUE")],
+            (stack_rows, width),
+            [
+                (((p * per_chip, per_chip), (0, width)), stack[p * per_chip : (p + 1) * per_chip])
+                for p in range(SC_CHIPS)
+            ],
+        )
+        w.add(keys[(layouts_node, "VARIABLE_VALUE")], encode_layouts(layouts))
+        w.add(keys[(counter, "VARIABLE_VALUE")], np.int64(1))
+        w.add(OBJECT_GRAPH_KEY, b.serialize())
+    save_s = time.perf_counter() - t
+    del stack  # unmaps the scratch file (the writer kept no view)
+    if source_path is not None:
+        os.unlink(source_path)
+    return prefix, {"fill_s": fill_s, "save_s": save_s}
+
+
 def _checkpoint_files(prefix: str) -> list[str]:
     directory, base = os.path.split(prefix)
     return [os.path.join(directory, f) for f in os.listdir(directory) if f.startswith(base + ".")]
@@ -409,7 +772,12 @@ class Runs:
 
 
 def _run_worker(
-    contestant: Contestant, python: str, prefix: str, rows: int, dim: int
+    contestant: Contestant,
+    python: str,
+    prefix: str,
+    rows: int,
+    dim: int,
+    extra_args: Sequence[str] = (),
 ) -> dict[str, Any]:
     """One fresh process, one measurement."""
     cmd = [
@@ -423,6 +791,7 @@ def _run_worker(
         str(rows),
         "--dim",
         str(dim),
+        *extra_args,
     ]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600, check=False)
@@ -461,11 +830,11 @@ def _fmt_mib(kib: float) -> str:
     return f"{mib:.0f} MiB"
 
 
-def _table(all_runs: Sequence[Runs]) -> str:
+def _table(all_runs: Sequence[Runs], lookup: str = "1,024 ids") -> str:
     """The markdown results table: medians over repetitions (range for times)."""
     lines = [
         "| contestant | cache | restore time | RSS added by restore (anon + file) | peak RSS "
-        "during restore (above before) | RSS before | first lookup, 1,024 ids | second lookup |",
+        f"during restore (above before) | RSS before | first lookup, {lookup} | second lookup |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for runs in all_runs:
@@ -491,6 +860,18 @@ def _table(all_runs: Sequence[Runs]) -> str:
     return "\n".join(lines)
 
 
+def _thp() -> str:
+    """The machine's transparent huge page settings (the selected value in brackets)."""
+    parts = []
+    for name in ("enabled", "defrag", "shmem_enabled"):
+        try:
+            with open(f"/sys/kernel/mm/transparent_hugepage/{name}", encoding="ascii") as f:
+                parts.append(f"{name} `{f.read().strip()}`")
+        except OSError:
+            parts.append(f"{name} ?")
+    return ", ".join(parts)
+
+
 def _machine_facts(versions: dict[str, str]) -> str:
     model = cpu_model()
     commit = git_commit()
@@ -504,10 +885,210 @@ def _machine_facts(versions: dict[str, str]) -> str:
             f"RAM {_meminfo_kib('MemTotal') / 2**20:.1f} GiB "
             f"({_meminfo_kib('MemAvailable') / 2**20:.1f} GiB available at the end), "
             f"temp dir on {fs_type}, kernel {platform.release()}",
+            f"- transparent huge pages: {_thp()}",
             "- " + ", ".join(f"{k} {v}" for k, v in versions.items()),
             f"- embserve tree: git {commit}",
         ]
     )
+
+
+def _race(
+    args: argparse.Namespace,
+    contestants: Sequence[Contestant],
+    prefix: str,
+    digests: list[str],
+    run: Callable[[Contestant, str], dict[str, Any]],
+) -> tuple[list[Runs], dict[str, str]]:
+    """Every contestant ``args.reps`` times under each cache condition, interleaved with a
+    rotating order; every report's lookup digests must equal ``digests``."""
+    caches = ["warm", "cold"] if args.cold else ["warm"]
+    all_runs = [Runs(c, cache) for cache in caches for c in contestants]
+    versions = {"python": platform.python_version(), "numpy": np.__version__}
+    for rep in range(args.reps):
+        for cache in caches:
+            group = [r for r in all_runs if r.cache == cache]
+            shift = rep % len(group)
+            for runs in group[shift:] + group[:shift]:  # rotate who goes first
+                c = runs.contestant
+                if cache == "cold":
+                    _evict(prefix)
+                else:
+                    _warm(prefix)
+                python = args.tf_python if c.tf else sys.executable
+                _log(f"rep {rep + 1}/{args.reps} {cache}: {c.label}")
+                report = run(c, python)
+                if report["digests"] != digests:
+                    raise RuntimeError(f"{c.label}: lookup results differ from the values written")
+                versions.update(report.get("versions", {}))
+                runs.reports.append(report)
+    return all_runs, versions
+
+
+SC_CONTESTANTS = (
+    Contestant("embserve", "embserve default (zero copy)", tf=False, tables_of_memory=0.0),
+    Contestant("embserve-copy", "embserve copy=True", tf=False, tables_of_memory=1.0),
+    Contestant("embserve-verify", "embserve verify=True", tf=False, tables_of_memory=0.0),
+    # TF holds the joined stack, its unstacking temporaries and the new variables at once.
+    Contestant("tf-before-build", "TF restore, then build", tf=True, tables_of_memory=3.0),
+)
+
+
+def _main_sparsecore(args: argparse.Namespace, command: str) -> int:
+    """``--sparsecore``: write the stacked checkpoint, race the contestants, report."""
+    stack_rows = args.rows if args.rows is not None else SC_STACK_ROWS
+    width = args.dim
+    shard_rows, tables = _sc_tables(stack_rows, width)
+    stack_bytes = stack_rows * width * 4
+    notes: list[str] = []
+    free_disk = shutil.disk_usage(args.tmp).free
+    if 2 * stack_bytes + GIB > free_disk:
+        raise SystemExit(
+            f"restore.py: the stack and its scratch source need {2 * stack_bytes / GIB:.1f} GiB "
+            f"+ 1 GiB of free disk in {args.tmp}, only {free_disk / GIB:.1f} GiB free: use --rows"
+        )
+    available = _meminfo_kib("MemAvailable") * 1024
+    contestants = []
+    for c in SC_CONTESTANTS:
+        if c.tf and not args.tf_python:
+            continue
+        if stack_bytes * (1 + c.tables_of_memory) + 2 * GIB > available:
+            notes.append(
+                f"{c.label} left out: needs about "
+                f"{(1 + c.tables_of_memory) * stack_bytes / GIB:.1f} GiB + 2 GiB, "
+                f"{available / GIB:.1f} GiB available"
+            )
+            continue
+        contestants.append(c)
+    if not args.tf_python:
+        notes.append("TensorFlow left out: no --tf-python given")
+    workdir = Path(tempfile.mkdtemp(prefix="embserve-restore-sc-bench-", dir=args.tmp))
+    load_before = os.getloadavg()[0]
+    try:
+        tiny_prefix, _ = _write_sparsecore(workdir / "tiny", SC_TINY_ROWS, width, None)
+        _log(
+            f"writing a SparseCore stack of {stack_rows:,} × {width} float32 "
+            f"({stack_bytes / 1e9:.2f} GB) in {workdir}"
+        )
+        prefix, setup = _write_sparsecore(workdir / "big", stack_rows, width, workdir / "stack.f32")
+        _log(f"written in {setup['fill_s']:.1f} s (values) + {setup['save_s']:.1f} s (save)")
+        ids1, ids2 = _sc_ids(tables)
+        digests = [
+            _sc_digest({t.feature: _sc_values(t, ids[t.feature]) for t in tables}, tables)
+            for ids in (ids1, ids2)
+        ]
+        warm_gbs = _warm(prefix)
+        extra_args = ["--sparsecore", "--tiny-prefix", tiny_prefix]
+        all_runs, versions = _race(
+            args,
+            contestants,
+            prefix,
+            digests,
+            lambda c, py: _run_worker(c, py, prefix, stack_rows, width, extra_args),
+        )
+        for runs in all_runs:
+            if not runs.reports:
+                continue
+            kinds = sorted({k for r in runs.reports for k in r["table_types"]})
+            line = f"{runs.contestant.label} ({runs.cache}): tables served as {', '.join(kinds)}"
+            if runs.contestant.tf:
+                call = statistics.median(r["restore_call_s"] for r in runs.reports)
+                build = statistics.median(r["build_s"] for r in runs.reports)
+                line += (
+                    f"; restore() {call:.3f} s + build() {build:.2f} s (build creates a variable "
+                    "per table, runs its initializer, then the pending restore reads the whole "
+                    "stack and unstacks each table into its variable)"
+                )
+            notes.append(line)
+        kernel = [
+            r["kernel_load_s"] for runs in all_runs for r in runs.reports if "kernel_load_s" in r
+        ]
+        date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        peak_note = (
+            "peak RSS = VmHWM reset (clear_refs) just before the restore, read just after it"
+            if all(r["peak_is_restore_only"] for runs in all_runs for r in runs.reports)
+            else "peak RSS = VmHWM of the whole process (this kernel refused to reset it)"
+        )
+        stack_name = _sc_stack_name(tables)
+        layout_rows = [
+            "| table | rows × dim | padded (Rp × W) | row offset o | rotation ρ | bytes (R·D·4) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+            *[
+                f"| `{t.name}` | {t.rows:,} × {t.dim} | {t.padded_rows:,} × {width} "
+                f"| {t.row_offset:,} | {t.rotation} | {t.rows * t.dim * 4 / 1e9:.2f} GB |"
+                for t in tables
+            ],
+        ]
+        section = "\n".join(
+            [
+                f"## {date}: restoring a SparseCore (TPUEmbeddingV2) checkpoint: one "
+                f"{stack_rows:,} × {width} float32 stack ({stack_bytes / 1e9:.2f} GB), "
+                f"{len(tables)} tables, {SC_CHIPS} chips × {SC_CORES_PER_CHIP} SparseCores",
+                "",
+                f"Command: `{command}`",
+                "",
+                _machine_facts(versions),
+                "",
+                "### The checkpoint",
+                "",
+                f"Stack `{stack_name}` [{stack_rows:,}, {width}] float32, N = {SC_CORES} "
+                f"SparseCores, T = {shard_rows:,} rows per SparseCore shard, stored as "
+                f"{SC_CHIPS} row slices of {stack_rows // SC_CHIPS:,} rows (one per chip) in "
+                "one data file, with the `_sparse_core_table_layouts` proto and TensorFlow's "
+                "object graph; the layout is the one TensorFlow 2.21's stacker computes for "
+                "these tables. Padding rows hold 1e30, padding columns NaN.",
+                "",
+                *layout_rows,
+                "",
+                "### Restore time and memory",
+                "",
+                _table(all_runs, f"1,024 ids in each of {len(tables)} tables"),
+                "",
+                f"Median of {_count(args.reps, 'repetition')} (min – max), each in a fresh "
+                "process, contestants interleaved with a rotating order; every lookup result "
+                "checked bit-identical to the values written (the hash of table, row, column "
+                "for the ids looked up; before the save the writer's stack was checked to hold "
+                "those rows where the row formula of SPARSECORE_FORMAT.md §3.1 puts them). "
+                "**warm** = the checkpoint's data file was read just before each run (the page "
+                "cache cannot be dropped in this container)"
+                + (
+                    "; **cold** = its pages evicted with posix_fadvise(DONTNEED) just before "
+                    "each run (the VM host may still cache the disk)."
+                    if args.cold
+                    else "."
+                ),
+                "- restore time: embserve's `restore(...)` call; TensorFlow's `restore()` + "
+                "`build()` (restoring after `build()` leaves TF 2.21's stacked tables at their "
+                "initializer values without a word, so that order is no contestant). RSS "
+                "added = VmRSS after − before, split into anonymous (private) memory and mapped "
+                "file pages (page cache, shared and reclaimable); "
+                + peak_note
+                + "; RSS before includes the interpreter and the imported libraries.",
+                "- lookups: one call `emb({feature: ids})` with 1,024 uniform random ids for "
+                f"each of the {len(tables)} tables, right after the restore, then a second "
+                "call with other ids"
+                + (
+                    f"; embserve's kernels were loaded beforehand by restoring and looking up a "
+                    f"{SC_TINY_ROWS}-row checkpoint of the same layout in the same mode "
+                    f"({statistics.median(kernel) * 1e3:.0f} ms), so the first lookup is the "
+                    "cost of reaching the rows."
+                    if kernel
+                    else "."
+                ),
+                f"- setup (not timed above): stack packed in {setup['fill_s']:.1f} s into a "
+                f"memory-mapped scratch file, `BundleWriter.add_sliced` wrote it in "
+                f"{setup['save_s']:.1f} s ({stack_bytes / setup['save_s'] / 1e9:.2f} GB/s); a "
+                f"warm sequential read of the data file ran at {warm_gbs:.1f} GB/s",
+                *[f"- {note}" for note in notes],
+                f"- 1-minute load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} "
+                "after (the cores are shared with other work)",
+                "",
+            ]
+        )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        _log(f"removed {workdir}")
+    publish(section, args.write)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -520,13 +1101,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cold", action="store_true", help="also run with the files evicted")
     parser.add_argument("--write", action="store_true", help="insert results into RESULTS.md")
     parser.add_argument("--tmp", default="/tmp", help="where the temporary directory goes")
+    parser.add_argument(
+        "--sparsecore",
+        action="store_true",
+        help=f"a SparseCore (TPUEmbeddingV2) checkpoint: one stack of --rows (default "
+        f"{SC_STACK_ROWS:,}) × --dim, three tables, {SC_CHIPS} chips × {SC_CORES_PER_CHIP} "
+        "SparseCores",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
+    parser.add_argument("--tiny-prefix", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return _worker_main(args)
 
     command = " ".join([".venv/bin/python", "benchmarks/restore.py", *sys.argv[1:]])
+    if args.sparsecore:
+        return _main_sparsecore(args, command)
     wanted = [c for c in CONTESTANTS if args.tf_python or not c.tf]
     rows, notes, contestants = _plan_size(args.rows, args.dim, args.tmp, wanted)
     if not args.tf_python:
@@ -542,26 +1133,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         prefix, digests, setup = _write_checkpoint(workdir, rows, args.dim)
         _log(f"written in {setup['fill_s']:.1f} s (values) + {setup['save_s']:.1f} s (save)")
         warm_gbs = _warm(prefix)
-        caches = ["warm", "cold"] if args.cold else ["warm"]
-        all_runs = [Runs(c, cache) for cache in caches for c in contestants]
-        versions = {"python": platform.python_version(), "numpy": np.__version__}
-        for rep in range(args.reps):
-            for cache in caches:
-                group = [r for r in all_runs if r.cache == cache]
-                shift = rep % len(group)
-                for runs in group[shift:] + group[:shift]:  # rotate who goes first
-                    c = runs.contestant
-                    if cache == "cold":
-                        _evict(prefix)
-                    else:
-                        _warm(prefix)
-                    python = args.tf_python if c.tf else sys.executable
-                    _log(f"rep {rep + 1}/{args.reps} {cache}: {c.label}")
-                    report = _run_worker(c, python, prefix, rows, args.dim)
-                    if report["digests"] != digests:
-                        raise RuntimeError(f"{c.label}: lookup results differ from the table")
-                    versions.update(report.get("versions", {}))
-                    runs.reports.append(report)
+        all_runs, versions = _race(
+            args,
+            contestants,
+            prefix,
+            digests,
+            lambda c, py: _run_worker(c, py, prefix, rows, args.dim),
+        )
         for runs in all_runs:
             if runs.contestant.key.startswith("tf") and runs.reports:
                 build = statistics.median(r["build_s"] for r in runs.reports)
