@@ -505,10 +505,23 @@ def _worker_tf_sc(prefix: str, stack_rows: int, width: int) -> dict[str, Any]:
     )
 
 
+def _worker_touch(nbytes: int) -> dict[str, Any]:
+    """The machine's price of fresh private memory: allocate ``nbytes`` and write them once
+    (the first touch faults every page in), then once more (already resident)."""
+    t0 = time.perf_counter()
+    block = np.empty(nbytes // 4, dtype=np.float32)
+    block.fill(1.0)
+    t1 = time.perf_counter()
+    block.fill(2.0)
+    return {"first_touch_s": t1 - t0, "second_write_s": time.perf_counter() - t1}
+
+
 def _worker_main(args: argparse.Namespace) -> int:
     """``--worker KIND``: one measurement; the report is the last line on stdout."""
     kind = args.worker
-    if args.sparsecore:
+    if kind == "touch":
+        report = _worker_touch(args.rows * args.dim * 4)
+    elif args.sparsecore:
         if kind.startswith("embserve"):
             mode = {"embserve": "mmap", "embserve-copy": "copy", "embserve-verify": "verify"}[kind]
             report = _worker_embserve_sc(args.prefix, args.tiny_prefix, args.rows, args.dim, mode)
@@ -898,13 +911,17 @@ def _race(
     prefix: str,
     digests: list[str],
     run: Callable[[Contestant, str], dict[str, Any]],
+    each_rep: Callable[[], None] | None = None,
 ) -> tuple[list[Runs], dict[str, str]]:
     """Every contestant ``args.reps`` times under each cache condition, interleaved with a
-    rotating order; every report's lookup digests must equal ``digests``."""
+    rotating order; every report's lookup digests must equal ``digests``. ``each_rep`` runs at
+    the start of every repetition."""
     caches = ["warm", "cold"] if args.cold else ["warm"]
     all_runs = [Runs(c, cache) for cache in caches for c in contestants]
     versions = {"python": platform.python_version(), "numpy": np.__version__}
     for rep in range(args.reps):
+        if each_rep is not None:
+            each_rep()
         for cache in caches:
             group = [r for r in all_runs if r.cache == cache]
             shift = rep % len(group)
@@ -978,12 +995,29 @@ def _main_sparsecore(args: argparse.Namespace, command: str) -> int:
         ]
         warm_gbs = _warm(prefix)
         extra_args = ["--sparsecore", "--tiny-prefix", tiny_prefix]
+        touches: list[dict[str, Any]] = []
+        toucher = Contestant("touch", "first touch of private memory", tf=False, tables_of_memory=1)
+
+        def touch() -> None:
+            _log(f"probe: first touch of {stack_bytes / GIB:.1f} GiB of private memory")
+            touches.append(_run_worker(toucher, sys.executable, prefix, stack_rows, width))
+
         all_runs, versions = _race(
             args,
             contestants,
             prefix,
             digests,
             lambda c, py: _run_worker(c, py, prefix, stack_rows, width, extra_args),
+            each_rep=touch,
+        )
+        first = [r["first_touch_s"] for r in touches]
+        again = [r["second_write_s"] for r in touches]
+        notes.append(
+            f"fresh private memory on this VM: a new process writing {stack_bytes / GIB:.1f} GiB "
+            f"of `np.empty` for the first time took {_fmt_s(first)}, writing it again "
+            f"{_fmt_s(again)} (one probe per repetition, each in a fresh process): "
+            "copy=True and TensorFlow allocate GBs during the restore and pay these first-touch "
+            "page faults"
         )
         for runs in all_runs:
             if not runs.reports:
@@ -1062,7 +1096,11 @@ def _main_sparsecore(args: argparse.Namespace, command: str) -> int:
                 "added = VmRSS after − before, split into anonymous (private) memory and mapped "
                 "file pages (page cache, shared and reclaimable); "
                 + peak_note
-                + "; RSS before includes the interpreter and the imported libraries.",
+                + ", so it counts file pages mapped during the restore too (copy=True maps the "
+                "stack and copies each table out of it, so it peaks at the tables plus the "
+                "stack's page-cache pages, which it unmaps before returning; verify=True maps "
+                "and reads every page); RSS before includes the interpreter and the imported "
+                "libraries.",
                 "- lookups: one call `emb({feature: ids})` with 1,024 uniform random ids for "
                 f"each of the {len(tables)} tables, right after the restore, then a second "
                 "call with other ids"
