@@ -885,6 +885,30 @@ def _thp() -> str:
     return ", ".join(parts)
 
 
+def _damon() -> str:
+    """Running DAMON monitors (the kernel's access monitor; a ``pageout`` scheme reclaims pages
+    it finds cold, page cache included, which can undo a warm-up): state, address space and
+    scheme actions of each, read from sysfs."""
+    root = Path("/sys/kernel/mm/damon/admin/kdamonds")
+    found = []
+    try:
+        for kdamond in sorted(p for p in root.iterdir() if p.name.isdigit()):
+            state = (kdamond / "state").read_text().strip()
+            for ctx in sorted(p for p in (kdamond / "contexts").iterdir() if p.name.isdigit()):
+                ops = (ctx / "operations").read_text().strip()
+                actions = [
+                    (scheme / "action").read_text().strip()
+                    for scheme in sorted((ctx / "schemes").iterdir())
+                    if scheme.name.isdigit()
+                ]
+                found.append(
+                    f"kdamond {kdamond.name} {state} ({ops}, schemes: {actions or 'none'})"
+                )
+    except OSError:
+        pass
+    return "; ".join(found) if found else "none running (or not visible)"
+
+
 def _machine_facts(versions: dict[str, str]) -> str:
     model = cpu_model()
     commit = git_commit()
@@ -898,7 +922,7 @@ def _machine_facts(versions: dict[str, str]) -> str:
             f"RAM {_meminfo_kib('MemTotal') / 2**20:.1f} GiB "
             f"({_meminfo_kib('MemAvailable') / 2**20:.1f} GiB available at the end), "
             f"temp dir on {fs_type}, kernel {platform.release()}",
-            f"- transparent huge pages: {_thp()}",
+            f"- transparent huge pages: {_thp()}; DAMON: {_damon()}",
             "- " + ", ".join(f"{k} {v}" for k, v in versions.items()),
             f"- embserve tree: git {commit}",
         ]
