@@ -427,7 +427,7 @@ def test_misaligned_tensors_are_logged_once_and_reported(
     """TensorFlow does not align tensors: a float32 table after a 1-byte value cannot be viewed
     in place and is copied, privately in every process (issue 10, item 18). Say so once, and
     let tools count it."""
-    table = np.arange(40, dtype=np.float32).reshape(10, 4)
+    table = np.arange(16384, dtype=np.float32).reshape(4096, 4)  # 64 KiB: a warning
     with BundleWriter(tmp_path / "c") as w:
         w.add("flag", np.bool_(True))
         w.add("emb/t/.ATTRIBUTES/VARIABLE_VALUE", table)
@@ -460,7 +460,7 @@ def test_misaligned_tensors_are_logged_once_and_reported(
     assert record.levelno == logging.WARNING
     message = record.getMessage()
     assert "emb/t/.ATTRIBUTES/VARIABLE_VALUE" in message
-    assert "160 bytes" in message
+    assert "65536 bytes" in message
     assert "offset 1" in message
     assert str(tmp_path / "c") in message
 
@@ -589,8 +589,32 @@ def test_misaligned_run_of_slices_is_copied_aligned(
     assert info.contiguous
     assert info.offset == 1
     assert info.copy_reason == "offset 1 is not a multiple of float32's 4-byte alignment"
-    with caplog.at_level(logging.WARNING, logger="embserve"):
+    with caplog.at_level(logging.INFO, logger="embserve"):
         value = reader.get_tensor("t")
     assert value.flags.aligned
     assert _same(value, full)
     assert "copied into this process's private memory" in caplog.text
+    # 96 bytes: said at INFO level, not as a warning.
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+
+
+def test_copies_of_large_tensors_are_warnings_and_of_small_ones_info(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """TensorFlow's writer leaves the 8-byte save_counter misaligned in nearly every
+    checkpoint: copying it is not worth a warning on every restore; copying a table is."""
+    from embserve.checkpoint.bundle import COPY_WARNING_MIN_BYTES
+
+    big = np.arange(COPY_WARNING_MIN_BYTES // 4, dtype=np.float32)
+    with BundleWriter(tmp_path / "c") as w:
+        w.add("flag", np.bool_(True))
+        w.add("counter", np.int64(3))
+        w.add("table", big)
+    reader = BundleReader(tmp_path / "c")
+    assert reader.info("counter").copy_reason is not None
+    assert reader.info("table").copy_reason is not None
+    with caplog.at_level(logging.INFO, logger="embserve"):
+        reader.get_tensor("counter")
+        reader.get_tensor("table")
+    levels = {r.getMessage().split("tensor ")[1].split(" ")[0]: r.levelno for r in caplog.records}
+    assert levels == {"'counter'": logging.INFO, "'table'": logging.WARNING}

@@ -88,6 +88,7 @@ except ImportError:  # Windows: no leases (readers report themselves unprotected
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
+    "COPY_WARNING_MIN_BYTES",
     "HEADER_KEY",
     "MAX_SHARDS",
     "BundleReader",
@@ -101,6 +102,9 @@ __all__ = [
 
 HEADER_KEY = b""
 MAX_SHARDS = 99_999  # the file names carry the shard count in 5 digits
+#: A tensor that must be copied into private memory (misaligned, or assembled from slices) is
+#: logged as a warning from this size up, at INFO level below (counters, small variables).
+COPY_WARNING_MIN_BYTES = 64 << 10
 _BUNDLE_VERSION = 1  # kTensorBundleVersion: what we produce and the consumer version we are
 _MAX_RANK = 254  # TensorFlow's TensorShape limit
 
@@ -892,12 +896,16 @@ class BundleReader:
         return arr
 
     def _log_copy(self, t: TensorInfo) -> None:
-        """Say once per tensor (and reader) that it is copied rather than shared."""
+        """Say once per tensor (and reader) that it is copied rather than shared: a warning
+        from :data:`COPY_WARNING_MIN_BYTES` up, else at INFO level (TensorFlow's writer leaves
+        the 8-byte ``save_counter`` of nearly every checkpoint misaligned; a warning for it on
+        every restore would teach people to ignore the ones that matter)."""
         with self._lock:
             if t.key in self._logged_copies:
                 return
             self._logged_copies.add(t.key)
-        _log.warning(
+        _log.log(
+            logging.WARNING if t.size >= COPY_WARNING_MIN_BYTES else logging.INFO,
             "checkpoint %r: tensor %r (%d bytes) is copied into this process's private memory, "
             "not shared through the page cache: %s. Rewriting the checkpoint with "
             "BundleWriter(alignment=64) lets every tensor be served zero-copy.",
