@@ -25,8 +25,10 @@ from the previous one; 64 for batch 1):
 * batch 1, one id per table (latency).
 
 Every output on the stack is checked equal (bit for bit) to the output on the plain tables
-before timing. Reported per cell: median and min µs of the plain and stacked calls, and
-stacked / plain of the medians.
+before timing. Before each contestant's batches the script reads 64 MiB of other memory on the
+thread pool, so no contestant finds the rows the previous one read still in cache (plain and
+baseline read the same rows; without it, whoever went second was 10-30 % faster). Reported per
+cell: median and min µs of the plain and stacked calls, and stacked / plain of the medians.
 
 ``--baseline-src DIR`` adds a check that plain tables did not get slower with the change: the
 embserve under ``DIR`` (an older checkout's ``src``) is imported in the same process, renamed,
@@ -54,6 +56,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
 from _common import RESULTS_PATH, cpu_model, git_commit
 
@@ -66,6 +69,25 @@ STACKS = {64: 4, 128: 2}
 PAGES = ("4 KiB", "2 MiB")
 
 Batches = list[dict[str, Any]]
+
+# Read before each contestant's batches: 64 MiB, twice the L3 cache of the machines we run on.
+_EVICT = np.ones(8 << 20, dtype=np.float64)
+
+
+def _evict() -> float:
+    """Read :data:`_EVICT` on the kernels' thread pool: the cache then holds none of the rows a
+    contestant read, and the pool's threads are awake (spinning) as they would be under load;
+    read by numpy on one thread, the 5 ms pause let them sleep, and each contestant's first call
+    paid a wake-up."""
+    return float(_evict_kernel(_EVICT))
+
+
+@numba.njit(parallel=True, cache=False)
+def _evict_kernel(a: np.ndarray) -> float:
+    total = 0.0
+    for i in numba.prange(a.shape[0]):
+        total += a[i]
+    return total
 
 
 def _thp() -> str:
@@ -368,6 +390,9 @@ class _Bench:
                     for name in order:
                         model = self.model(name, dim, page, wname)
                         batches = self.batches(name, dim, wname)
+                        # Contestants look up the same ids, and "plain" and "baseline" the same
+                        # rows: without this, whoever follows the other finds them in L3.
+                        _evict()
                         _time(model, batches, times.setdefault((dim, wname, page, name), []))
 
 
@@ -414,6 +439,9 @@ def main() -> int:
     parser.add_argument("--block", type=int, default=1 << 17, help="rows of a table per shard")
     parser.add_argument("--pages", default=",".join(PAGES), help="4 KiB and/or 2 MiB")
     parser.add_argument("--baseline-src", help="an older checkout's src: plain tables now vs then")
+    parser.add_argument(
+        "--serial", action="store_true", help="EMBSERVE_SERIAL=1: one thread, no pool"
+    )
     parser.add_argument("--quick", action="store_true", help="small tables, 2 rounds")
     parser.add_argument("--write", action="store_true", help="append the results to RESULTS.md")
     args = parser.parse_args()
@@ -423,6 +451,8 @@ def main() -> int:
     if not set(pages) <= set(PAGES):
         parser.error(f"--pages takes {', '.join(PAGES)}")
 
+    if args.serial:
+        os.environ["EMBSERVE_SERIAL"] = "1"  # read when embserve's kernels are imported
     import embserve as es
     from embserve.kernels.stacked import map_rows
 
@@ -472,6 +502,10 @@ def main() -> int:
             for dim, lay in layouts.items()
         )
         command = "benchmarks/stacked.py" + (" --quick" if args.quick else "")
+        if args.rounds != (2 if args.quick else 12):
+            command += f" --rounds {args.rounds}"
+        if args.serial:
+            command += " --serial"
         if args.baseline_src:
             command += f" --baseline-src {args.baseline_src}"
         if args.write:
@@ -490,7 +524,8 @@ def main() -> int:
             f"- N = {SHARDS} SparseCores; {sizes}; the same logical tables unstacked in files of "
             f"their own; all files in /dev/shm, written in {fill_s:.1f} s, mapped in "
             f"{map_s:.1f} s (2 MiB cells: collapsed with MADV_COLLAPSE)",
-            f"- one process, {args.rounds} interleaved rounds ({contest}; who goes first "
+            f"- kernels: {'serial (EMBSERVE_SERIAL=1)' if args.serial else 'parallel'}; "
+            f"one process, {args.rounds} interleaved rounds ({contest}; who goes first "
             "rotates) × 8 distinct batches per cell (64 for batch 1), through "
             "TPUEmbeddingForServing objects holding the tables as a restore leaves them; every "
             "output checked equal to the plain tables' bit for bit",

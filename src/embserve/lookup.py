@@ -6,6 +6,12 @@ flat validated arrays (:mod:`embserve.inputs`), checks every id that will be rea
 table's row count (:mod:`embserve.kernels.check`), and only then runs a kernel. The outputs are
 packed back into the structure of ``inputs``.
 
+Tables: a plain ``[rows, dim]`` array, or a :class:`~embserve.tables.StackedTable`, a logical
+table inside a SparseCore stack ``[T·N, W]``. A stacked table is read in place: its ids are
+checked against its logical rows, translated to rows of the stack in one compiled pass
+(:mod:`embserve.kernels.stacked`), and the same kernels read the first ``dim`` columns of those
+rows. No padding row or column is ever read.
+
 Sizes: sizes the caller declares (a sparse ``dense_shape``, the largest row index on the plain
 sparse path, ``output_shape``, ``max_sequence_length``) are checked against
 :data:`MAX_OUTPUT_BYTES` before anything is allocated, and an allocation that still fails raises
@@ -1028,7 +1034,9 @@ def serving_embedding_lookup(
             TensorFlow tensors are accepted too).
         weights: ``None``, or the same structure as ``inputs`` with ``None`` or float32 sparse /
             ragged weights paired with the ids by position.
-        tables: ``TableConfig`` → ``[rows, dim]`` float array, keyed by identity.
+        tables: ``TableConfig`` → ``[rows, dim]`` float array, or a
+            :class:`~embserve.tables.StackedTable` (a table of a SparseCore stack, read in
+            place: ids are checked against its logical rows), keyed by identity.
         feature_config: the nested structure of ``FeatureConfig`` s.
 
     Returns:

@@ -9,7 +9,6 @@ from embserve.kernels._native import address_of
 from embserve.kernels.multi import gather_tables_parallel, gather_tables_serial, layout_row
 
 KERNELS = [gather_tables_serial, gather_tables_parallel]
-NO_ROWS = np.empty(0, np.int64)  # plain tables: no row scratch
 
 
 def _layout(tables: list[np.ndarray]) -> np.ndarray:
@@ -31,7 +30,8 @@ def test_gathers_every_feature_from_its_own_table(kernel, id_dtype, n) -> None: 
     ids = [rng.integers(0, r, n).astype(id_dtype) for r in rows]
     out = np.full((3, n, 9), np.nan, np.float32)
     addresses = np.array([address_of(t) for t in tables], np.int64)
-    assert kernel(addresses, _layout(tables), np.concatenate(ids), NO_ROWS, out) == -1
+    flat = np.concatenate(ids)
+    assert kernel(addresses, _layout(tables), flat, flat, out) == -1  # plain: rows are ids
     for f in range(3):
         np.testing.assert_array_equal(out[f], tables[f][ids[f]])
 
@@ -50,6 +50,7 @@ def test_first_bad_id_is_reported_before_anything_is_written(
     ids[2, 50] = 37  # a later bad id: the first one is reported
     out = np.full((3, 100, 4), 7.0, np.float32)
     addresses = np.array([address_of(t) for t in tables], np.int64)
-    bad = kernel(addresses, _layout(tables), ids.reshape(-1), NO_ROWS, out)
+    flat = ids.reshape(-1)
+    bad = kernel(addresses, _layout(tables), flat, flat, out)
     assert bad == feature * 100 + position
     assert (out == 7.0).all()
