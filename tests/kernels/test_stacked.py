@@ -16,7 +16,6 @@ from embserve.kernels.multi import (
     gather_tables_parallel,
     gather_tables_serial,
     layout_row,
-    map_features,
 )
 from embserve.kernels.pooled import (
     MEAN,
@@ -194,11 +193,14 @@ def test_fused_gather_with_stacked_tables(kernel: Callable[..., Any], n: int) ->
     out = np.full((4, n, 8), np.nan, np.float32)
     addresses = np.array([address_of(t) for t in arrays], np.int64)
     flat = np.concatenate(ids)
-    rows = np.empty(4 * n, np.int64)
-    map_features(layout, flat, rows)
+    rows = np.empty(4 * n, np.int64)  # the kernel's scratch: it maps the checked ids into it
     assert kernel(addresses, layout, flat, rows, out) == -1
     for f in range(4):
         np.testing.assert_array_equal(out[f], logical[f][ids[f]])
+        m = maps[f]
+        if m is not None:
+            r = formula(ids[f], m.num_shards, m.shard_rows, m.row_offset, m.rotation)
+            np.testing.assert_array_equal(rows[f * n : (f + 1) * n], r)
 
 
 @pytest.mark.parametrize("kernel", [gather_tables_serial, gather_tables_parallel])
@@ -215,7 +217,6 @@ def test_fused_gather_checks_logical_rows_before_writing(
         ids[f, n - 1] = bad
         out = np.full((4, n, 8), 7.0, np.float32)
         rows = np.empty(4 * n, np.int64)
-        map_features(layout, ids.reshape(-1), rows)  # garbage for the bad id: never read
         assert kernel(addresses, layout, ids.reshape(-1), rows, out) == f * n + n - 1
         assert (out == 7.0).all()
 
@@ -254,28 +255,17 @@ def test_table_group_refuses_placements_that_do_not_fit(
 
 
 @pytest.mark.parametrize("kernel", [gather_tables_serial, gather_tables_parallel])
-def test_fused_gather_refuses_rows_that_do_not_fit(kernel: Callable[..., Any]) -> None:
-    """``rows`` of the wrong length, or holding a row outside its table's array (a caller's
-    bug: rows not mapped from these ids), are refused before anything is read or written."""
+def test_fused_gather_refuses_a_row_scratch_of_another_length(kernel: Callable[..., Any]) -> None:
     arrays, maps, _ = _stacked_group(np.random.default_rng(2))
     layout = np.array([layout_row(t, m) for t, m in zip(arrays, maps, strict=True)], np.int64)
     addresses = np.array([address_of(t) for t in arrays], np.int64)
-    ids = np.zeros(20, np.int64)
-    rows = np.empty(20, np.int64)
-    map_features(layout, ids, rows)
     out = np.full((4, 5, 8), 7.0, np.float32)
-    with pytest.raises(ValueError, match="rows must hold"):
-        kernel(addresses, layout, ids, rows[:19], out)
-    for f, height in ((0, 8 * 21), (2, 6 * 9), (3, 33)):
-        bad = rows.copy()
-        bad[f * 5 + 4] = height
-        with pytest.raises(ValueError, match="rows must hold"):
-            kernel(addresses, layout, ids, bad, out)
-        bad[f * 5 + 4] = -1
-        with pytest.raises(ValueError, match="rows must hold"):
-            kernel(addresses, layout, ids, bad, out)
+    for length in (19, 21, 0):
+        with pytest.raises(ValueError, match="scratch"):
+            kernel(addresses, layout, np.zeros(20, np.int64), np.empty(length, np.int64), out)
+    with pytest.raises(ValueError, match="scratch"):  # ids not n per table
+        kernel(addresses, layout, np.zeros(19, np.int64), np.empty(19, np.int64), out)
     assert (out == 7.0).all()
-    assert kernel(addresses, layout, ids, rows, out) == -1
 
 
 def test_a_plain_group_layout_is_the_identity_row_of_every_table() -> None:
