@@ -9,10 +9,14 @@ Tables: for each ``dim`` in 64 and 128, one stack ``[T·N, W = dim]`` over N = 8
 by default: 4 tables of 1,048,571 rows at dim 64, 2 at dim 128, rotations 0, 3, 5, 6, offsets
 consecutive, 5 padding rows per table), and the same logical tables unstacked, each in its own
 file: every file in /dev/shm and mapped read-only, as restored checkpoints are. Both kinds are
-looked up through ``es.serving_embedding_lookup``, in one process, interleaved: each round runs
-every workload on the plain tables and on the stacked ones (which goes first alternates), under
-4 KiB pages (``np.memmap``) and under 2 MiB pages (the files mapped at 2 MiB boundaries and
-collapsed with ``MADV_COLLAPSE``, as ``embserve serve`` does with ``huge_pages = true``).
+looked up through ``TPUEmbeddingForServing`` objects holding them as a restore leaves them, in
+one process: for each cell (dim, workload, page size) a number of rounds, each running the plain
+tables and the stacked ones once (who goes first alternates), under 4 KiB pages (``np.memmap``)
+and under 2 MiB pages (the files mapped at 2 MiB boundaries and collapsed with
+``MADV_COLLAPSE``, as ``embserve serve`` does with ``huge_pages = true``). Every
+table mapping is locked (``mlock``): this VM's memory manager pages out memory left unread for a
+second or two, and the faults that followed made whoever read a table first after a pause up to
+4x slower, at random (the report names the manager and how many mappings were locked).
 
 Workloads (each cycles through 8 distinct batches, so the rows of one call are not still in cache
 from the previous one; 64 for batch 1):
@@ -34,11 +38,11 @@ paired ratio (the median over rounds of the ratio within a round).
 ``--baseline-src DIR`` adds a check that plain tables did not get slower with the change: the
 embserve under ``DIR`` (an older checkout's ``src``) is imported in the same process, renamed,
 and runs the plain workloads as a third contestant in the same rounds; a second table gives
-now / before.
+now / before. As both do the same work, its spread is also the noise of the measurement.
 
 Usage::
 
-    .venv/bin/python benchmarks/stacked.py                        # a few minutes
+    .venv/bin/python benchmarks/stacked.py                        # about a minute
     .venv/bin/python benchmarks/stacked.py --baseline-src /tmp/old/src --write
     .venv/bin/python benchmarks/stacked.py --quick                # seconds, small tables
 """
@@ -175,16 +179,46 @@ def _write_files(directory: str, block: int) -> dict[int, dict[str, Any]]:
     return layouts
 
 
+_LOCKED: list[bool] = []  # whether each mapping could be locked (mlock)
+
+
+def _lock(array: np.ndarray) -> bool:
+    """``mlock`` the array's pages: mapped now, and kept mapped. Without it, this VM's memory
+    manager (DAMON, ``pageout`` on cold physical memory; see :func:`_damon`) unmapped table
+    pages that sat unread for a second or two, and the next lookup took a minor fault per 4 KiB
+    page: the first contestant of a cell ran up to 4x slower, at random. Both kinds of tables
+    are locked alike, so the comparison stays fair; a server under such a manager sees the
+    faults, plain and stacked alike."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return bool(
+            libc.mlock(ctypes.c_void_p(array.ctypes.data), ctypes.c_size_t(array.nbytes)) == 0
+        )
+    except (OSError, AttributeError):
+        return False
+
+
+def _damon() -> str:
+    """Whether a DAMON ``pageout`` scheme runs on this machine (it reclaims cold memory)."""
+    root = Path("/sys/kernel/mm/damon/admin/kdamonds")
+    try:
+        actions = sorted(
+            {p.read_text().strip() for p in root.glob("*/contexts/*/schemes/*/action")}
+        )
+        states = sorted({p.read_text().strip() for p in root.glob("*/state")})
+    except OSError:
+        return "?"
+    if not actions:
+        return "none"
+    return f"kdamond {', '.join(states)}, schemes: {', '.join(actions)}"
+
+
 def _map(path: str, shape: tuple[int, int], pages: str) -> np.ndarray:
     """The file as a read-only float32 array, on 4 KiB pages or collapsed onto 2 MiB pages,
-    with every page mapped already.
-
-    Touching each page first matters: a fresh mapping takes a minor fault on the first read of
-    each 4 KiB page (about 0.5 µs). The plain tables' mappings were shared by two contestants,
-    which took those faults for each other, while the stack's were its own: stacked lookups on
-    4 KiB pages came out 20-45 % slower, and at par once every page was mapped. A serving process
-    reaches that state after its first lookups (or at once with huge pages).
-    """
+    every page mapped and locked there (:func:`_lock`)."""
     if pages == "4 KiB":
         array: np.ndarray = np.memmap(path, np.float32, "r", shape=shape)
     else:
@@ -194,7 +228,7 @@ def _map(path: str, shape: tuple[int, int], pages: str) -> np.ndarray:
             buffer = map_shard(f.fileno(), shape[0] * shape[1] * 4)
         array = np.frombuffer(buffer, np.float32).reshape(shape)
         collapse_huge_pages(array)
-    float(array.reshape(-1)[:: 4096 // 4].sum())  # one read per 4 KiB page
+    _LOCKED.append(_lock(array))
     return array
 
 
@@ -408,19 +442,33 @@ class _Bench:
                                         "differ from the plain tables'"
                                     )
 
-    def round(
-        self, order: list[str], pages: list[str], times: dict[tuple[int, str, str, str], list[int]]
+    def cells(self, pages: list[str]) -> list[tuple[int, str, str]]:
+        return [(d, w, p) for d in self.names for w in self.workload_names() for p in pages]
+
+    def run_cell(
+        self,
+        cell: tuple[int, str, str],
+        rounds: int,
+        times: dict[tuple[int, str, str, str], list[int]],
     ) -> None:
-        for dim in self.names:
-            for wname in self.workload_names():
-                for page in pages:
-                    for name in order:
-                        model = self.model(name, dim, page, wname)
-                        batches = self.batches(name, dim, wname)
-                        # Contestants look up the same ids, and "plain" and "baseline" the same
-                        # rows: without this, whoever follows the other finds them in L3.
-                        _evict()
-                        _time(model, batches, times.setdefault((dim, wname, page, name), []))
+        """One warm-up call per contestant, then ``rounds`` rounds in which every contestant
+        runs its batches once, who goes first rotating. The rounds of one cell run back to
+        back: interleaving all cells round by round left state behind that 256 MiB of reads did
+        not clear (on 4 KiB pages, whoever followed the other plain-table reader was up to 25 %
+        faster), and the paired ratio cancels slower drifts of the machine."""
+        dim, wname, page = cell
+        names = list(self.contestants)
+        for name in names:
+            _call(self.model(name, dim, page, wname), self.batches(name, dim, wname)[0])
+        for r in range(rounds):
+            k = r % len(names)
+            for name in names[k:] + names[:k]:
+                model = self.model(name, dim, page, wname)
+                batches = self.batches(name, dim, wname)
+                # Contestants look up the same ids, and "plain" and "baseline" the same rows:
+                # without this, whoever follows the other finds them in cache.
+                _evict()
+                _time(model, batches, times.setdefault((dim, wname, page, name), []))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -520,10 +568,8 @@ def main() -> int:
         bench.check(pages)
         times: dict[tuple[int, str, str, str], list[int]] = {}
         names = list(contestants)
-        bench.round(names, pages, {})  # warm-up (and compile)
-        for r in range(args.rounds):
-            k = r % len(names)
-            bench.round(names[k:] + names[:k], pages, times)
+        for cell in bench.cells(pages):
+            bench.run_cell(cell, args.rounds, times)
 
         # The translation pass alone, on one bag batch's ids (diagnostic).
         lay = layouts[64]
@@ -565,13 +611,14 @@ def main() -> int:
             f"- nproc {os.cpu_count()}, CPU {cpu_model()}, python {platform.python_version()}, "
             f"numpy {np.__version__}, kernel {platform.release()}, "
             f"embserve tree: git {git_commit()}",
-            f"- transparent huge pages: {_thp()}",
+            f"- transparent huge pages: {_thp()}; DAMON: {_damon()}; table mappings locked "
+            f"(mlock): {sum(_LOCKED)} of {len(_LOCKED)}",
             f"- N = {SHARDS} SparseCores; {sizes}; the same logical tables unstacked in files of "
             f"their own; all files in /dev/shm, written in {fill_s:.1f} s, mapped in "
             f"{map_s:.1f} s (2 MiB cells: collapsed with MADV_COLLAPSE)",
             f"- kernels: {'serial (EMBSERVE_SERIAL=1)' if args.serial else 'parallel'}; "
-            f"one process, {args.rounds} interleaved rounds ({contest}; who goes first "
-            "rotates) × 8 distinct batches per cell (64 for batch 1), through "
+            f"one process; per cell {args.rounds} rounds ({contest}; who goes first "
+            "rotates; 256 MiB read before each) × 8 distinct batches (64 for batch 1), through "
             "TPUEmbeddingForServing objects holding the tables as a restore leaves them; every "
             "output checked equal to the plain tables' bit for bit",
             f"- 1-minute load average {load_before:.2f} before, {load_after:.2f} after (2 cores "

@@ -27,8 +27,7 @@ from embserve.kernels.multi import gather_tables_serial
 table = np.arange(12, dtype=np.float32).reshape(4, 3)
 out = np.zeros((1, 2, 3), np.float32)
 layout = np.array([[4, 4, 3, 1, 0, 4, 0, 0]])
-ids = np.array([1, 2])
-gather_tables_serial(np.array([table.ctypes.data]), layout, ids, ids, out)
+gather_tables_serial(np.array([table.ctypes.data]), layout, np.array([1, 2]), out)
 print(out.ravel().tolist(), sum(gather_tables_serial.stats.cache_hits.values()))
 """
 
@@ -122,7 +121,7 @@ for it in (np.int32, np.int64):
     groups.append(group)  # the kernels read the tables by address: keep them alive
     stacked = rng.integers(0, 50, 30).astype(it)
     for k in (multi.gather_tables_serial, multi.gather_tables_parallel):
-        args = (group.addresses, group.layout, stacked, stacked)
+        args = (group.addresses, group.layout, stacked)
         add((k.__name__, it.__name__), k, args, (3, 10, 8), np.float32)
 add("first_nonfinite", check.first_nonfinite, (np.array([1.0, np.inf], np.float32),))
 add("first_bad_split", check.first_bad_split, (np.array([0, 2, 1], np.int64), 1))

@@ -163,7 +163,6 @@ def test_fused_gather_refuses_an_output_not_in_c_rows(kernel: Callable[..., Any]
     addresses = np.array([t.ctypes.data for t in tables], np.int64)
     out = np.asfortranarray(np.full((2, 3, 4), np.nan, np.float32))
     layout = np.array([layout_row(t) for t in tables], np.int64)
-    ids = np.zeros(6, np.int64)
     with pytest.raises(ValueError, match="C-ordered rows"):
-        kernel(addresses, layout, ids, ids, out)
+        kernel(addresses, layout, np.zeros(6, np.int64), out)
     assert np.isnan(out).all()

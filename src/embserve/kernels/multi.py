@@ -13,13 +13,14 @@ sit in it: ``rows`` logical rows, and the SparseCore placement (:mod:`embserve.k
 ``num_shards``, ``shift``, ``shard_rows``, ``row_offset``, ``rotation``. A plain table is
 ``[rows, rows, dim, 1, 0, rows, 0, 0]``: the identity.
 
-The kernels take ``ids``, the logical ids they check, and ``rows``, the rows of the arrays they
-read: ``ids`` itself when every table is plain, else an int64 scratch array as long as ``ids``
-that the kernel fills from the checked ids through each feature's placement (one pass, a mask
-and a shift per id when N is a power of two) before it reads. One copy loop serves both: a
-second, inlined for the mapped case, made the copies slower (4 features x 1,024 ids from a
-1 GiB stack, 4 KiB pages, one thread, rows not in cache: 250 µs against 218 µs for the same
-tables stored plainly; with the one loop 238 against 234).
+``gather_tables_*`` serve groups of plain tables: the ids are the rows they read.
+``gather_stacked_*`` serve groups with a stacked table: they take ``ids``, the logical ids they
+check, and ``rows``, an int64 scratch array as long as ``ids`` that they fill from the ids
+through each feature's placement (one pass, a mask and a shift per id when N is a power of two)
+and then read. Each kernel has one copy loop: a second one, inlined for the mapped case into the
+same kernel, made the copies slower (4 features x 1,024 ids from a 1 GiB stack, 4 KiB pages,
+one thread, rows not in cache: 250 µs against 218 µs for the same tables stored plainly; with
+one loop 238 against 234).
 
 Unlike the single-table kernels these check the ids themselves, all of them, against the
 logical ``rows``, before the first row is read: the return value is -1 when every id was in
@@ -51,6 +52,8 @@ __all__ = [
     "LAYOUT_COLUMNS",
     "GroupCache",
     "TableGroup",
+    "gather_stacked_parallel",
+    "gather_stacked_serial",
     "gather_tables_parallel",
     "gather_tables_serial",
     "layout_row",
@@ -68,7 +71,7 @@ LAYOUT_COLUMNS = (
     "rotation",
 )
 _ROWS, _HEIGHT, _WIDTH, _SHARDS, _SHIFT, _SHARD_ROWS, _OFFSET, _ROTATION = range(8)
-ROWS_MESSAGE = "ids, rows and out must hold n ids per table (rows: ids, or a scratch as long)"
+ROWS_MESSAGE = "the row scratch must be as long as the ids"
 
 # Rows per work unit of the parallel driver (units never straddle two features).
 _CHUNK = 64
@@ -124,16 +127,16 @@ def _copy_rows(addresses, layout, rows, out, f, i0, i1):  # type: ignore[no-unty
 def _check_call(layout, ids, rows, out):  # type: ignore[no-untyped-def]
     if not c_rows(out):
         raise ValueError(LAYOUT_MESSAGE)
-    if rows.shape[0] != ids.shape[0] or ids.shape[0] != layout.shape[0] * out.shape[1]:
+    if rows.shape[0] != ids.shape[0]:
         raise ValueError(ROWS_MESSAGE)
 
 
-@jit
-def gather_tables_serial(addresses, layout, ids, rows, out):  # type: ignore[no-untyped-def]
-    """Check every id, then ``out[f, i] = table_f[rows[f * n + i]]`` on the calling thread."""
+@jit_inline
+def _serial(addresses, layout, ids, rows, out, mapped):  # type: ignore[no-untyped-def]
+    """The serial kernel; ``mapped`` is a constant of each entry point (numba folds it)."""
     _check_call(layout, ids, rows, out)
     n = out.shape[1]
-    if rows.ctypes.data != ids.ctypes.data:
+    if mapped:
         _map_all(layout, ids, rows)
     if n < PREFETCH_ROWS:
         # Few ids per feature (a latency-bound request): _copy_rows prefetches only within a
@@ -154,16 +157,48 @@ def gather_tables_serial(addresses, layout, ids, rows, out):  # type: ignore[no-
     return -1
 
 
+@jit
+def gather_tables_serial(addresses, layout, ids, out):  # type: ignore[no-untyped-def]
+    """Check every id, then ``out[f, i] = table_f[ids[f * n + i]]`` on the calling thread
+    (plain tables: the ids are the rows)."""
+    return _serial(addresses, layout, ids, ids, out, False)
+
+
+@jit
+def gather_stacked_serial(addresses, layout, ids, rows, out):  # type: ignore[no-untyped-def]
+    """:func:`gather_tables_serial` for a group with stacked tables: ``rows`` (int64, as long
+    as ``ids``) receives the array rows of the ids, which the copies read. A separate entry
+    point so that plain groups keep a four-argument call (each argument costs the dispatcher
+    some 25 ns; batch-1 gathers take under 1 µs)."""
+    return _serial(addresses, layout, ids, rows, out, True)
+
+
 @jit_parallel
-def gather_tables_parallel(addresses, layout, ids, rows, out):  # type: ignore[no-untyped-def]
+def gather_tables_parallel(addresses, layout, ids, out):  # type: ignore[no-untyped-def]
     """:func:`gather_tables_serial` with the copies in one parallel region for all features."""
+    _check_call(layout, ids, ids, out)
+    n = out.shape[1]
+    bad = _first_bad(layout, ids, n)
+    if bad >= 0:
+        return bad
+    per_feature = (n + _CHUNK - 1) // _CHUNK
+    for u in prange(addresses.shape[0] * per_feature):
+        f = u // per_feature
+        i0 = (u - f * per_feature) * _CHUNK
+        _copy_rows(addresses, layout, ids, out, f, i0, min(i0 + _CHUNK, n))
+    return -1
+
+
+@jit_parallel
+def gather_stacked_parallel(addresses, layout, ids, rows, out):  # type: ignore[no-untyped-def]
+    """:func:`gather_stacked_serial` with the copies in one parallel region for all features
+    (the mapping pass runs before it, on the calling thread)."""
     _check_call(layout, ids, rows, out)
     n = out.shape[1]
     bad = _first_bad(layout, ids, n)
     if bad >= 0:
         return bad
-    if rows.ctypes.data != ids.ctypes.data:
-        _map_all(layout, ids, rows)
+    _map_all(layout, ids, rows)
     per_feature = (n + _CHUNK - 1) // _CHUNK
     for u in prange(addresses.shape[0] * per_feature):
         f = u // per_feature
@@ -263,13 +298,14 @@ class TableGroup:
         """
         n = ids.shape[0] // len(self.tables)
         out = self.arena.take((len(self.tables), n, self.dim), np.float32)
-        rows = ids
-        if self.row_arena is not None:  # a stacked table: the kernel maps ids into rows
+        if self.row_arena is None:
+            kernel = gather_tables_parallel if parallel else gather_tables_serial
+            bad = kernel(self.addresses, self.layout, ids, out)
+        else:  # a stacked table: the kernel maps the ids into rows of the arrays
             rows = self.row_arena.take(ids.shape, np.int64)
-        kernel = gather_tables_parallel if parallel else gather_tables_serial
-        if kernel(self.addresses, self.layout, ids, rows, out) >= 0:
-            return None
-        return out
+            stacked = gather_stacked_parallel if parallel else gather_stacked_serial
+            bad = stacked(self.addresses, self.layout, ids, rows, out)
+        return None if bad >= 0 else out
 
 
 class GroupCache:
