@@ -115,3 +115,20 @@ def test_cold_start_script_runs() -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| warm (cache from the cold run) |" in proc.stdout
+
+
+def test_stacked_script_runs_and_checks_its_outputs() -> None:
+    """``benchmarks/stacked.py --quick`` (SparseCore stacks against plain tables, issue 11) runs
+    end to end: every contestant's outputs are checked equal inside it, so a wrong stacked row
+    fails this run, not only a figure."""
+    script = RUN.with_name("stacked.py")
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "stacked / plain (paired)" in proc.stdout
+    assert "Target (issue 11): stacked within 10 % of plain." in proc.stdout
