@@ -445,6 +445,24 @@ def test_every_fixture_with_tables_is_tested() -> None:
     }
 
 
+@pytest.mark.parametrize("config", [False, True], ids=["listing", "config"])
+def test_inspect_refuses_damaged_sparsecore_layouts_naming_the_key(
+    capsys: pytest.CaptureFixture[str], config: bool
+) -> None:
+    """Layouts that cannot be decoded: exit 1, nothing on stdout (as for a damaged object
+    graph), one line naming the layouts key."""
+    argv = ["inspect", SPARSECORE / "mismatch" / "layouts_garbage"] + (
+        ["--config"] if config else []
+    )
+    code, out, err = run(capsys, *argv)
+    assert (code, out) == (1, "")
+    assert_one_line_error(
+        err,
+        "embedding/_sparse_core_table_layouts/.ATTRIBUTES/VARIABLE_VALUE",
+        "not a serialized SparseCoreTableLayouts proto",
+    )
+
+
 def test_inspect_lists_sparsecore_stacks_and_their_tables(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
