@@ -263,6 +263,42 @@ def test_fused_dense_group_mixes_stacked_and_plain_tables(parallel: bool) -> Non
             np.testing.assert_array_equal(got[key], plain[cfgs[int(key[1:])]][inputs[key]])
 
 
+@pytest.mark.parametrize("n", [4, 6])
+def test_an_empty_batch_on_a_stacked_table_is_served_on_every_path(n: int, parallel: bool) -> None:
+    """No ids at all: every path (the fused group too) returns the plain tables' empty outputs,
+    with the logical dim, and maps nothing."""
+    rng = np.random.default_rng(11)
+    st = make_stack(rng, n, [(37, 16), (13, 16)], width=32)
+    cfg = es.TableConfig(37, 16, combiner="mean", name="t0")
+    other = es.TableConfig(13, 16, name="t1")
+    fc = {
+        "f": es.FeatureConfig(cfg),
+        "g": es.FeatureConfig(other),
+        "plain_sparse": es.FeatureConfig(cfg, validate_weights_and_indices=False),
+        "seq": es.FeatureConfig(cfg, max_sequence_length=3),
+    }
+    stacked = {cfg: st.tables[0], other: st.tables[1]}
+    plain = {cfg: st.plain[0], other: st.plain[1]}
+    no_ids = np.zeros(0, np.int64)
+    empty_sparse = es.SparseTensor(np.zeros((0, 2), np.int64), no_ids, np.array([2, 3]))
+    requests = [
+        {"f": no_ids},  # dense, general path
+        {"f": no_ids, "g": no_ids.astype(np.int32)},  # the fused group
+        {"f": es.RaggedTensor.from_row_lengths(no_ids, [0, 0])},
+        {"f": empty_sparse},
+        {"plain_sparse": es.SparseTensor(np.zeros((0, 2), np.int64), no_ids, np.array([0, 3]))},
+        {"seq": es.RaggedTensor.from_row_lengths(no_ids, [0, 0])},
+        {"seq": empty_sparse},
+    ]
+    for inputs in requests:
+        got = es.serving_embedding_lookup(inputs, None, stacked, fc)
+        want = es.serving_embedding_lookup(inputs, None, plain, fc)
+        for key in inputs:
+            assert got[key].shape == want[key].shape
+            assert got[key].shape[-1] == 16
+            np.testing.assert_array_equal(got[key], want[key])
+
+
 # ---------------------------------------------------------------------------------------------
 # Bounds: the logical row count, never the stack's
 
@@ -281,6 +317,7 @@ def test_an_id_at_the_logical_row_count_is_refused_on_every_path(n: int) -> None
         "f": es.FeatureConfig(cfg),
         "g": es.FeatureConfig(other),
         "seq": es.FeatureConfig(cfg, max_sequence_length=3),
+        "plain": es.FeatureConfig(cfg, validate_weights_and_indices=False),
     }
     tables = {cfg: table, other: st.tables[1]}
     bad_inputs = [
@@ -291,6 +328,7 @@ def test_an_id_at_the_logical_row_count_is_refused_on_every_path(n: int) -> None
         {"f": es.SparseTensor(np.array([[0, 0], [1, 2]]), np.array([4, rows]), np.array([2, 3]))},
         {"seq": es.RaggedTensor.from_row_lengths(np.array([1, 2, rows]), [3])},
         {"seq": es.SparseTensor(np.array([[0, 1]]), np.array([rows]), np.array([1, 3]))},
+        {"plain": es.SparseTensor(np.array([[0, 0]]), np.array([rows]), np.array([1, 3]))},
     ]
     for inputs in bad_inputs:
         with pytest.raises(es.IdOutOfRangeError) as info:
