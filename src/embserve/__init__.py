@@ -19,10 +19,12 @@ from embserve.errors import (
     FeatureConfigTypeError,
     IdOutOfRangeError,
     InputError,
+    QuantizationError,
 )
 from embserve.inputs import RaggedTensor, SparseTensor
 from embserve.lookup import serving_embedding_lookup
 from embserve.optimizers import FTRL, SGD, Adagrad, AdagradMomentum, Adam
+from embserve.storage import QuantizedTable
 
 __version__ = "0.1.0"
 
@@ -52,6 +54,8 @@ __all__ = [
     "FeatureConfigTypeError",
     "IdOutOfRangeError",
     "InputError",
+    "QuantizationError",
+    "QuantizedTable",
     "RaggedTensor",
     "SparseTensor",
 ]

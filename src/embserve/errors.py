@@ -14,6 +14,8 @@ raises an :class:`InputError`, which is a ``ValueError``.
     │                                        a feature_config leaf that is not a FeatureConfig
     ├── InputError(ValueError)               structure mismatch, wrong dtype or rank, bad weights
     │   └── IdOutOfRangeError(IndexError)    feature, table, row, position, id, valid range
+    ├── QuantizationError(ValueError)        a row that a storage type cannot hold, or a stored
+    │                                        scale / bias that is NaN or inf: table + row
     └── CheckpointError                      also: an OS error reading a file (names the file)
         ├── CheckpointNotFoundError(FileNotFoundError)
         ├── CorruptCheckpointError           bad magic, crc mismatch, truncation, not a regular
@@ -35,6 +37,7 @@ __all__ = [
     "FeatureConfigTypeError",
     "IdOutOfRangeError",
     "InputError",
+    "QuantizationError",
 ]
 
 
@@ -127,3 +130,20 @@ class CheckpointBusyError(CheckpointError):
     """A checkpoint data file is open for writing by another process, so it cannot be protected
     against changes (``BundleReader(..., lease=True)``): most likely it is still being written.
     Transient: retry later."""
+
+
+class QuantizationError(EmbserveError, ValueError):
+    """A table row cannot be stored in the requested type, or stored rows are damaged.
+
+    Raised when quantizing a row that holds NaN or inf (or a value the type cannot hold), and
+    when a quantized table's scale or bias is NaN or inf.
+
+    Attributes:
+        table: the table name.
+        row: the offending row.
+    """
+
+    def __init__(self, table: str, row: int, why: str) -> None:
+        super().__init__(f"table {table!r}: row {row} {why}")
+        self.table = table
+        self.row = row
