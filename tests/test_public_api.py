@@ -50,6 +50,8 @@ EXPECTED_ALL = [
     "FeatureConfigTypeError",
     "IdOutOfRangeError",
     "InputError",
+    "QuantizationError",
+    "QuantizedTable",
     "RaggedTensor",
     "SparseTensor",
 ]
