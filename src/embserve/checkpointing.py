@@ -50,7 +50,8 @@ TensorFlow's ``TPUEmbeddingForServing`` restores (and a TPU job's checkpoint ada
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -63,6 +64,7 @@ from embserve.checkpoint import (
     ObjectGraph,
     ObjectGraphBuilder,
     attribute_key,
+    crc32c,
 )
 from embserve.checkpoint._mapping import collapse_huge_pages as _collapse
 from embserve.checkpoint.bundle import ProgressCallback, ProgressCounter
@@ -75,17 +77,37 @@ from embserve.checkpoint.sparsecore import (
     slot_edge,
 )
 from embserve.embedding import Table, TPUEmbeddingForServing, _initial_value
-from embserve.errors import CheckpointMismatchError, CorruptCheckpointError
+from embserve.errors import (
+    CheckpointMismatchError,
+    ConfigError,
+    CorruptCheckpointError,
+    QuantizationError,
+)
+from embserve.storage import (
+    QUANTIZED_TYPES,
+    STORAGE_TYPES,
+    QuantizedTable,
+    quantize_rows,
+    row_bytes,
+    storage_dtype,
+    storage_of,
+)
 from embserve.tables import StackedTable
 
 __all__ = [
+    "CHUNK_BYTES",
     "SAVE_COUNTER",
+    "STORAGE_KEY",
     "VERIFY_ON_RESTORE_MAX_BYTES",
     "FoundTable",
     "RestoreResult",
+    "StorageRequest",
+    "chunk_rows_for",
     "collapse_huge_pages",
     "find_embedding_tables",
+    "quantize_table",
     "read_sparsecore_layouts",
+    "read_storage_manifest",
     "restore_embedding",
     "restore_keys",
     "restore_objects",
@@ -110,6 +132,19 @@ Progress = ProgressCallback
 
 _VALUE = "VARIABLE_VALUE"
 
+#: The key of a quantized checkpoint's manifest: a string scalar outside the object graph (so
+#: restores, TensorFlow's included, never read it) holding JSON that says, per table, its
+#: storage type, key, rows and dim and where it came from (:func:`read_storage_manifest`).
+STORAGE_KEY = "_EMBSERVE_STORAGE"
+
+#: Float32 bytes per block when a table is quantized block by block (16 MiB: the private
+#: memory of a quantization, whatever the table's size).
+CHUNK_BYTES = 16 << 20
+
+#: The storage a restore serves: ``None`` (every table as stored), one storage type for every
+#: table, or table name → storage type (tables not named: as stored).
+StorageRequest = str | Mapping[str, str] | None
+
 
 class FoundTable(NamedTuple):
     """A table (with its slots) found in a checkpoint's object graph.
@@ -127,6 +162,12 @@ class FoundTable(NamedTuple):
             shape and the stack's shape ``layout.stack_shape``
             (:class:`~embserve.checkpoint.sparsecore.TableLayout`); ``None`` for a table
             stored as its own variable.
+        storage: the storage type (:mod:`embserve.storage`): ``"float32"``, or for a table
+            of a quantized checkpoint the type its manifest (:data:`STORAGE_KEY`) records,
+            with ``shape`` the logical ``(rows, dim)`` and ``dtype`` the stored dtype
+            (``"uint8"`` for int8 / int4); float16 / bfloat16 entries of the table's shape are
+            recognised without a manifest. ``None``: the entry stores no table type known to
+            embserve (``shape`` and ``dtype`` as stored).
     """
 
     object_path: tuple[str, ...]
@@ -136,6 +177,7 @@ class FoundTable(NamedTuple):
     dtype: str
     slots: dict[str, str]
     layout: TableLayout | None = None
+    storage: str | None = "float32"
 
 
 def _load_graph(reader: BundleReader) -> ObjectGraph:
@@ -250,8 +292,39 @@ def _found_sparsecore(
     return found
 
 
+def _manifest_tables(reader: BundleReader) -> dict[str, dict[str, Any]]:
+    """Key → the manifest's entry, for a quantized checkpoint (else empty)."""
+    manifest = read_storage_manifest(reader)
+    return {} if manifest is None else {e["key"]: e for e in manifest["tables"]}
+
+
+def _found_storage(
+    info: Any, entry: Mapping[str, Any] | None
+) -> tuple[tuple[int, ...], str | None]:
+    """(logical shape, storage type) of a table's entry, from the manifest when it has one."""
+    if entry is not None:
+        np_dtype = _STORED_DTYPES.get(info.dtype)
+        rows, dim = int(entry["rows"]), int(entry["dim"])
+        if (
+            np_dtype is not None
+            and len(info.shape) == 2
+            and info.shape[0] == rows
+            and storage_of(np_dtype, int(info.shape[1]), dim) == entry["storage"]
+        ):
+            return (rows, dim), str(entry["storage"])
+    if info.dtype == DataType.FLOAT:
+        return info.shape, "float32"
+    if info.dtype in (DataType.HALF, DataType.BFLOAT16) and len(info.shape) == 2:
+        return info.shape, "float16" if info.dtype == DataType.HALF else "bfloat16"
+    return info.shape, None
+
+
 def _found_plain(
-    reader: BundleReader, graph: ObjectGraph, path: tuple[str, ...], children: Mapping[str, int]
+    reader: BundleReader,
+    graph: ObjectGraph,
+    path: tuple[str, ...],
+    children: Mapping[str, int],
+    manifest: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[FoundTable]:
     """Plain per-table variables among ``children``: values whose name has no ``/`` and does
     not start with ``_``; ``"<table>/<slot>"`` children are their slots."""
@@ -272,7 +345,8 @@ def _found_plain(
                 slot_attrs = graph.attributes(other_child)
                 if _VALUE in slot_attrs:
                     slots[other[len(name) + 1 :]] = slot_attrs[_VALUE].checkpoint_key
-        found.append(FoundTable(path, name, key, info.shape, info.dtype_name, slots))
+        shape, storage = _found_storage(info, (manifest or {}).get(key))
+        found.append(FoundTable(path, name, key, shape, info.dtype_name, slots, storage=storage))
     return found
 
 
@@ -291,10 +365,15 @@ def find_embedding_tables(
     (those whose stack is stored), each with ``key`` = its stack's key and ``layout`` set, plus
     any plain per-table variable beside the stacks.
 
+    In a quantized checkpoint (:func:`embserve.quantizing.quantize_checkpoint`), each table's
+    ``storage`` and logical ``shape`` come from the manifest (:data:`STORAGE_KEY`).
+
     Raises:
-        CorruptCheckpointError: a SparseCore object's layouts are damaged (naming the key).
+        CorruptCheckpointError: a SparseCore object's layouts are damaged (naming the key), or
+            a quantized checkpoint's manifest is.
     """
     graph = graph or _load_graph(reader)
+    manifest = _manifest_tables(reader)
     found: list[FoundTable] = []
     for node in range(len(graph.proto.nodes)):
         children = graph.children(node)
@@ -308,8 +387,162 @@ def find_embedding_tables(
         if layouts is not None:
             found += _found_sparsecore(reader, graph, tuple(path), layouts, children)
         elif is_plain:
-            found += _found_plain(reader, graph, tuple(path), children)
+            found += _found_plain(reader, graph, tuple(path), children, manifest)
     return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Quantized tables: in memory, and the manifest of quantized checkpoints
+
+
+def chunk_rows_for(dim: int, chunk_rows: int | None = None) -> int:
+    """Rows per block of a ``dim``-wide table: ``chunk_rows``, or :data:`CHUNK_BYTES` of
+    float32 (at least one row)."""
+    if chunk_rows is not None:
+        if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)):
+            raise ConfigError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
+        if chunk_rows < 1:
+            raise ConfigError(f"chunk_rows must be a positive integer, got {chunk_rows}")
+        return int(chunk_rows)
+    return max(1, CHUNK_BYTES // (4 * max(1, int(dim))))
+
+
+def quantize_table(
+    table: Any,
+    storage: str,
+    *,
+    name: str | None = None,
+    chunk_rows: int | None = None,
+    on_block: Callable[[int, np.ndarray], None] | None = None,
+) -> QuantizedTable:
+    """Quantize a float32 table into private memory, block by block.
+
+    The result holds the stored rows only (``rows x`` :func:`~embserve.storage.row_bytes`
+    bytes): the float32 rows are read a block of ``chunk_rows`` at a time (a view of a mapped
+    table, or rows copied out of a :class:`~embserve.tables.StackedTable`) and quantized with
+    :func:`~embserve.storage.quantize_rows`, so no float32 copy of the table is ever made. The
+    rows are checked while quantized (a NaN / inf row is refused); the scales it writes are
+    finite by construction.
+
+    Args:
+        table: ``[rows, dim]`` float32 rows: an array (a memory map of a checkpoint is
+            typical), a :class:`~embserve.tables.StackedTable`, or a
+            :class:`~embserve.storage.QuantizedTable` already in ``storage`` (returned as is).
+        storage: ``"float16"``, ``"bfloat16"``, ``"int8"`` or ``"int4"``.
+        name: the table's name, for messages and the result's repr.
+        chunk_rows: rows per block (default: 16 MiB of float32).
+        on_block: called as ``on_block(first_row, rows)`` with each float32 block before it is
+            quantized (a checksum over the source is computed this way at restore).
+
+    Returns:
+        A :class:`~embserve.storage.QuantizedTable` over a new read-only array.
+
+    Raises:
+        QuantizationError: a row holds NaN / inf or a value the type cannot hold; names the
+            table and the row.
+        ConfigError: an unknown or float32 storage type, a table that is not 2-D and
+            non-empty, or a QuantizedTable in another storage type (quantized tables are never
+            re-quantized).
+    """
+    label = name if name is not None else "table"
+    if storage not in QUANTIZED_TYPES:
+        raise ConfigError(
+            f"table {label!r}: storage must be one of {', '.join(QUANTIZED_TYPES)} to quantize "
+            f"(float32 tables are served as they are), got {storage!r}"
+        )
+    if isinstance(table, QuantizedTable):
+        if table.storage == storage:
+            return table
+        raise ConfigError(
+            f"table {label!r} is already stored as {table.storage}; quantized tables are not "
+            f"re-quantized (quantize its float32 values to {storage} instead)"
+        )
+    shape = tuple(getattr(table, "shape", ()))
+    if len(shape) != 2 or shape[0] < 1 or shape[1] < 1:
+        raise ConfigError(f"table {label!r}: a [rows, dim] table is needed, got shape {shape}")
+    rows, dim = int(shape[0]), int(shape[1])
+    step = chunk_rows_for(dim, chunk_rows)
+    width = dim if storage in ("float16", "bfloat16") else row_bytes(storage, dim)
+    out = np.empty((rows, width), storage_dtype(storage))
+    for start in range(0, rows, step):
+        block = np.asarray(table[start : start + step])
+        if on_block is not None:
+            on_block(start, block)
+        out[start : start + len(block)] = quantize_rows(
+            block, storage, table=label, first_row=start
+        )
+    out.flags.writeable = False
+    return QuantizedTable(out, storage, dim, name=name, check=False)
+
+
+def _storage_request(storage: StorageRequest, names: Sequence[str]) -> dict[str, str]:
+    """Table name → storage type asked for, checked against the tables there are."""
+    if storage is None:
+        return {}
+    if isinstance(storage, str):
+        if storage not in STORAGE_TYPES:
+            raise ConfigError(f"storage must be one of {', '.join(STORAGE_TYPES)}, got {storage!r}")
+        return dict.fromkeys(names, storage)
+    if not isinstance(storage, Mapping):
+        raise ConfigError(
+            "storage must be a storage type or a mapping table name -> storage type, got a "
+            f"{type(storage).__name__}"
+        )
+    unknown = sorted(str(k) for k in storage if k not in names)
+    if unknown:
+        raise ConfigError(
+            f"storage names table(s) {unknown} that are not tables here; the tables are "
+            f"{list(names)}"
+        )
+    for table, kind in storage.items():
+        if kind not in STORAGE_TYPES:
+            raise ConfigError(
+                f"storage of table {table!r} must be one of {', '.join(STORAGE_TYPES)}, got "
+                f"{kind!r}"
+            )
+    return {str(k): str(v) for k, v in storage.items()}
+
+
+def read_storage_manifest(reader: BundleReader) -> dict[str, Any] | None:
+    """The manifest of a quantized checkpoint (:data:`STORAGE_KEY`), or None for others.
+
+    A JSON object: ``format`` (``"embserve-quantized"``), ``version`` (1), ``embserve``
+    (the writer's version), ``source`` (the float32 checkpoint quantized), and ``tables``: one
+    object per table written, with ``object_path``, ``table``, ``key``, ``storage``, ``rows``,
+    ``dim``, ``source_key`` and ``stored_bytes``.
+
+    Raises:
+        CorruptCheckpointError: the key is there but does not hold such JSON.
+    """
+    if not reader.has_tensor(STORAGE_KEY):
+        return None
+    info = reader.info(STORAGE_KEY)
+
+    def bad(why: str) -> CorruptCheckpointError:
+        return CorruptCheckpointError(
+            f"checkpoint {reader.prefix!r}: the quantized checkpoint manifest {STORAGE_KEY!r} {why}"
+        )
+
+    if info.dtype != DataType.STRING or info.shape != ():
+        raise bad(f"is {info.dtype_name} {list(info.shape)}, not a string scalar")
+    raw = reader.get_tensor(STORAGE_KEY)[()]
+    assert isinstance(raw, bytes)  # a string scalar's element
+    try:
+        manifest = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad(f"is not JSON ({exc})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("tables"), list):
+        raise bad("is not a JSON object with a 'tables' list")
+    for entry in manifest["tables"]:
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("key"), str)
+            and entry.get("storage") in STORAGE_TYPES
+            and isinstance(entry.get("dim"), int)
+            and isinstance(entry.get("rows"), int)
+        ):
+            raise bad(f"has a table entry without key, storage, rows and dim: {entry!r}")
+    return manifest
 
 
 class RestoreResult(NamedTuple):
@@ -338,6 +571,8 @@ class _Source(NamedTuple):
     slot: str  # "parameters" or the slot's name
     key: str | None  # the bundle key read; None: the slot's initial value (re-saved checkpoints)
     layout: TableLayout | None = None  # set when ``key`` is a SparseCore stack
+    stored: str = "float32"  # the storage type of the entry read
+    served: str = "float32"  # the storage type served (stored, or quantized at restore)
 
 
 class _Plan(NamedTuple):
@@ -347,22 +582,64 @@ class _Plan(NamedTuple):
     keys: frozenset[str]
 
 
+# The checkpoint dtypes a table may be stored in, with the numpy dtype storage_of() takes.
+_STORED_DTYPES: dict[DataType, Any] = {
+    DataType.FLOAT: np.float32,
+    DataType.HALF: np.float16,
+    DataType.BFLOAT16: np.uint16,
+    DataType.UINT8: np.uint8,
+}
+
+
+def _stored_type(info: Any, table: Any) -> str | None:
+    """The storage type of a table's entry for ``table`` (a TableConfig), or None when its
+    dtype and shape store no ``[vocabulary_size, dim]`` table."""
+    np_dtype = _STORED_DTYPES.get(info.dtype)
+    if np_dtype is None or len(info.shape) != 2 or info.shape[0] != table.vocabulary_size:
+        return None
+    return storage_of(np_dtype, int(info.shape[1]), int(table.dim))
+
+
+def _storage_shapes(table: Any) -> str:
+    """What each storage type stores for ``table``, for mismatch messages."""
+    v, d = table.vocabulary_size, table.dim
+    return (
+        f"float32 [{v}, {d}], float16 [{v}, {d}], bfloat16 [{v}, {d}], int8 uint8 "
+        f"[{v}, {row_bytes('int8', d)}] or int4 uint8 [{v}, {row_bytes('int4', d)}]"
+    )
+
+
 def _check_plain(
-    reader: BundleReader, key: str, what: str, shape: tuple[int, int], table: Any
-) -> None:
-    """A per-table variable's entry: present, float32, of the TableConfig's shape."""
+    reader: BundleReader,
+    key: str,
+    what: str,
+    shape: tuple[int, int],
+    table: Any,
+    *,
+    quantized_ok: bool = False,
+) -> str:
+    """A per-table variable's entry: present, float32 of the TableConfig's shape or, with
+    ``quantized_ok`` (a table's parameters), one of the quantized storage types
+    (:mod:`embserve.storage`) for that shape. Returns the storage type."""
     if not reader.has_tensor(key):
         raise CheckpointMismatchError(
             f"checkpoint {reader.prefix!r}: the object graph names key {key!r} for {what}, but "
             "the bundle has no such tensor"
         )
     info = reader.info(key)
-    if info.dtype != DataType.FLOAT or info.shape != shape:
-        raise CheckpointMismatchError(
-            f"checkpoint {reader.prefix!r}: {what} is stored under {key!r} as "
-            f"{info.dtype_name} {list(info.shape)}, but the TableConfig wants float32 "
-            f"{list(shape)} (vocabulary_size={table.vocabulary_size}, dim={table.dim})"
-        )
+    if info.dtype == DataType.FLOAT and info.shape == shape:
+        return "float32"
+    stored = _stored_type(info, table) if quantized_ok else None
+    if stored is not None:
+        return stored
+    wants = f"float32 {list(shape)}"
+    if quantized_ok:
+        wants = _storage_shapes(table)
+    raise CheckpointMismatchError(
+        f"checkpoint {reader.prefix!r}: {what} is stored under {key!r} as "
+        f"{info.dtype_name} {list(info.shape)}, but the TableConfig wants {wants} "
+        f"(vocabulary_size={table.vocabulary_size}, dim={table.dim})"
+    )
 
 
 def _plan_plain(
@@ -382,9 +659,15 @@ def _plan_plain(
     ]
     sources = []
     for slot, node_path, what in entries:
-        key = _variable_key(graph, node_path, what, reader.prefix, hint)
-        _check_plain(reader, key, what, shape, table)
-        sources.append(_Source(table, slot, key))
+        slot_hint = hint
+        if slot != "parameters" and reader.has_tensor(STORAGE_KEY):
+            slot_hint += (
+                "; this is a quantized checkpoint, which holds no optimizer slots: restore it "
+                "into a serving object built with optimizer=None"
+            )
+        key = _variable_key(graph, node_path, what, reader.prefix, slot_hint)
+        stored = _check_plain(reader, key, what, shape, table, quantized_ok=slot == "parameters")
+        sources.append(_Source(table, slot, key, stored=stored, served=stored))
     return sources
 
 
@@ -405,8 +688,8 @@ def _plan_resaved(
     """
     name = str(table.name)
     shape = (table.vocabulary_size, table.dim)
-    _check_plain(reader, key, f"table {name!r}", shape, table)
-    sources = [_Source(table, "parameters", key)]
+    stored = _check_plain(reader, key, f"table {name!r}", shape, table, quantized_ok=True)
+    sources = [_Source(table, "parameters", key, stored=stored, served=stored)]
     for slot in slots:
         slot_key = _value_key(graph, [*path, "_variables", name, slot])
         if slot_key is not None:
@@ -468,8 +751,10 @@ def _plan_restore(
     graph: ObjectGraph,
     object_path: Sequence[str],
     embedding: TPUEmbeddingForServing,
+    requested: Mapping[str, str] | None = None,
 ) -> _Plan:
-    """Check one object against the checkpoint's metadata; what to read for it."""
+    """Check one object against the checkpoint's metadata; what to read for it (tables
+    quantized at restore when ``requested`` asks for another storage than a float32 one)."""
     path = list(object_path)
     if graph.find(path) is None:
         raise CheckpointMismatchError(
@@ -493,6 +778,25 @@ def _plan_restore(
             sources += _plan_stacked(reader, graph, path, table, layouts, slots)
         else:
             sources += _plan_plain(reader, graph, path, table, slots, hint)
+    for i, source in enumerate(sources):
+        want = (requested or {}).get(str(source.config.name))
+        if source.slot != "parameters" or want is None or want == source.stored:
+            continue
+        if source.stored != "float32":
+            name = str(source.config.name)
+            instead = (
+                "its float32 values are not in this checkpoint (serve the float32 checkpoint "
+                "it was quantized from)"
+                if want == "float32"
+                else f"quantize the float32 checkpoint to {want} instead, or ask for "
+                f"{source.stored}"
+            )
+            raise CheckpointMismatchError(
+                f"checkpoint {reader.prefix!r}: table {name!r} is stored as {source.stored} "
+                f"under {source.key!r}, but storage {want!r} was asked for; a quantized table "
+                f"is served as stored: {instead}"
+            )
+        sources[i] = source._replace(served=want)
     consumed.update(s.key for s in sources if s.key is not None)
     return _Plan(sources, frozenset(consumed))
 
@@ -505,6 +809,7 @@ def restore_objects(
     copy: bool = False,
     verify: bool = False,
     progress: Progress | None = None,
+    storage: StorageRequest = None,
 ) -> frozenset[str]:
     """Restore several serving objects from one open checkpoint, all or nothing.
 
@@ -530,6 +835,21 @@ def restore_objects(
             each tensor read (a table or slot, or a SparseCore stack once however many tables
             it holds), the total covering every object; ``(total, total)`` last, before any
             object is installed (it may raise to abandon the restore).
+        storage: the storage each table is served in (embserve's own argument; TensorFlow has
+            none): ``None`` serves every table as stored; a storage type (``"int8"``...) or
+            a mapping table name → storage type quantizes float32 tables at restore with
+            :func:`quantize_table`, into private memory holding the quantized bytes only
+            (each table's checksum is checked over the blocks as they are read). A table
+            stored quantized (a checkpoint written by
+            :func:`embserve.quantizing.quantize_checkpoint`) is always served as stored:
+            asking for another type is a ``CheckpointMismatchError``.
+
+    A table stored quantized is restored as a :class:`~embserve.storage.QuantizedTable` over
+    the mapped stored rows (zero-copy; ``copy=True`` copies the stored bytes), with every
+    row's scale and bias checked (int8 / int4: this reads those bytes of every row, i.e. the
+    table's pages). A NaN or inf scale or bias is a ``CorruptCheckpointError`` naming the
+    table, key and row; a stored dtype / shape that is no storage type of the TableConfig's
+    shape a ``CheckpointMismatchError`` naming the table and key.
 
     Returns:
         The bundle keys restored (for ``assert_consumed``-style bookkeeping): tables, slots,
@@ -542,7 +862,8 @@ def restore_objects(
             missing or not float32. The message names the table and the key.
         CorruptCheckpointError: a checksum does not match, or a SparseCore object's layouts
             are damaged or break a rule, or a stack's shape disagrees with them (naming the
-            table or stack and the key).
+            table or stack and the key), or a quantized table's scale or bias is NaN / inf.
+        ConfigError: ``storage`` names a table no object has, or an unknown storage type.
     """
     return _restore(
         reader,
@@ -551,6 +872,7 @@ def restore_objects(
         copy=copy,
         verify=verify,
         progress=progress,
+        storage=storage,
     )
 
 
@@ -590,13 +912,17 @@ def _restore(
     copy: bool,
     verify: bool,
     progress: Progress | None,
+    storage: StorageRequest = None,
 ) -> frozenset[str]:
     """:func:`restore_objects` over ``(object path, object)`` pairs."""
     graph = graph or _load_graph(reader)
-    plans = [(obj, _plan_restore(reader, graph, path, obj)) for path, obj in objects]
+    names = [str(t.name) for _, obj in objects for t in obj._table_configs]
+    requested = _storage_request(storage, names)
+    plans = [(obj, _plan_restore(reader, graph, path, obj, requested)) for path, obj in objects]
 
     def nbytes(key: str) -> int:
-        return reader.info(key).num_elements * 4
+        info = reader.info(key)
+        return info.num_elements * info.numpy_dtype.itemsize
 
     # A stack is read once, however many tables and objects it serves; a per-table variable
     # once per table (each object gets its own private copy when copying).
@@ -610,11 +936,13 @@ def _restore(
                 stacks.add(s.key)
                 total += nbytes(s.key)
     read: dict[str, np.ndarray] = {}
-    staged: list[tuple[TPUEmbeddingForServing, dict[Any, dict[str, Table]]]] = []
+    verified: set[str] = set()
+    # Values are arrays, StackedTables and QuantizedTables (embedding.Table names the first two).
+    staged: list[tuple[TPUEmbeddingForServing, dict[Any, dict[str, Any]]]] = []
     # The final report (which may raise to cancel) comes before anything is installed.
     with ProgressCounter(progress, total) as counter:
         for obj, plan in plans:
-            variables: dict[Any, dict[str, Table]] = {}
+            variables: dict[Any, dict[str, Any]] = {}
             for source in plan.sources:
                 slots = variables.setdefault(source.config.name, {})
                 if source.key is None:
@@ -622,20 +950,108 @@ def _restore(
                     continue
                 size = nbytes(source.key)
                 check = verify or size <= VERIFY_ON_RESTORE_MAX_BYTES
+                if source.stored != "float32":
+                    slots[source.slot] = _restore_quantized(reader, source, copy, check)
+                    counter.advance(size)
+                    continue
+                if source.served != "float32" and source.layout is None:
+                    slots[source.slot] = _quantize_entry(reader, source, counter.advance)
+                    continue
                 if source.layout is None:
                     slots[source.slot] = reader.get_tensor(source.key, copy=copy, verify=check)
                     counter.advance(size)
                     continue
                 stack = read.get(source.key)
                 if stack is None:
-                    # Mapped, never copied whole: copy=True copies each table out of it.
+                    # Mapped, never copied whole: copy=True copies each table out of it. A
+                    # stack whose tables are quantized here is checked whole first: its
+                    # tables' rows are read scattered, so no checksum can run alongside.
+                    check = check or source.served != "float32"
                     stack = read[source.key] = reader.get_tensor(source.key, verify=check)
+                    if check:
+                        verified.add(source.key)
                     counter.advance(size)
+                elif source.served != "float32" and source.key not in verified:
+                    reader.get_tensor(source.key, verify=True)
+                    verified.add(source.key)
+                if source.served != "float32":
+                    stacked = _stacked_table(stack, source.layout, False)
+                    slots[source.slot] = _quantize_checked(stacked, source, reader.prefix)
+                    continue
                 slots[source.slot] = _stacked_table(stack, source.layout, copy)
             staged.append((obj, variables))
     for obj, variables in staged:  # nothing below can fail: install every object
         obj._set_variables(variables)
     return frozenset(key for _, plan in plans for key in plan.keys)
+
+
+def _restore_quantized(
+    reader: BundleReader, source: _Source, copy: bool, verify: bool
+) -> QuantizedTable:
+    """A quantized table of a quantized checkpoint: the stored rows, mapped (or copied), with
+    every row's scale and bias checked (int8 / int4)."""
+    assert source.key is not None
+    data = reader.get_tensor(source.key, copy=copy, verify=verify)
+    name = str(source.config.name)
+    try:
+        return QuantizedTable(data, source.stored, int(source.config.dim), name=name)
+    except QuantizationError as exc:
+        raise CorruptCheckpointError(
+            f"checkpoint {reader.prefix!r}: table {name!r} (key {source.key!r}, "
+            f"{source.stored}): row {exc.row} has a scale or bias that is NaN or inf, which "
+            "the quantizer never writes: the file is damaged"
+        ) from exc
+
+
+def _quantize_checked(
+    table: Table,
+    source: _Source,
+    prefix: str,
+    on_block: Callable[[int, np.ndarray], None] | None = None,
+) -> QuantizedTable:
+    """``quantize_table`` for a restore: a row the type cannot hold is a mismatch naming the
+    table, the key and the row."""
+    name = str(source.config.name)
+    try:
+        return quantize_table(table, source.served, name=name, on_block=on_block)
+    except QuantizationError as exc:
+        raise CheckpointMismatchError(
+            f"checkpoint {prefix!r}: key {source.key!r} cannot be served as {source.served}: {exc}"
+        ) from exc
+
+
+def _quantize_entry(
+    reader: BundleReader, source: _Source, advance: Callable[[int], None]
+) -> QuantizedTable:
+    """Quantize a float32 per-table entry at restore, block by block from its mapping into
+    private memory (the stored bytes only). Its checksum is computed over the same blocks as
+    they are read (every byte is read anyway) and checked before the table is returned; a
+    table stored in slices is checked slice by slice first."""
+    assert source.key is not None
+    info = reader.info(source.key)
+    stream = not info.slices
+    view = reader.get_tensor(source.key, verify=not stream)
+    if not stream:
+        advance(info.size if info.contiguous else view.nbytes)
+    crc = 0
+
+    def on_block(start: int, block: np.ndarray) -> None:
+        nonlocal crc
+        raw = np.ascontiguousarray(block).reshape(-1).view(np.uint8).data
+        if stream:
+            crc = crc32c.value_of_buffer(raw, crc=crc)
+            advance(raw.nbytes)
+
+    table = _quantize_checked(view, source, reader.prefix, on_block)
+    if stream and crc32c.mask(crc) != info.crc32c:
+        path = reader.data_paths[info.shard_id]
+        raise CorruptCheckpointError(
+            f"corrupt checkpoint file {path!r} at offset {info.offset}: tensor {source.key!r} "
+            f"(table {str(source.config.name)!r}): checksum mismatch over bytes "
+            f"[{info.offset}, {info.offset + info.size}) (stored {info.crc32c:#010x}, computed "
+            f"{crc32c.mask(crc):#010x})"
+        )
+    return table
 
 
 def restore_embedding(
@@ -647,6 +1063,7 @@ def restore_embedding(
     copy: bool = False,
     verify: bool = False,
     progress: Progress | None = None,
+    storage: StorageRequest = None,
 ) -> RestoreResult:
     """Restore one object's tables (and slots, when it has an optimizer) from ``reader``.
 
@@ -657,13 +1074,14 @@ def restore_embedding(
         reader: the open checkpoint.
         object_path: edge names from the root to the embedding object (``["embedding"]``).
         embedding: the serving object; built or not (restoring does not run initializers).
-        graph, copy, verify, progress: as in :func:`restore_objects`.
+        graph, copy, verify, progress, storage: as in :func:`restore_objects`.
 
     ``object_path`` may lead anywhere, e.g. to a SparseCore embedding inside a Keras model
     (``["model", "_functional", "_operations", "1", "_tpu_embedding"]``).
 
     Raises:
-        CheckpointMismatchError, CorruptCheckpointError: as in :func:`restore_objects`.
+        CheckpointMismatchError, CorruptCheckpointError, ConfigError: as in
+            :func:`restore_objects`.
     """
     keys = _restore(
         reader,
@@ -672,6 +1090,7 @@ def restore_embedding(
         copy=copy,
         verify=verify,
         progress=progress,
+        storage=storage,
     )
     return RestoreResult(keys)
 

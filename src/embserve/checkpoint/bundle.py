@@ -1307,6 +1307,86 @@ class BundleWriter:
         self._entries[raw_key] = entry
         return _info_of(key, entry)
 
+    def add_streamed(
+        self,
+        key: str,
+        shape: Sequence[int],
+        dtype: DataType,
+        chunks: Iterable[npt.ArrayLike],
+        *,
+        shard: int = 0,
+    ) -> TensorInfo:
+        """Append one numeric tensor written piece by piece: memory bounded by a piece.
+
+        ``chunks`` yields consecutive blocks of the tensor's elements in C order (typically
+        row blocks ``[n, ...]`` of a large table); each is converted as :meth:`add` converts a
+        value of ``dtype``, written and checksummed at once (the CRC-32C is extended over the
+        pieces), and may be dropped by the producer as soon as the next one is asked for. The
+        entry is recorded only when every element has arrived: a tensor that receives more or
+        fewer elements than ``shape`` holds raises and leaves no entry (abort the writer to
+        remove its bytes, as the context manager does on any exception).
+
+        Args:
+            key: its checkpoint name.
+            shape: the full shape.
+            dtype: the stored type (not ``STRING``).
+            chunks: the pieces, in order.
+            shard: the data file.
+
+        Raises:
+            ValueError: the pieces hold more or fewer elements than ``shape``, or ``dtype`` is
+                a string type.
+            TypeError: a piece cannot be stored as ``dtype`` (as in :meth:`add`).
+        """
+        self._check_open()
+        raw_key = self._check_key(key)
+        full_shape = tuple(int(d) for d in shape)
+        if any(d < 0 for d in full_shape):
+            raise ValueError(f"invalid shape {list(full_shape)}")
+        dt = DataType(dtype)
+        if dt == DataType.STRING:
+            raise ValueError(f"tensor {key!r}: string tensors cannot be streamed; use add()")
+        if not 0 <= shard < self.num_shards:
+            raise ValueError(f"shard {shard} outside 0..{self.num_shards - 1}")
+        f = self._file(shard)
+        pad = -self._sizes[shard] % self.alignment
+        if pad:
+            f.write(bytes(pad))
+            self._sizes[shard] += pad
+        offset = self._sizes[shard]
+        want = math.prod(full_shape)
+        got = 0
+        crc = 0
+        for chunk in chunks:
+            arr, _ = _as_stored(chunk, dt)
+            got += arr.size
+            if got > want:
+                raise ValueError(
+                    f"tensor {key!r}: the pieces hold more than the {want} elements of shape "
+                    f"{list(full_shape)}"
+                )
+            view = np.ascontiguousarray(arr).reshape(-1).view(np.uint8).data
+            crc = crc32c.value_of_buffer(view, crc=crc)
+            f.write(view)
+            self._sizes[shard] += view.nbytes
+        if got != want:
+            raise ValueError(
+                f"tensor {key!r}: the pieces hold {got} of the {want} elements of shape "
+                f"{list(full_shape)}"
+            )
+        entry = pb.BundleEntry(
+            dtype=cast("pb.DataType", int(dt)),
+            shard_id=shard,
+            offset=offset,
+            size=self._sizes[shard] - offset,
+            crc32c=crc32c.mask(crc),
+        )
+        entry.shape.SetInParent()
+        for d in full_shape:
+            entry.shape.dim.add(size=d)
+        self._entries[raw_key] = entry
+        return _info_of(key, entry)
+
     def add_sliced(
         self,
         key: str,
