@@ -17,6 +17,12 @@ padded tables described by a ``_sparse_core_table_layouts`` proto) restore into 
 ``TPUEmbeddingForServing`` with the same call; each table is served in place from its stack
 (:mod:`embserve.checkpointing` lists what is checked). ``load_checkpoint`` and ``list_variables``
 show such checkpoints' keys as stored: the stacks, not the logical tables.
+
+Quantized checkpoints (written by :func:`embserve.quantizing.quantize_checkpoint` / ``embserve
+quantize``: tables stored as float16, bfloat16, int8 or int4 row-wise) restore with the same call:
+each such table is served as a :class:`~embserve.storage.QuantizedTable` over the mapped stored
+rows (zero-copy). ``restore(path, storage="int8")`` (or ``storage={"users": "int4"}``), an
+embserve argument TensorFlow does not have, quantizes float32 tables at restore instead.
 """
 
 from __future__ import annotations
@@ -28,7 +34,13 @@ import numpy as np
 
 from embserve.checkpoint import BundleReader, write_checkpoint_state
 from embserve.checkpoint import latest_checkpoint as _latest_checkpoint
-from embserve.checkpointing import SAVE_COUNTER, Progress, _load_graph, restore_objects
+from embserve.checkpointing import (
+    SAVE_COUNTER,
+    Progress,
+    StorageRequest,
+    _load_graph,
+    restore_objects,
+)
 from embserve.checkpointing import write_checkpoint as _write_checkpoint
 from embserve.embedding import TPUEmbeddingForServing
 from embserve.errors import CheckpointMismatchError
@@ -190,6 +202,7 @@ class Checkpoint:
         copy: bool = False,
         verify: bool = False,
         progress: Progress | None = None,
+        storage: StorageRequest = None,
     ) -> CheckpointLoadStatus:
         """Restore the tracked objects from ``save_path`` (a prefix or a directory).
 
@@ -206,6 +219,12 @@ class Checkpoint:
             verify: verify every table's checksum now (tables and stacks up to 64 MiB always
                 are).
             progress: ``progress(done_bytes, total_bytes)`` while verifying or copying.
+            storage: embserve's own argument: ``None`` serves every table as stored (a
+                quantized checkpoint's tables as :class:`~embserve.storage.QuantizedTable` s);
+                a storage type (``"float16"``, ``"bfloat16"``, ``"int8"``, ``"int4"``) or
+                table name → type quantizes float32 tables at restore, block by block into
+                private memory holding the quantized bytes only
+                (:func:`embserve.checkpointing.restore_objects`).
 
         Raises:
             CheckpointNotFoundError: no checkpoint there.
@@ -213,7 +232,9 @@ class Checkpoint:
                 a SparseCore checkpoint also: a table's shape differs from its layout, or a
                 stack is missing or not float32).
             CorruptCheckpointError: the files are damaged (also: damaged SparseCore layouts,
-                or a stack whose shape disagrees with them).
+                or a stack whose shape disagrees with them, or a quantized table's scale or
+                bias that is NaN / inf).
+            ConfigError: ``storage`` names an unknown table or type.
         """
         if save_path is None:
             return CheckpointLoadStatus(None, frozenset(), frozenset())
@@ -233,13 +254,23 @@ class Checkpoint:
             counter = int(value)
         consumed = set(
             restore_objects(
-                reader, self._objects, graph=graph, copy=copy, verify=verify, progress=progress
+                reader,
+                self._objects,
+                graph=graph,
+                copy=copy,
+                verify=verify,
+                progress=progress,
+                storage=storage,
             )
         )
         if counter is not None and counter_key is not None:
             self.save_counter = counter
             consumed.add(counter_key)
-        available = frozenset(a.checkpoint_key for a in graph.iter_attributes())
+        # Keys the graph names but the bundle lacks (a quantized checkpoint's slots) were never
+        # there to consume.
+        available = frozenset(
+            a.checkpoint_key for a in graph.iter_attributes() if reader.has_tensor(a.checkpoint_key)
+        )
         return CheckpointLoadStatus(reader.prefix, frozenset(consumed), available)
 
     def restore(
@@ -249,9 +280,10 @@ class Checkpoint:
         copy: bool = False,
         verify: bool = False,
         progress: Progress | None = None,
+        storage: StorageRequest = None,
     ) -> CheckpointLoadStatus:
         """Same as :meth:`read` (the ``save_counter`` is restored by both)."""
-        return self.read(save_path, copy=copy, verify=verify, progress=progress)
+        return self.read(save_path, copy=copy, verify=verify, progress=progress, storage=storage)
 
     def write(
         self, file_prefix: str | os.PathLike[str], *, progress: Progress | None = None
