@@ -15,6 +15,7 @@ A TOML file, read with the standard library's :mod:`tomllib`::
     vocabulary_size = 1000
     dim = 16
     combiner = "mean"             # sum | mean | sqrtn (default mean)
+    # storage = "int8"            # optional: float32 | float16 | bfloat16 | int8 | int4 (below)
 
     [[features]]
     path = "user"                 # the feature's name in requests and responses
@@ -79,6 +80,17 @@ one string with ``/`` between edge names, or as an array of edge names when a na
 embedding objects a checkpoint holds. :attr:`ServingConfig.object_path` holds the path as a
 tuple.
 
+**Storage types** (``storage``, embserve's own key; TensorFlow's TableConfig has none). Left out,
+a table is served as the checkpoint stores it: float32, or the type of a quantized checkpoint
+written by ``embserve quantize`` (:mod:`embserve.quantizing`), served zero-copy from its mapped
+rows. ``storage = "int8"`` (or float16, bfloat16, int4) on a float32 checkpoint quantizes the
+table when each version loads, block by block into private memory holding the quantized bytes
+only (each worker its own copy; the float32 file is read once, its checksum checked over the same
+blocks); on a quantized checkpoint it must name the type stored, else the version is refused as
+not matching the config. ``storage = "float32"`` insists on a float32 checkpoint. The Python form
+sets it in ``[model]``: ``storage = "int8"`` for every table, or ``storage = { users = "int8" }``
+per table name.
+
 **Writing configs.** One schema declares every key, in order, with its default and a one-line
 comment: ``_MODEL_KEYS``, ``_TABLE_KEYS``, ``_FEATURE_KEYS`` here, and the fields of
 :class:`Limits` and :class:`ServerOptions` for their sections. The parser takes the known keys
@@ -95,6 +107,7 @@ and what is wrong; TOML syntax errors carry :mod:`tomllib`'s line and column.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import math
@@ -107,6 +120,7 @@ from typing import TYPE_CHECKING, Any
 
 import embserve as es
 from embserve.lookup import PARALLEL_MIN_FLOATS, flatten_feature_config
+from embserve.storage import STORAGE_TYPES
 
 if TYPE_CHECKING:
     from embserve.checkpointing import FoundTable
@@ -191,12 +205,24 @@ _MODEL_KEYS = (
         default=None,
         example='"my_project.features:FEATURE_CONFIG"',
     ),
+    _Key(
+        "storage",
+        "with feature_config: a storage type for every table, or { table = type }",
+        default=None,
+        example='"int8"',
+    ),
 )
 _TABLE_KEYS = (
     _Key("name", "the TableConfig's name, as stored in the checkpoint"),
     _Key("vocabulary_size", "its rows"),
     _Key("dim", "the width of a row"),
     _Key("combiner", "sum | mean | sqrtn", default="mean", always=True),
+    _Key(
+        "storage",
+        "float32 | float16 | bfloat16 | int8 | int4 (default: as stored)",
+        default=None,
+        example='"int8"',
+    ),
 )
 _FEATURE_KEYS = (
     _Key("path", "the feature's name in requests and responses"),
@@ -416,6 +442,8 @@ class ServingConfig:
         source: the config file or ``module:attr`` reference this came from.
         feature_config_ref: the ``module:attr`` reference of the Python form (``None`` for
             the TOML form); :func:`to_toml` writes it back.
+        storage: table name → the storage type to serve it in (tables not named: as the
+            checkpoint stores them); see "Storage types" in the module docstring.
     """
 
     name: str
@@ -428,6 +456,7 @@ class ServingConfig:
     server: ServerOptions = field(default_factory=ServerOptions)
     source: str | None = None
     feature_config_ref: str | None = None
+    storage: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def tables(self) -> list[es.TableConfig]:
@@ -702,6 +731,8 @@ def _build_toml_features(data: Mapping[str, Any], c: _Checker) -> dict[str, es.F
                 i,
                 label,
             )
+        if "storage" in t:
+            _storage_type(t["storage"], c, "tables", "storage", i, label)
         try:
             tables[tname] = es.TableConfig(vocab, dim, combiner=combiner, name=tname)
         except es.ConfigError as exc:
@@ -782,6 +813,50 @@ def _build_toml_features(data: Mapping[str, Any], c: _Checker) -> dict[str, es.F
                 f"tables[{i}] ({tname!r})",
             )
     return features
+
+
+def _storage_type(value: Any, c: _Checker, *where: Any) -> str:
+    if value not in STORAGE_TYPES:
+        raise c.fail(f"must be one of {' | '.join(STORAGE_TYPES)}, got {value!r}", *where)
+    return str(value)
+
+
+def _storage(
+    data: Mapping[str, Any], model: Mapping[str, Any], c: _Checker, names: Sequence[str]
+) -> dict[str, str]:
+    """Table name → storage type: ``[[tables]] storage``, or ``[model] storage`` (the Python
+    form: one type for every table, or an inline table naming tables)."""
+    out: dict[str, str] = {}
+    if "feature_config" not in model:
+        if "storage" in model:
+            raise c.fail(
+                'set storage per table in [[tables]] (storage = "int8"); [model] storage is '
+                "for the Python form (feature_config)",
+                "model",
+                "storage",
+            )
+        for t in data.get("tables", []):
+            if "storage" in t:
+                out[str(t["name"])] = str(t["storage"])
+        return out
+    raw = model.get("storage")
+    if raw is None:
+        return out
+    if isinstance(raw, str):
+        return dict.fromkeys(names, _storage_type(raw, c, "model", "storage"))
+    if not isinstance(raw, Mapping):
+        raise c.fail(
+            f"must be a storage type or a table of table name = type, got {raw!r}",
+            "model",
+            "storage",
+        )
+    for name, kind in raw.items():
+        if name not in names:
+            close = difflib.get_close_matches(name, list(names), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; tables: {list(names)}"
+            raise c.fail(f"no table named {name!r}{hint}", "model", "storage")
+        out[name] = _storage_type(kind, c, "model", "storage")
+    return out
 
 
 def _options(data: Mapping[str, Any], c: _Checker, section: str, cls: type) -> Any:
@@ -914,6 +989,9 @@ def _from_data(
         raise c.fail(
             str(exc), "model" if ref else None, "feature_config" if ref else None
         ) from None
+    storage = _storage(data, model, c, [str(t.name) for t in config.tables])
+    if storage:
+        config = dataclasses.replace(config, storage=storage)
     return config
 
 
@@ -1004,8 +1082,24 @@ def _toml_string(s: str) -> str:
     return "".join(out)
 
 
+def _model_storage(config: ServingConfig) -> str | dict[str, str] | None:
+    """``[model] storage`` of the Python form: one type when every table has it, else the
+    mapping (``None`` when no table has one)."""
+    if not config.storage:
+        return None
+    kinds = set(config.storage.values())
+    names = [str(t.name) for t in config.tables]
+    if len(kinds) == 1 and set(config.storage) == set(names):
+        return next(iter(kinds))
+    return dict(config.storage)
+
+
 def _toml_value(value: Any) -> str:
-    """A value of the schema (string, integer, float, boolean, or a list of them) in TOML."""
+    """A value of the schema (string, integer, float, boolean, a list of them, or a table of
+    strings, written inline) in TOML."""
+    if isinstance(value, Mapping):
+        items = ", ".join(f"{_toml_string(str(k))} = {_toml_value(v)}" for k, v in value.items())
+        return "{ " + items + " }"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -1157,6 +1251,7 @@ def _render(
         "object": config.object_path,
         "poll_interval_s": config.poll_interval_s,
         "feature_config": config.feature_config_ref,
+        "storage": _model_storage(config) if python_form else None,
     }
     rows = [
         _key_row(
@@ -1176,6 +1271,7 @@ def _render(
                 "vocabulary_size": int(table.vocabulary_size),
                 "dim": int(table.dim),
                 "combiner": str(table.combiner),
+                "storage": config.storage.get(str(table.name)),
             }
             rows = [_key_row("tables", key, values[key.name], notes) for key in _TABLE_KEYS]
             lines += ["", f"# {_SECTION_DOCS['tables']}", "[[tables]]", *_aligned(rows)]
@@ -1234,7 +1330,9 @@ def _unservable(table: FoundTable) -> str | None:
         return "not a 2-D table"
     if min(shape) < 1:
         return "an empty table"
-    if table.dtype != "float32":
+    if table.storage is None:
+        return f"stored as {table.dtype}, which is no table storage type"
+    if table.storage == "float32" and table.dtype != "float32":
         return f"stored as {table.dtype} (served tables are float32)"
     return None
 
@@ -1249,8 +1347,9 @@ def serving_config_toml(found: Sequence[FoundTable], checkpoint: str) -> str:
     sizes the checkpoint fixes, and one ``[[features]]`` per table. It is rendered by
     :func:`to_toml`'s writer with every key commented, marking what checkpoints do not store
     (combiners, feature paths, sequence lengths: "set it"); keys at their defaults are shown
-    commented out. Other embedding objects, tables that cannot be served (not 2-D, empty, not
-    float32) and optimizer slots are listed in comments.
+    commented out. Other embedding objects, tables that cannot be served (not 2-D, empty, of a
+    dtype no storage type uses) and optimizer slots are listed in comments. A quantized
+    checkpoint's tables get their ``storage`` key (the type stored).
 
     Args:
         found: the tables found in the checkpoint (:func:`~embserve.checkpointing.
@@ -1283,6 +1382,7 @@ def serving_config_toml(found: Sequence[FoundTable], checkpoint: str) -> str:
                 "vocabulary_size": int(t.shape[0]),
                 "dim": int(t.shape[1]),
                 "combiner": _TABLE["combiner"].default,
+                **({} if t.storage in (None, "float32") else {"storage": t.storage}),
             }
             for t in served
         ],

@@ -39,6 +39,12 @@ remembers the files as corrupt, and says so in the log, the status route (``END`
 ``DATA_LOSS``) and the metrics (``embserve_model_verifications_total{result="mismatch"}``,
 ``embserve_model_revocations_total{reason="corrupt"}``, ``embserve_model_verified``).
 
+**Storage types.** A quantized checkpoint's tables are served from their mapped stored rows
+and verified over those bytes like float32 tables. A table the config asks to quantize at load
+(``storage`` under ``[[tables]]``) is read block by block from its float32 mapping into private
+memory holding the quantized bytes only; its checksum is computed over the same blocks during
+that pass, so the verification owed afterwards skips it.
+
 **Requests** read the served version through :meth:`Reloader.use`, which counts them in flight
 on that version until they finish, so a request in flight finishes on the version it started
 with, and a version taken out of service is released only after its requests are done.
@@ -102,7 +108,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 import embserve as es
-from embserve.checkpoint import BundleReader, crc32c, resolve_checkpoint
+from embserve.checkpoint import BundleReader, DataType, crc32c, resolve_checkpoint
 from embserve.checkpoint.bundle import (
     HEADER_KEY,
     MAX_SHARDS,
@@ -122,6 +128,7 @@ from embserve.checkpointing import (
 )
 from embserve.lookup import FeatureSpec
 from embserve.server.config import object_value
+from embserve.storage import QuantizedTable
 from embserve.tables import StackedTable
 
 if TYPE_CHECKING:
@@ -553,7 +560,7 @@ def _table_checks(
     keys = restore_keys(reader, object_path, model)
     checks: list[_TableCheck] = []
     sliced: list[str] = []
-    for table, array in model.embedding_tables.items():
+    for table, served in model.embedding_tables.items():
         key = keys.get(table.name, {}).get("parameters")
         if key is None:
             raise es.CheckpointMismatchError(
@@ -561,6 +568,11 @@ def _table_checks(
                 f"object {object_value(object_path)!r} to verify against"
             )
         info = reader.info(key)
+        array = served
+        if isinstance(served, QuantizedTable):
+            if info.dtype == DataType.FLOAT:
+                continue  # quantized at load: its source was checked block by block then
+            array = served.data  # the stored rows, as mapped (or copied)
         if info.num_elements * info.numpy_dtype.itemsize <= VERIFY_ON_RESTORE_MAX_BYTES:
             continue  # checked by the restore
         if info.slices or isinstance(array, StackedTable):
@@ -724,9 +736,17 @@ class CheckpointLoader:
                     model,
                     copy=self.copy_tables,
                     progress=progress,
+                    storage=dict(config.storage) or None,
                 )
             except es.CheckpointMismatchError as exc:
-                raise es.CheckpointMismatchError(f"{exc}{_where_embeddings_are(reader)}") from exc
+                asked = (
+                    f"; the serving config's storage keys ask for {dict(config.storage)}"
+                    if config.storage
+                    else ""
+                )
+                raise es.CheckpointMismatchError(
+                    f"{exc}{asked}{_where_embeddings_are(reader)}"
+                ) from exc
             if config.server.huge_pages:
                 start = time.perf_counter()
                 moved = collapse_huge_pages(model)
