@@ -703,3 +703,210 @@ def test_demo_runs(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "demo")
     assert code == 0
     assert "result:" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# quantize and inspect --accuracy
+
+
+def demo_checkpoint(tmp_path: Path) -> Path:
+    """The bundled demo model saved as a float32 checkpoint directory (3 tables, Adagrad)."""
+    from embserve.demo import write_demo_files
+
+    files = write_demo_files(tmp_path / "demo")
+    return Path(files.checkpoint).parent
+
+
+def accuracy_rows(out: str) -> dict[tuple[str, str], list[str]]:
+    """(table, storage) → the cells of the accuracy table's lines on stdout."""
+    lines = out.split("accuracy against float32:\n", 1)[1].splitlines()
+    assert lines[0].split()[:2] == ["table", "storage"]
+    rows = {}
+    for line in lines[1:]:
+        cells = line.split()
+        if cells[0] == "pooled:":
+            break
+        rows[(cells[0], cells[1])] = cells
+    return rows
+
+
+def test_quantize_writes_a_checkpoint_and_prints_its_accuracy(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from embserve.accuracy import table_accuracy
+    from embserve.storage import QuantizedTable
+
+    source = demo_checkpoint(tmp_path)
+    code, out, err = run(capsys, "quantize", source, "--to", tmp_path / "q", "--dtype", "int8")
+    assert code == 0, err
+    assert out.startswith(f"wrote {tmp_path / 'q' / 'ckpt-1'} in ")
+    assert "  items       int8     [5000, 8]   156 KiB  78.1 KiB" in out
+    assert "quantized tables: 173 KiB -> 90.4 KiB (1.91x smaller)" in out
+    rows = accuracy_rows(out)
+    assert set(rows) == {("users", "int8"), ("items", "int8"), ("categories", "int8")}
+    # The figures are those of the written rows against the float32 ones.
+    src, dst = BundleReader(source), BundleReader(tmp_path / "q")
+    key = "embedding/items/.ATTRIBUTES/VARIABLE_VALUE"
+    found = {t.table: t for t in find_embedding_tables(dst)}
+    stored = QuantizedTable(dst.get_tensor(found["items"].key), "int8", 8)
+    want = table_accuracy(src.get_tensor(key), stored, name="items")
+    assert rows[("items", "int8")][6] == f"{want.max_abs_error:.2e}"
+    assert rows[("items", "int8")][8] == f"{want.mean_abs_error:.2e}"
+    assert want.within_bound
+    assert "pooled: 1,000 bags of 1-40 uniform ids (seed 0), sum combiner" in out
+    # Progress on stderr (not a terminal: milestone lines), nothing else.
+    assert "quantize: 100%" in err
+    assert "accuracy: 100%" in err
+    assert "error" not in err
+    # What was written is what the manifest records.
+    from embserve.checkpointing import read_storage_manifest
+
+    manifest = read_storage_manifest(dst)
+    assert manifest is not None
+    assert {e["table"]: e["storage"] for e in manifest["tables"]} == dict.fromkeys(
+        ("users", "items", "categories"), "int8"
+    )
+
+
+def test_quantize_some_tables(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    source = demo_checkpoint(tmp_path)
+    code, out, err = run(
+        capsys, "quantize", source, "--to", tmp_path / "q", "--dtype", "int4", "--tables", "items"
+    )
+    assert code == 0, err
+    assert "  users       float32" in out
+    assert set(accuracy_rows(out)) == {("items", "int4")}
+
+
+def test_quantize_refuses_to_overwrite_without_the_flag(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    source = demo_checkpoint(tmp_path)
+    argv = ["quantize", source, "--to", tmp_path / "q", "--dtype", "float16"]
+    assert run(capsys, *argv)[0] == 0
+    code, out, err = run(capsys, *argv)
+    assert code == 1
+    assert out == ""
+    assert_one_line_error(err.splitlines()[-1] + "\n", "already exists")
+    code, out, err = run(capsys, *argv, "--overwrite")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragments"),
+    [
+        (["--tables", "nope"], ["nope"]),
+        (["--to", "SOURCE"], ["source checkpoint itself"]),
+    ],
+)
+def test_quantize_bad_input_exits_1_with_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, extra: list[str], fragments: list[str]
+) -> None:
+    source = demo_checkpoint(tmp_path)
+    extra = [str(source / "ckpt-1") if e == "SOURCE" else e for e in extra]
+    to = [] if "--to" in extra else ["--to", str(tmp_path / "q")]
+    code, out, err = run(capsys, "quantize", source, *to, "--dtype", "int8", *extra)
+    assert code == 1
+    assert out == ""
+    assert_one_line_error(err, *fragments)
+
+
+def test_quantize_a_missing_checkpoint(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, err = run(capsys, "quantize", tmp_path / "none", "--to", tmp_path, "--dtype", "int4")
+    assert code == 1
+    assert out == ""
+    assert_one_line_error(err, "none")
+
+
+def test_quantize_names_a_nan_row(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    a = es.TableConfig(vocabulary_size=9, dim=3, name="a")
+    emb = es.TPUEmbeddingForServing({"x": es.FeatureConfig(a)}, optimizer=None)
+    emb.embedding_tables[a][...] = 1.0
+    emb.embedding_tables[a][7, 1] = np.nan
+    train.Checkpoint(embedding=emb).save(tmp_path / "src" / "ckpt")
+    code, out, err = run(
+        capsys, "quantize", tmp_path / "src", "--to", tmp_path / "q", "--dtype", "int8"
+    )
+    assert code == 1
+    assert out == ""
+    assert_one_line_error(err.splitlines()[-1] + "\n", "table 'a'", "row 7", "NaN")
+    assert not (tmp_path / "q" / "ckpt-1.index").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["quantize", "x", "--dtype", "int8"], "required: --to"),
+        (["quantize", "x", "--to", "y"], "required: --dtype"),
+        (["quantize", "x", "--to", "y", "--dtype", "int2"], "invalid choice"),
+        (["quantize", "x", "--to", "y", "--dtype", "int8", "--tables", ","], "table names"),
+        (["inspect", "x", "--accuracy", "int9"], "storage types are a comma-separated list"),
+        (["inspect", "x", "--accuracy"], "--accuracy needs storage types"),
+        (["inspect", "x", "--against", "y"], "--against needs --accuracy"),
+        (["inspect", "x", "--accuracy", "int8", "--against", "y"], "give one or the other"),
+        (["inspect", "x", "--accuracy", "int8", "--config"], "cannot be combined"),
+        (["inspect", "x", "--accuracy", "int8", "--verify"], "cannot be combined"),
+    ],
+)
+def test_quantize_and_accuracy_usage_errors_exit_2(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert out == ""
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_inspect_accuracy_of_types_writes_nothing(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    ckpt = copy_fixture("tpu_adagrad", tmp_path)
+    before = sorted(p.name for p in ckpt.iterdir())
+    code, out, err = run(capsys, "inspect", ckpt, "--accuracy", "int8, int4,bfloat16")
+    assert code == 0, err
+    assert sorted(p.name for p in ckpt.iterdir()) == before
+    rows = accuracy_rows(out)
+    assert set(rows) == {(t, s) for t in TPU_TABLES for s in ("int8", "int4", "bfloat16")}
+    assert rows[("t1", "int4")][2:4] == ["7", "of"]  # ceil(5 / 2) + 4 bytes of 20
+    assert "accuracy: 100%" in err
+
+
+def test_inspect_accuracy_of_a_sparsecore_checkpoint(capsys: pytest.CaptureFixture[str]) -> None:
+    prefixes = [p for p in _embedding_prefixes() if SPARSECORE in p.parents]
+    assert prefixes
+    code, out, err = run(capsys, "inspect", prefixes[0], "--accuracy", "int8")
+    assert code == 0, err
+    assert accuracy_rows(out)
+
+
+def test_inspect_accuracy_against_the_float32_checkpoint(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    source = demo_checkpoint(tmp_path)
+    _, quantized_out, _ = run(capsys, "quantize", source, "--to", tmp_path / "q", "--dtype", "int4")
+    code, out, err = run(capsys, "inspect", tmp_path / "q", "--accuracy", "--against", source)
+    assert code == 0, err
+    assert accuracy_rows(out) == accuracy_rows(quantized_out)
+    # What int4 would cost, measured on the float32 checkpoint, is what was written.
+    _, types_out, _ = run(capsys, "inspect", source, "--accuracy", "int4")
+    assert accuracy_rows(types_out) == accuracy_rows(out)
+
+
+def test_inspect_accuracy_refusals(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    source = demo_checkpoint(tmp_path)
+    run(capsys, "quantize", source, "--to", tmp_path / "q", "--dtype", "int8")
+    cases = [
+        (["inspect", tmp_path / "q", "--accuracy", "int4"], "quantized already"),
+        (["inspect", source, "--accuracy", "--against", source], "holds no quantized tables"),
+        (
+            ["inspect", tmp_path / "q", "--accuracy", "--against", FIXTURES / "tpu_adagrad"],
+            "is not in checkpoint",
+        ),
+        (["inspect", FIXTURES / "dtypes", "--accuracy", "int8"], "no TPU embedding tables"),
+    ]
+    for argv, fragment in cases:
+        code, out, err = run(capsys, *argv)
+        assert code == 1, argv
+        assert out == ""
+        assert_one_line_error(err, fragment)

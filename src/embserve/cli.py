@@ -10,6 +10,15 @@
     embserve inspect PATH --verify    ... and check every tensor checksum, with a progress bar
     embserve inspect PATH --config    a skeleton serving config (TOML) for the tables found,
                                       which the server loads as it is
+    embserve inspect PATH --accuracy int8,int4
+                                      what each storage type would cost a float32 checkpoint's
+                                      tables (accuracy report; nothing written)
+    embserve inspect QUANTIZED --accuracy --against FLOAT32
+                                      the accuracy report of a quantized checkpoint's tables
+                                      against the float32 checkpoint they came from
+    embserve quantize PATH --to DIR --dtype int8 [--tables a,b] [--overwrite]
+                                      write a quantized checkpoint into DIR (progress bar),
+                                      then print its accuracy report
     embserve demo                     serve the bundled demo checkpoint and query it over HTTP
 
 ``PATH`` is a checkpoint prefix (``/ckpts/ckpt-3``, naming ``ckpt-3.index`` and its data
@@ -25,8 +34,8 @@ whose writer makes the skeleton: the config's parser and writer share one schema
 skeleton is always a config the server accepts (neither needs the ``serve`` extra).
 
 Exit codes: 0 success; 1 an error about the input (no checkpoint there, a corrupt file, a
-checksum mismatch, nothing to make a config from), reported as one line on stderr without a
-traceback; 2 a usage error (argparse's convention); 130 interrupted.
+checksum mismatch, nothing to make a config from, a row a storage type cannot hold), reported
+as one line on stderr without a traceback; 2 a usage error (argparse's convention); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from embserve.checkpoint import OBJECT_GRAPH_KEY, BundleReader, TensorInfo
 from embserve.checkpoint.dtypes import SUPPORTED, DataType
@@ -47,6 +56,7 @@ from embserve.errors import EmbserveError
 from embserve.server.args import add_serve_arguments, run_from_args
 
 if TYPE_CHECKING:
+    from embserve.accuracy import TableAccuracy
     from embserve.checkpointing import FoundTable
 
 __all__ = ["ProgressBar", "format_bytes", "main"]
@@ -365,6 +375,170 @@ def _verify(reader: BundleReader, err: TextIO) -> str:
     return f"verify: OK, every checksum matches ({format_bytes(bar.total)} in {elapsed:.2f} s)"
 
 
+# ---------------------------------------------------------------------------------------------
+# Accuracy (inspect --accuracy, quantize)
+
+_QUANTIZE_TYPES = ("float16", "bfloat16", "int8", "int4")
+
+
+def _storage_list(text: str) -> list[str]:
+    """``int8,int4`` → the storage types, checked (an argparse ``type``: errors exit 2)."""
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    bad = [k for k in kinds if k not in _QUANTIZE_TYPES]
+    if not kinds or bad:
+        raise argparse.ArgumentTypeError(
+            f"storage types are a comma-separated list of {', '.join(_QUANTIZE_TYPES)}; got "
+            f"{text!r}"
+        )
+    return list(dict.fromkeys(kinds))
+
+
+def _table_list(text: str) -> list[str]:
+    """``a,b`` → table names (an argparse ``type``)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"a comma-separated list of table names; got {text!r}")
+    return names
+
+
+def _label(t: FoundTable, found: Sequence[FoundTable]) -> str:
+    """A table's name in reports: its name, with its object path when several objects hold
+    tables."""
+    if len({f.object_path for f in found}) <= 1:
+        return t.table
+    return "/".join((*t.object_path, t.table))
+
+
+def _float_table(reader: BundleReader, t: FoundTable) -> Any:
+    """A float32 table of a checkpoint, as served: its mapped array, or its rows of a
+    SparseCore stack (checksums checked on first read)."""
+    from embserve.tables import StackedTable
+
+    if t.storage != "float32":
+        raise _NothingToDoError(
+            f"checkpoint {reader.prefix!r}: table {t.table!r} is stored as "
+            f"{t.storage or t.dtype}, not float32"
+        )
+    data = reader.get_tensor(t.key)
+    if t.layout is None:
+        return data
+    layout = t.layout
+    return StackedTable(
+        data,
+        rows=layout.rows,
+        dim=layout.dim,
+        num_shards=layout.num_sparse_cores,
+        shard_rows=layout.shard_rows,
+        row_offset=layout.row_offset,
+        rotation=layout.rotation,
+        name=t.table,
+    )
+
+
+def _measure(
+    pairs: Sequence[tuple[str, Any, Any]], err: TextIO, label: str = "accuracy"
+) -> list[TableAccuracy]:
+    """``table_accuracy`` over (name, float32 table, QuantizedTable or storage type) with one
+    progress bar over every table's float32 bytes."""
+    from embserve.accuracy import table_accuracy
+
+    total = sum(math.prod(ref.shape) * 4 for _, ref, _ in pairs)
+    bar = ProgressBar(label, err)
+    reports = []
+    done = 0
+    try:
+        bar(0, total)
+        for name, ref, stored in pairs:
+
+            def advance(d: int, _total: int, base: int = done) -> None:
+                bar(base + d, total)
+
+            reports.append(table_accuracy(ref, stored, name=name, progress=advance))
+            done += math.prod(ref.shape) * 4
+    finally:
+        bar.close()
+    return reports
+
+
+def _accuracy_of_types(
+    reader: BundleReader, found: Sequence[FoundTable], kinds: Sequence[str], err: TextIO
+) -> list[TableAccuracy]:
+    """What each storage type would cost a float32 checkpoint's tables (nothing written)."""
+    if not found:
+        raise _NothingToDoError(
+            f"no TPU embedding tables found in checkpoint {reader.prefix!r}; nothing to measure"
+        )
+    stored = [t for t in found if t.storage != "float32"]
+    if stored:
+        raise _NothingToDoError(
+            f"checkpoint {reader.prefix!r} is quantized already (table {stored[0].table!r}: "
+            f"{stored[0].storage or stored[0].dtype}); measure it against its float32 "
+            "checkpoint: embserve inspect PATH --accuracy --against FLOAT32_CHECKPOINT"
+        )
+    tables = [(_label(t, found), _float_table(reader, t)) for t in found]
+    return _measure([(name, ref, kind) for name, ref in tables for kind in kinds], err)
+
+
+def _accuracy_against(
+    reader: BundleReader, against: str, err: TextIO, only: Sequence[str] | None = None
+) -> list[TableAccuracy]:
+    """The stored tables of a quantized checkpoint against the float32 checkpoint ``against``
+    (tables matched by object path and name; tables stored as float32 are left out)."""
+    from embserve.storage import QuantizedTable
+
+    found = _find_tables(reader)
+    quantized = [t for t in found if t.storage not in ("float32", None)]
+    if only is not None:
+        quantized = [t for t in quantized if t.table in only]
+    if not quantized:
+        raise _NothingToDoError(
+            f"checkpoint {reader.prefix!r} holds no quantized tables to measure (a float32 "
+            "checkpoint: embserve inspect PATH --accuracy int8,int4 measures what each type "
+            "would cost)"
+        )
+    source = BundleReader(against)
+    try:
+        originals = {(t.object_path, t.table): t for t in _find_tables(source)}
+        pairs = []
+        for t in quantized:
+            original = originals.get((t.object_path, t.table))
+            if original is None:
+                raise _NothingToDoError(
+                    f"table {'/'.join((*t.object_path, t.table))!r} of {reader.prefix!r} is "
+                    f"not in checkpoint {source.prefix!r}"
+                )
+            ref = _float_table(source, original)
+            if tuple(ref.shape) != tuple(t.shape):
+                raise _NothingToDoError(
+                    f"table {t.table!r} is {list(t.shape)} in {reader.prefix!r} but "
+                    f"{list(ref.shape)} in {source.prefix!r}: not the checkpoint it came from"
+                )
+            assert t.storage is not None
+            stored = QuantizedTable(
+                reader.get_tensor(t.key), t.storage, int(t.shape[1]), name=t.table
+            )
+            pairs.append((_label(t, quantized), ref, stored))
+        return _measure(pairs, err)
+    finally:
+        source.close()
+
+
+def _accuracy_text(reports: Sequence[TableAccuracy]) -> str:
+    from embserve.accuracy import format_accuracy
+
+    lines = ["accuracy against float32:"]
+    lines.append(format_accuracy(reports))
+    beyond = [r for r in reports if not r.within_bound]
+    if beyond:
+        lines.append(
+            "  WARNING: "
+            + ", ".join(f"{r.table} ({r.storage}): {r.beyond_bound}" for r in beyond)
+            + " elements past the derived bound: these stored rows are not what embserve's "
+            "quantizer writes for the float32 values"
+        )
+    return "\n".join(lines)
+
+
 def _inspect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """``embserve inspect``: open (validating the metadata), report, optionally verify.
 
@@ -375,7 +549,17 @@ def _inspect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     path: str = args.path
     reader = BundleReader(path)
     try:
+        if args.against is not None:
+            reports = _accuracy_against(reader, args.against, err)
+            out.write(_accuracy_text(reports) + "\n")
+            out.flush()
+            return 0
         found = _find_tables(reader)
+        if args.accuracy:
+            reports = _accuracy_of_types(reader, found, args.accuracy, err)
+            out.write(_accuracy_text(reports) + "\n")
+            out.flush()
+            return 0
         if args.config:
             if not found:
                 raise _NothingToDoError(
@@ -395,6 +579,82 @@ def _inspect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             out.flush()
             if args.verify:
                 out.write("\n" + _verify(reader, err) + "\n")
+        out.flush()
+    finally:
+        reader.close()
+    return 0
+
+
+def _check_inspect(args: argparse.Namespace) -> str | None:
+    """Usage errors of ``inspect`` argparse cannot see (exit 2)."""
+    if args.accuracy is None and args.against is not None:
+        return "--against needs --accuracy"
+    if args.accuracy is not None and (args.config or args.verify):
+        return "--accuracy cannot be combined with --config or --verify"
+    if args.accuracy == [] and args.against is None:
+        return (
+            "--accuracy needs storage types for a float32 checkpoint (--accuracy int8,int4) or "
+            "--against FLOAT32_CHECKPOINT for a quantized one"
+        )
+    if args.accuracy and args.against is not None:
+        return (
+            "--accuracy TYPES measures a float32 checkpoint; --accuracy --against measures a "
+            "quantized one: give one or the other"
+        )
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# quantize
+
+
+def _quantize(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``embserve quantize``: write the quantized checkpoint with a progress bar, then print what
+    was written and the accuracy report (the float32 source against the written rows)."""
+    from embserve.quantizing import quantize_checkpoint
+
+    bar = ProgressBar("quantize", err)
+    started = time.monotonic()
+    try:
+        written = quantize_checkpoint(
+            args.path,
+            args.to,
+            args.dtype,
+            tables=args.tables,
+            progress=bar,
+            overwrite=args.overwrite,
+        )
+    finally:
+        bar.close()
+    elapsed = time.monotonic() - started
+    reader = BundleReader(args.to)
+    try:
+        source = sum(w.source_nbytes for w in written if w.storage != "float32")
+        stored = sum(w.stored_nbytes for w in written if w.storage != "float32")
+        lines = [f"wrote {reader.prefix} in {elapsed:.2f} s"]
+        rows = [["table", "storage", "shape", "float32", "stored"]]
+        several = len({w.object_path for w in written}) > 1
+        for w in written:
+            rows.append(
+                [
+                    "/".join((*w.object_path, w.name)) if several else w.name,
+                    w.storage,
+                    _shape((w.rows, w.dim)),
+                    format_bytes(w.source_nbytes),
+                    format_bytes(w.stored_nbytes),
+                ]
+            )
+        lines.append(_columns(rows, right=(3, 4)))
+        if stored:
+            lines.append(
+                f"  quantized tables: {format_bytes(source)} -> {format_bytes(stored)} "
+                f"({source / stored:.2f}x smaller)"
+            )
+        out.write("\n".join(lines) + "\n\n")
+        out.flush()
+        names = [w.name for w in written if w.storage != "float32"]
+        reports = _accuracy_against(reader, args.path, err, only=names)
+        out.write(_accuracy_text(reports) + "\n")
         out.flush()
     finally:
         reader.close()
@@ -421,7 +681,8 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``embserve`` command (``serve``, ``inspect``, ``demo``)."""
+    """The argument parser of the ``embserve`` command (``serve``, ``inspect``, ``quantize``,
+    ``demo``)."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="TensorFlow's TPUEmbedding serving API on the CPU, without TensorFlow.",
@@ -465,7 +726,69 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print a skeleton serving config (TOML) for the tables found, instead of the listing",
     )
-    inspect.set_defaults(run=_inspect)
+    inspect.add_argument(
+        "--accuracy",
+        nargs="?",
+        const=[],
+        type=_storage_list,
+        metavar="TYPES",
+        help=(
+            "print the accuracy report instead of the listing: for a float32 checkpoint, what "
+            "each storage type in TYPES (comma-separated: float16, bfloat16, int8, int4) would "
+            "cost its tables, nothing written; for a quantized checkpoint, no TYPES and "
+            "--against the float32 checkpoint it came from"
+        ),
+    )
+    inspect.add_argument(
+        "--against",
+        metavar="FLOAT32_CHECKPOINT",
+        help="with --accuracy: the float32 checkpoint a quantized PATH was made from",
+    )
+    inspect.set_defaults(run=_inspect, check=_check_inspect, parser=inspect)
+
+    quantize = sub.add_parser(
+        "quantize",
+        help="write a quantized copy of a float32 checkpoint and print its accuracy",
+        description=(
+            "Write a quantized checkpoint: the float32 checkpoint's embedding tables stored as "
+            "float16, bfloat16, or int8 / int4 row-wise (FBGEMM's fused rows), streamed a block "
+            "at a time with a progress bar on stderr; optimizer slots are left out (a serving "
+            "checkpoint). Then print the tables written and the accuracy report: each "
+            "quantized table's rows against the float32 ones (max / mean error, the derived "
+            "bound, cosine similarity, relative error of pooled sums on 1,000 sampled bags). "
+            "embserve serve and es.train.Checkpoint.restore load the result memory-mapped."
+        ),
+    )
+    quantize.add_argument(
+        "path",
+        metavar="CHECKPOINT",
+        help="the float32 checkpoint: a prefix or a directory (its latest checkpoint)",
+    )
+    quantize.add_argument(
+        "--to",
+        required=True,
+        metavar="DIR",
+        help=(
+            "the directory to write into (created if needed; the checkpoint keeps its prefix "
+            "name and becomes the directory's latest), or an existing checkpoint prefix to "
+            "replace (with --overwrite)"
+        ),
+    )
+    quantize.add_argument(
+        "--dtype", required=True, choices=_QUANTIZE_TYPES, help="the storage type of the tables"
+    )
+    quantize.add_argument(
+        "--tables",
+        type=_table_list,
+        metavar="A,B",
+        help="quantize only these tables (comma-separated); the others are copied as float32",
+    )
+    quantize.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a checkpoint of the same name in DIR (never done otherwise)",
+    )
+    quantize.set_defaults(run=_quantize)
 
     demo = sub.add_parser("demo", help="serve the bundled demo checkpoint and query it over HTTP")
     demo.set_defaults(run=_demo)
@@ -483,6 +806,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     out, err = sys.stdout, sys.stderr
     try:
         args = parser.parse_args(argv)
+        check = getattr(args, "check", None)
+        problem = check(args) if check is not None else None
+        if problem is not None:
+            args.parser.error(problem)
     except SystemExit as exc:  # --help / --version (0) and usage errors (2)
         return exc.code if isinstance(exc.code, int) else 2
     try:
