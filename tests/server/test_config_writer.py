@@ -131,7 +131,7 @@ def test_every_key_is_written_with_its_comment() -> None:
     expected = {
         "name", "checkpoint", "object", "poll_interval_s", "feature_config",
         "vocabulary_size", "dim", "combiner", "path", "table", "max_sequence_length",
-        "output_shape", "validate_weights_and_indices",
+        "output_shape", "validate_weights_and_indices", "storage",
         *(f.name for f in Limits.__dataclass_fields__.values()),
         *(f.name for f in ServerOptions.__dataclass_fields__.values()),
     }  # fmt: skip
