@@ -27,7 +27,11 @@ int4        ``ceil(dim / 2)``    ``scale * q[j] + bias``, ``q`` in ``[0, 15]``; 
 The int8 and int4 rows are, byte for byte, FBGEMM's fused row-wise layouts (``weight`` of
 ``torch.ops.quantized.embedding_bag_byte_rowwise_offsets`` and
 ``embedding_bag_4bit_rowwise_offsets``): a quantized table can be handed to PyTorch unchanged,
-which is how the benchmarks compare on the very same rows.
+which is how the benchmarks compare on the very same rows. The rounding is FBGEMM's too, with two
+exceptions (tests/test_storage.py): codes computed in float64 may differ by one from FBGEMM's
+float32 ones at a tie, and FBGEMM's int8 divides by ``range + 1e-8``, which shortens the top
+codes of rows spanning less than about 5e-6 by up to 4 (those rows fall outside the bound below
+in FBGEMM's bytes; ours stay inside it).
 
 Rounding (:func:`quantize_rows`). float16 and bfloat16 round each value to nearest, ties to even
 (bfloat16 as TensorFlow's cast). int8 stores ``bias = min(row)`` and ``scale = (max - min) / 255``
@@ -44,11 +48,15 @@ Error bounds (:func:`row_error_bound`), per element, against the float32 value `
 
 * float16: ``|e| <= 2**-11 |x| + 2**-25`` (half an ulp; the second term covers subnormals).
 * bfloat16: ``|e| <= 2**-8 |x| + 2**-134``.
-* int8 / int4: ``|e| <= max(scale / 2, bias - min, max - (bias + qmax * scale)) + 4 u M`` with
+* int8 / int4: ``|e| <= max(|scale| / 2, bias - min, max - (bias + qmax * scale)) + 4 u M`` with
   ``M = max(|bias|, |bias + qmax * scale|)``: half a step where the code is rounded; where it is
   clamped, the distance to the end of the stored range (``bias - min`` is the rounding of int4's
   float16 bias, ``max - (bias + qmax scale)`` that of the scale); plus the float32 rounding of
-  ``scale * q + bias`` (two operations on values no larger than ``2M``).
+  ``scale * q + bias`` (two operations on values no larger than ``2M``). An int4 scale can be
+  negative: when a row's values all sit just below one float16 value, the bias rounds up past
+  the row's max (FBGEMM does the same); ``bias - min`` covers it. The ``4 u M`` term is simple
+  rather than tight (``u (qmax |scale| + M)`` is the exact rounding term; on rows far from zero
+  with a small range the simple one is up to 3.4x larger, still far below ``|scale| / 2``).
 
 This module needs numpy only; the kernels that read stored rows live in
 :mod:`embserve.kernels.quantized`.
@@ -340,7 +348,7 @@ def row_error_bound(original: np.ndarray, data: np.ndarray, storage: str) -> np.
     top = bias + qmax * scale
     big = np.maximum(np.abs(bias), np.abs(top))
     step = np.maximum.reduce(
-        [scale / 2, bias - x.min(axis=1), x.max(axis=1) - top, np.zeros_like(scale)]
+        [np.abs(scale) / 2, bias - x.min(axis=1), x.max(axis=1) - top, np.zeros_like(scale)]
     )
     bound: np.ndarray = step + 4 * _U * big
     return bound
