@@ -10,7 +10,14 @@ Tables: a plain ``[rows, dim]`` array, or a :class:`~embserve.tables.StackedTabl
 table inside a SparseCore stack ``[T·N, W]``. A stacked table is read in place: its ids are
 checked against its logical rows, translated to rows of the stack in one compiled pass
 (:mod:`embserve.kernels.stacked`), and the same kernels read the first ``dim`` columns of those
-rows. No padding row or column is ever read.
+rows. No padding row or column is ever read. A :class:`~embserve.storage.QuantizedTable`
+(float16, bfloat16, int8 or int4 rows) is also read in place: ids are checked against its rows,
+and the kernels of :mod:`embserve.kernels.quantized` widen the stored rows they read to float32
+on every path (dense, ragged, sparse validated and plain, sequence, weights, every combiner,
+``output_shape``), so outputs are float32 of width ``dim`` and no float32 copy of the table is
+made. The fused many-feature dense gather (:mod:`embserve.kernels.multi`) reads float32 tables
+only: a request with a feature on a quantized table takes the general path, one kernel call
+per feature.
 
 Sizes: sizes the caller declares (a sparse ``dense_shape``, the largest row index on the plain
 sparse path, ``output_shape``, ``max_sequence_length``) are checked against
@@ -71,6 +78,10 @@ from embserve.kernels.pooled import (
     pooled_parallel,
     pooled_serial,
 )
+from embserve.kernels.quantized import KERNELS as _QUANTIZED_KERNELS
+from embserve.kernels.quantized import Kernels as _QuantizedKernels
+from embserve.kernels.quantized import pooled_overflow as _quantized_overflow
+from embserve.kernels.quantized import stored_bytes, stored_width
 from embserve.kernels.sequence import (
     gather_parallel,
     gather_serial,
@@ -80,6 +91,7 @@ from embserve.kernels.sequence import (
     sequence_serial,
 )
 from embserve.kernels.stacked import RowMap, map_rows
+from embserve.storage import QuantizedTable
 from embserve.tables import StackedTable
 
 __all__ = [
@@ -158,14 +170,18 @@ def _check_size(path: str, what: str, shape: tuple[int, ...], itemsize: int, bag
         )
 
 
-def _prepare_table(table: Any, table_config: TableConfig) -> tuple[np.ndarray, RowMap | None]:
+def _prepare_table(
+    table: Any, table_config: TableConfig
+) -> tuple[np.ndarray | QuantizedTable, RowMap | None]:
     """The array the kernels read for ``table``, and where its logical rows sit in it.
 
     A plain table becomes a 2-D C-contiguous float array (converted only if it is not one
     already), read as it is (placement None). A :class:`~embserve.tables.StackedTable` is read
     in place: its whole stack ``[T·N, W]`` (a private view, so nobody can reshape the array the
     kernels were promised), with the :class:`~embserve.kernels.stacked.RowMap` of its rows; ids
-    are checked against its logical rows, then translated.
+    are checked against its logical rows, then translated. A
+    :class:`~embserve.storage.QuantizedTable` is returned as it is (never converted: that
+    would dequantize a copy); :class:`_QuantizedFeature` takes its stored rows.
     """
     if isinstance(table, np.ndarray):
         arr = table
@@ -189,6 +205,8 @@ def _prepare_table(table: Any, table_config: TableConfig) -> tuple[np.ndarray, R
             table.rows, table.num_shards, table.shard_rows, table.row_offset, table.rotation
         )
         return stack, placement
+    elif isinstance(table, QuantizedTable):
+        return table, None
     else:
         arr = np.asarray(table)
     if arr.ndim != 2:
@@ -405,7 +423,14 @@ class _Feature:
     :class:`~embserve.tables.StackedTable`. ``rows`` and ``dim`` are the logical table's: ids
     are checked against ``rows``, outputs are ``dim`` wide. :meth:`array_rows` turns checked ids
     into rows of ``table``.
+
+    ``kernels`` is None here (float32 and float64 tables); :class:`_QuantizedFeature` sets it to
+    the quantized kernels of its table's storage type, which read ``data``.
     """
+
+    # A class attribute, not a slot: float32 features pay no assignment for it.
+    kernels: _QuantizedKernels | None = None
+    data: np.ndarray  # a slot of _QuantizedFeature only
 
     __slots__ = (
         "arena",
@@ -429,7 +454,7 @@ class _Feature:
         path: str,
         config: FeatureConfig,
         spec: FeatureSpec,
-        prepared: tuple[np.ndarray, RowMap | None],
+        prepared: tuple[np.ndarray | QuantizedTable, RowMap | None],
         source: Any,
         changes: int,
     ) -> None:
@@ -493,6 +518,51 @@ class _Feature:
             )
 
 
+class _QuantizedFeature(_Feature):
+    """A feature whose table is a :class:`~embserve.storage.QuantizedTable`.
+
+    ``table`` is the QuantizedTable itself (array-like: float32 ``dtype`` and ``itemsize`` 4, so
+    outputs and size checks are float32's; a few rows read through it on the rare overflow
+    path are dequantized copies); ``data`` is a private ``uint8`` view of its stored rows, which
+    the quantized kernels read in place.
+    """
+
+    __slots__ = ("data", "kernels")
+
+    def __init__(
+        self,
+        path: str,
+        config: FeatureConfig,
+        spec: FeatureSpec,
+        prepared: tuple[np.ndarray | QuantizedTable, RowMap | None],
+        source: Any,
+        changes: int,
+    ) -> None:
+        table = prepared[0]
+        assert isinstance(table, QuantizedTable)
+        stored = table.data
+        kernels = _QUANTIZED_KERNELS[table.storage]
+        # The QuantizedTable checked all this when built, but its array is the caller's object,
+        # whose shape can be reassigned in place: check what the kernels rely on, on a private
+        # view that nobody else can reshape.
+        data = stored_bytes(stored) if isinstance(stored, np.ndarray) else None
+        if (
+            data is None
+            or data.ndim != 2
+            or not data.flags.c_contiguous
+            or data.shape[0] == 0
+            or data.shape[1] != stored_width(kernels.kind, table.dim)
+        ):
+            raise InputError(
+                f"table {_table_name(config.table)!r}: the rows of {table!r} no longer have "
+                f"the layout it was built with"
+            )
+        self.data = data.view(np.ndarray)
+        self.kernels = kernels
+        super().__init__(path, config, spec, (table, None), source, changes)
+        self.rows = int(self.data.shape[0])
+
+
 # ---------------------------------------------------------------------------------------------
 # Dense
 
@@ -516,7 +586,15 @@ def _lookup_dense(f: _Feature, raw: Any) -> np.ndarray:
         f.check_ids(flat, False, _dense_locate(ids.shape))  # raises, naming row and position
     dim = f.dim
     out = f.output((flat.shape[0], dim))
-    (gather_parallel if _parallel(out.size) else gather_serial)(f.table, f.array_rows(flat), out)
+    kernels = f.kernels
+    if kernels is None:
+        (gather_parallel if _parallel(out.size) else gather_serial)(
+            f.table, f.array_rows(flat), out
+        )
+    else:
+        (kernels.gather_parallel if _parallel(out.size) else kernels.gather_serial)(
+            f.data, flat, out
+        )
     return out.reshape((*ids.shape, dim))
 
 
@@ -541,9 +619,16 @@ def _pool(
     bag_name: Any = str,
 ) -> np.ndarray:
     out = f.output((nbags, f.dim))
-    kernel = pooled_parallel if _parallel(ids.shape[0] * f.dim) else pooled_serial
-    rows = f.array_rows(ids)
-    first = kernel(f.table, rows, weights, splits, f.combiner, out)
+    kernels = f.kernels
+    if kernels is None:
+        kernel = pooled_parallel if _parallel(ids.shape[0] * f.dim) else pooled_serial
+        rows = f.array_rows(ids)
+        first = kernel(f.table, rows, weights, splits, f.combiner, out)
+    else:
+        parallel = _parallel(ids.shape[0] * f.dim)
+        kernel = kernels.pooled_parallel if parallel else kernels.pooled_serial
+        rows = ids
+        first = kernel(f.data, ids, weights, splits, f.combiner, out)
     if first >= 0:
         _refuse_overflow(f, rows, weights, splits, out, first, bag_name)
     return out
@@ -561,7 +646,14 @@ def _refuse_overflow(
     """Raise when finite inputs overflowed in the bags from ``first`` on (the kernel flagged
     ``first``); return when every non-finite output came from the table's own inf / NaN.
     ``ids`` are the rows of ``f.table`` the kernel read (:meth:`_Feature.array_rows`)."""
-    bag, why = pooled_overflow(f.table, ids, weights, splits, f.combiner, out, first)
+    kernels = f.kernels
+    if kernels is None:
+        bag, why = pooled_overflow(f.table, ids, weights, splits, f.combiner, out, first)
+    else:
+        data = f.data
+        bag, why = _quantized_overflow(
+            data, kernels.kind, ids, weights, splits, f.combiner, out, first
+        )
     if bag < 0:
         return
     dtype = f.table.dtype
@@ -643,10 +735,17 @@ def _sparse_sequence(f: _Feature, sp: SparseParts, seq_len: int) -> np.ndarray:
         ids, rows_k, cols_k = ids[order], rows_k[order], cols_k[order]
     splits = _splits_from_rows(rows_k, batch)
     out = f.output(shape, zero=True)
-    kernel = scatter_add_parallel if _parallel(ids.shape[0] * f.dim) else scatter_add_serial
+    parallel = _parallel(ids.shape[0] * f.dim)
     cols_k = np.ascontiguousarray(cols_k)  # a column slice of the indices
-    array_rows = f.array_rows(ids)
-    first = kernel(f.table, array_rows, cols_k, splits, out)
+    kernels = f.kernels
+    if kernels is None:
+        kernel = scatter_add_parallel if parallel else scatter_add_serial
+        array_rows = f.array_rows(ids)
+        first = kernel(f.table, array_rows, cols_k, splits, out)
+    else:
+        kernel = kernels.scatter_add_parallel if parallel else kernels.scatter_add_serial
+        array_rows = ids
+        first = kernel(f.data, ids, cols_k, splits, out)
     if first >= 0:
         _refuse_scatter_overflow(f, array_rows, rows_k, cols_k, out, first)
     return out
@@ -790,8 +889,13 @@ def _sparse_validated(f: _Feature, sp: SparseParts, weight: Any) -> np.ndarray:
 def _sequence(f: _Feature, rg: RaggedParts, seq_len: int) -> np.ndarray:
     batch = rg.row_splits.shape[0] - 1
     out = f.output((batch, seq_len, f.dim))
-    kernel = sequence_parallel if _parallel(out.size) else sequence_serial
-    kernel(f.table, f.array_rows(rg.values), rg.row_splits, out)
+    kernels = f.kernels
+    if kernels is None:
+        kernel = sequence_parallel if _parallel(out.size) else sequence_serial
+        kernel(f.table, f.array_rows(rg.values), rg.row_splits, out)
+    else:
+        kernel = kernels.sequence_parallel if _parallel(out.size) else kernels.sequence_serial
+        kernel(f.data, rg.values, rg.row_splits, out)
     return out
 
 
@@ -893,10 +997,14 @@ class LookupPlan:
                 f = self._feature(key, cfg, tables[cfg.table])
             except InputError:
                 return None  # the general path raises it, in its order
-            if f.table.dtype != _F32 or (prepared and f.dim != dim):
+            table = f.table
+            # Quantized tables are not fused (multi.py reads float32 rows): general path.
+            if not isinstance(table, np.ndarray) or table.dtype != _F32:
+                return None
+            if prepared and f.dim != dim:
                 return None
             dim = f.dim
-            prepared.append(f.table)
+            prepared.append(table)
             placements.append(f.placement)
         return TableGroup(prepared, placements, dim) if prepared else None
 
@@ -943,7 +1051,11 @@ class LookupPlan:
         if f is not None and f.source is source and f.changes == changes:
             return f
         spec = self.spec(path)  # read after the count: at least as new as it
-        f = _Feature(path, cfg, spec, _prepare_table(source, cfg.table), source, changes)
+        prepared = _prepare_table(source, cfg.table)
+        # One isinstance per feature build (builds are cached across calls): float32 tables
+        # keep the plain class, whose kernels attribute is None without an assignment.
+        cls = _QuantizedFeature if isinstance(prepared[0], QuantizedTable) else _Feature
+        f = cls(path, cfg, spec, prepared, source, changes)
         self._cache[path] = f
         return f
 
@@ -1034,9 +1146,11 @@ def serving_embedding_lookup(
             TensorFlow tensors are accepted too).
         weights: ``None``, or the same structure as ``inputs`` with ``None`` or float32 sparse /
             ragged weights paired with the ids by position.
-        tables: ``TableConfig`` → ``[rows, dim]`` float array, or a
+        tables: ``TableConfig`` → ``[rows, dim]`` float array, a
             :class:`~embserve.tables.StackedTable` (a table of a SparseCore stack, read in
-            place: ids are checked against its logical rows), keyed by identity.
+            place: ids are checked against its logical rows), or a
+            :class:`~embserve.storage.QuantizedTable` (float16, bfloat16, int8 or int4 rows,
+            widened inside the kernels; outputs are float32), keyed by identity.
         feature_config: the nested structure of ``FeatureConfig`` s.
 
     Returns:
