@@ -199,3 +199,28 @@ def test_clean_lookups_return_minus_one(kernel, dim, weighted) -> None:  # type:
         first, out, _args = _run(kernel, table, [[1, 2], [], [3]], weights, combiner)
         assert first == -1
         assert np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("kernel", [pooled_serial, pooled_parallel])
+@pytest.mark.parametrize("dim", [16, 64, 128])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_rows_starting_mid_cache_line_are_summed_exactly(kernel, dim, weighted) -> None:  # type: ignore[no-untyped-def]
+    """A checkpoint's table starts 8 bytes into the data file, so its rows start mid cache line
+    (the bag kernel prefetches every line such a row touches, BAG_PREFETCH_ROWS ids ahead):
+    the sums stay bit-identical, with bags longer than the prefetch distance, the last row of the
+    table read near the end of ``ids`` (the prefetch never reaches past ``ids``)."""
+    rng = np.random.default_rng(dim + weighted)
+    rows = 300
+    raw = np.empty(rows * dim + 2, np.float32)
+    table = raw[2:].reshape(rows, dim)  # 8 bytes past the array's (aligned) start
+    table[:] = rng.standard_normal((rows, dim))
+    assert table.ctypes.data % 64 != 0
+    lengths = np.array([0, 1, 70, 33, 5, 0, 40, 2])
+    splits = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    ids = rng.integers(0, rows, size=splits[-1]).astype(np.int64)
+    ids[-3:] = rows - 1
+    weights = rng.uniform(-1, 2, size=splits[-1]).astype(np.float32) if weighted else None
+    out = np.full((len(lengths), dim), np.nan, np.float32)
+    w = weights if weighted else np.empty(0, np.float32)
+    assert kernel(table, ids, w, splits, SUM, out) == -1
+    np.testing.assert_array_equal(out, _sequential_float32(table, ids, weights, splits))

@@ -24,13 +24,30 @@ from numba.extending import intrinsic
 
 from embserve.kernels._jit import jit_inline
 
-__all__ = ["PREFETCH_ROWS", "address_of", "prefetch", "prefetch_row", "table_at"]
+__all__ = [
+    "BAG_PREFETCH_ROWS",
+    "PREFETCH_ROWS",
+    "address_of",
+    "prefetch",
+    "prefetch_row",
+    "sum_rows",
+    "table_at",
+]
 
 # How many ids ahead to prefetch. Bags of 1-40 ids from a 1M x 64 table, B=1024, 2 threads:
 # no prefetch 728 us, 8 ahead 501, 16 ahead 557 (Zipf ids); uniform ids: 659 / 370 / 387.
 # 26 x 1024 dense rows from 26 x 250k x 64 tables, 2 threads: 1,354 us without, 841 us 8 ahead,
 # 884 us 16 ahead. One thread, bags, 1M rows: 16 ahead 15.7 ns/row, 24 ahead 17.8.
 PREFETCH_ROWS = 16
+
+# How many ids ahead the bag kernel (:func:`sum_rows`) prefetches, every cache line of the row.
+# Measured after it prefetched every line (it used to prefetch only the first): bags of 1-40 ids,
+# B=1024, one thread, the bag kernel's time against torch 2.13 embedding_bag's in the same process
+# (torch / ours, > 1 is faster), uniform ids of a 4M x 64 table on 4 KiB pages, sum: 16 ahead
+# 1.09, 32 ahead 1.29, 48 ahead 1.30, 64 ahead 1.22; of a 100k-row table (25 MiB, in the L3):
+# 1.10 / 1.35-1.41 / 1.50; of a 4,096-row table (1 MiB): 0.88 / 0.95 / 0.84. Gathers and
+# sequences keep PREFETCH_ROWS: they were not measured again.
+BAG_PREFETCH_ROWS = 32
 
 
 @intrinsic
@@ -84,10 +101,23 @@ def address_of(array: np.ndarray) -> int:
 # Register accumulation for bags. numba cannot keep a row-sized accumulator in registers: summed
 # into an array, every row costs a load and a store of the accumulator besides its own loads,
 # which fills the out-of-order window with work and leaves fewer DRAM misses in flight. This
-# intrinsic emits the bag loop in LLVM IR with ``nvec`` <8 x float> accumulators held in
-# registers. Additions stay in bag order per element, so results are bit-identical to the loop.
+# intrinsic emits the bag loop in LLVM IR with the accumulators held in registers, as vectors of
+# 16 floats (one AVX-512 register; LLVM splits them into two AVX2 registers on CPUs without it).
+# Additions stay in bag order per element, so results are bit-identical to the loop.
 # Bags of 1-40 Zipf ids of a 4M x 64 table (memory-mapped, 4 KiB pages), B=1024, 1 thread,
 # same process: array accumulator 559 us, registers 397 us, torch 2.13 embedding_bag 400 us.
+#
+# Issue 12 (float32 bags behind torch's embedding_bag: 0.82x weighted sum, 0.93x sum): the kernel
+# prefetched only the FIRST cache line of the row BAG_PREFETCH_ROWS ids ahead, while a 256-byte
+# row touches four lines, five when it starts mid-line as TensorFlow's checkpoint layout puts it
+# (8 bytes into the data file); the other lines were demand misses, one row at a time. FBGEMM's
+# kernel (behind torch's embedding_bag) prefetches every line. A weighted bag has more work per
+# row (a multiply besides the add: no fused multiply-add, which would round once and change the
+# results), so it could hide fewer misses and lost more. Now every line of the row is prefetched,
+# 32 ids ahead (16 was tuned for the first-line prefetch), and the accumulators are 16 floats
+# wide (half the instructions per row on AVX-512). Same process, one thread, torch / ours, bags
+# of 1-40 uniform ids of a 4M x 64 table on 4 KiB anonymous pages: sum 0.92 -> 1.31, weighted
+# sum 0.79 -> 1.38, mean 1.09 -> 1.62; Zipf ids: sum 0.95 -> 1.36-1.45, weighted 0.83 -> 1.36-1.45.
 # Callers cover a row in blocks of 64 and 16 floats: four instantiations per kernel (two block
 # sizes, weighted or not) keep compile time near what it was (one per dim in 8..256 took the
 # parallel pooled kernel from 5.1 s to 9.5 s); a runtime weighted flag cost 1.7x in speed.
@@ -114,12 +144,12 @@ def sum_rows(
     ``table`` and ``out`` are addresses of float32 data, ``ids`` an int32 / int64 array,
     ``weights`` a float32 array read only when ``weighted`` (a literal bool) is true, ``nvec`` a
     literal int, ``denom`` a float32 divisor (1 skips the division: the sum is stored as is).
-    The row ``PREFETCH_ROWS`` ids ahead is prefetched. The caller guarantees every id is in
-    range and ``denom`` is not 0. The division (IEEE, as numba's) and the finiteness test run on
-    the accumulators in registers, before the one store: the overflow check of issue 10 costs
-    a few vector instructions per bag instead of a second pass over the row (measured on
-    B=1024 bags of 1-40 ids, dim 64, cache-resident table: a numba pass after the store made
-    mean 55% slower).
+    Every cache line of the row ``BAG_PREFETCH_ROWS`` ids ahead is prefetched. The caller
+    guarantees every id is in range and ``denom`` is not 0. The division (IEEE, as numba's) and
+    the finiteness test run on the accumulators in registers, before the one store: the
+    overflow check of issue 10 costs a few vector instructions per bag instead of a second pass
+    over the row (measured on B=1024 bags of 1-40 ids, dim 64, cache-resident table: a numba
+    pass after the store made mean 55% slower).
     """
     if not isinstance(nvec, types.IntegerLiteral) or not isinstance(weighted, types.BooleanLiteral):
         return None
@@ -134,7 +164,9 @@ def sum_rows(
         return None
     if not isinstance(denom, types.Float):
         return None
-    n_vec = nvec.literal_value
+    # nvec counts 8-float blocks; an even count is summed in 16-float vectors.
+    width = 16 if nvec.literal_value % 2 == 0 else 8
+    n_vec = nvec.literal_value * 8 // width
     use_weights = weighted.literal_value
     sig = types.boolean(table, row_bytes, ids, weights, start, end, out, weighted, nvec, denom)
 
@@ -142,7 +174,9 @@ def sum_rows(
         i64 = ir.IntType(64)
         i32 = ir.IntType(32)
         f32 = ir.FloatType()
-        vec = ir.VectorType(f32, 8)
+        vec = ir.VectorType(f32, width)
+        broadcast = ir.Constant(ir.VectorType(i32, width), [0] * width)
+        zeros = ir.Constant(vec, [0.0] * width)
         byte_ptr = ir.IntType(8).as_pointer()
         argtys = signature.args
 
@@ -154,7 +188,7 @@ def sum_rows(
         ids_ptr = ids_ary.data
         n_ids = builder.extract_value(ids_ary.shape, 0)
         w_ptr = context.make_array(argtys[3])(context, builder, args[3]).data
-        ahead = ir.Constant(i64, PREFETCH_ROWS)
+        ahead = ir.Constant(i64, BAG_PREFETCH_ROWS)
         pf_ty = ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32])
         pf_fn = cgutils.get_or_insert_function(builder.module, pf_ty, "llvm.prefetch.p0i8")
 
@@ -163,7 +197,7 @@ def sum_rows(
             return builder.sext(value, i64) if value.type.width < 64 else value
 
         def lanes(address: Any, j: int) -> Any:
-            offset = builder.add(address, ir.Constant(i64, 32 * j))
+            offset = builder.add(address, ir.Constant(i64, 4 * width * j))
             return builder.inttoptr(offset, vec.as_pointer())
 
         entry = builder.block
@@ -180,7 +214,7 @@ def sum_rows(
         accs = []
         for _ in range(n_vec):
             acc = builder.phi(vec)
-            acc.add_incoming(ir.Constant(vec, [0.0] * 8), entry)
+            acc.add_incoming(zeros, entry)
             accs.append(acc)
         builder.cbranch(builder.icmp_signed("<", k, end_v), body, done)
 
@@ -191,7 +225,13 @@ def sum_rows(
         builder.position_at_end(fetch)
         target = builder.add(table_addr, builder.mul(id_at(k_ahead), row_size))
         hints = [ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)]
-        builder.call(pf_fn, [builder.inttoptr(target, byte_ptr), *hints])
+        # Every cache line of the 32 * nvec bytes read, wherever the row starts: a line every
+        # 64 bytes from the first byte, and the last byte's line (the same line again when the
+        # row starts on a line boundary).
+        span = 32 * nvec.literal_value
+        for offset in [*range(0, span, 64), span - 1]:
+            line = builder.add(target, ir.Constant(i64, offset))
+            builder.call(pf_fn, [builder.inttoptr(line, byte_ptr), *hints])
         builder.branch(add)
 
         builder.position_at_end(add)
@@ -202,7 +242,7 @@ def sum_rows(
             splat = builder.shuffle_vector(
                 builder.insert_element(ir.Constant(vec, ir.Undefined), w, ir.Constant(i32, 0)),
                 ir.Constant(vec, ir.Undefined),
-                ir.Constant(ir.VectorType(i32, 8), [0] * 8),
+                broadcast,
             )
         sums = []
         for j, acc in enumerate(accs):
@@ -219,7 +259,7 @@ def sum_rows(
         divisors = builder.shuffle_vector(
             builder.insert_element(ir.Constant(vec, ir.Undefined), divisor, lane0),
             ir.Constant(vec, ir.Undefined),
-            ir.Constant(ir.VectorType(i32, 8), [0] * 8),
+            broadcast,
         )
         divide = builder.append_basic_block("rows.divide")
         store = builder.append_basic_block("rows.store")
@@ -247,8 +287,8 @@ def sum_rows(
             pairs = [builder.fadd(a, b) for a, b in zip(level[::2], level[1::2], strict=False)]
             level = pairs + ([level[-1]] if len(level) % 2 else [])
         probe = builder.fsub(level[0], level[0])
-        bad = builder.fcmp_unordered("!=", probe, ir.Constant(vec, [0.0] * 8))
-        mask = builder.bitcast(bad, ir.IntType(8))
-        return builder.icmp_unsigned("!=", mask, ir.Constant(ir.IntType(8), 0))
+        bad = builder.fcmp_unordered("!=", probe, zeros)
+        mask = builder.bitcast(bad, ir.IntType(width))
+        return builder.icmp_unsigned("!=", mask, ir.Constant(ir.IntType(width), 0))
 
     return sig, codegen
