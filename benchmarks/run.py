@@ -431,9 +431,14 @@ def _make_workloads(sizes: Sizes) -> list[Workload]:
                 torch_note="26 × embedding_bag(offsets=arange(B), mode='sum')",
             )
         )
-    for key, combiner, weighted in (("b-sum", "sum", False), ("b-wmean", "mean", True)):
+    bag_cases = [("b-sum", "sum", False), ("b-wmean", "mean", True)]
+    # Issue 12 (float32 bags level with torch): the weighted sum and the unweighted mean too.
+    # Their batches are drawn after every other workload's, so b-sum / b-wmean / c / d keep the
+    # inputs of earlier runs.
+    extra_cases = [("b-wsum", "sum", True), ("b-mean", "mean", False)]
+    for key, combiner, weighted in bag_cases:
         batches = [_ragged(rng, big, b, 1, 40, weighted) for _ in range(k)]
-        label = "weighted mean" if weighted else "sum"
+        label = ("weighted " if weighted else "") + combiner
         workloads.append(
             Workload(
                 key=key,
@@ -445,11 +450,7 @@ def _make_workloads(sizes: Sizes) -> list[Workload]:
                 reps=sizes.reps,
                 combiner=combiner,
                 weighted=weighted,
-                torch_note=(
-                    "embedding_bag(mode='sum', per_sample_weights) × 1/segment_reduce(weights)"
-                    if weighted
-                    else "embedding_bag(offsets, mode='sum')"
-                ),
+                torch_note=_bag_torch_note(combiner, weighted),
             )
         )
     seq_len = 50
@@ -481,7 +482,33 @@ def _make_workloads(sizes: Sizes) -> list[Workload]:
             torch_note="26 × embedding_bag(offsets=[0], mode='sum')",
         )
     )
+    for key, combiner, weighted in extra_cases:
+        batches = [_ragged(rng, big, b, 1, 40, weighted) for _ in range(k)]
+        label = ("weighted " if weighted else "") + combiner
+        workloads.append(
+            Workload(
+                key=key,
+                title=f"b) bags of 1–40 ids, {sizes.big_vocab:,}×64, B={b}, {label}",
+                kind="bag",
+                tables=["big"],
+                batches=batches,
+                rows_read=[len(x["values"]) for x in batches],
+                reps=sizes.reps,
+                combiner=combiner,
+                weighted=weighted,
+                torch_note=_bag_torch_note(combiner, weighted),
+            )
+        )
     return workloads
+
+
+def _bag_torch_note(combiner: str, weighted: bool) -> str:
+    """What torch runs for a bag workload."""
+    if weighted and combiner == "mean":
+        return "embedding_bag(mode='sum', per_sample_weights) × 1/segment_reduce(weights)"
+    if weighted:
+        return "embedding_bag(offsets, mode='sum', per_sample_weights)"
+    return f"embedding_bag(offsets, mode='{combiner}')"
 
 
 def _reference(workload: Workload, tables: dict[str, np.ndarray], batch: Any) -> np.ndarray:
@@ -529,12 +556,15 @@ class Prepared:
 
     ``inputs`` are already in the contestant's own types; ``call`` does one lookup of one batch;
     ``to_numpy`` turns a result into the canonical array the parent checks (never timed);
-    ``None`` marks a diagnostic (a part of a contestant, timed but not a lookup, not checked).
+    ``None`` marks a diagnostic (a part of a contestant, timed but not a lookup, not checked);
+    ``table`` is the array the call reads (its first table), whose mapping the worker describes
+    (:func:`_mapping_pages`).
     """
 
     call: Callable[[Any], Any]
     inputs: list[Any]
     to_numpy: Callable[[Any], np.ndarray] | None
+    table: np.ndarray | None = None  # the (first) table it reads, for the page facts
 
 
 class _NumpyContestant:
@@ -576,7 +606,10 @@ class _NumpyContestant:
             gathered = np.take(table, batch["values"], axis=0)
             weights = batch["weights"]
             if weights is None:
-                return np.add.reduceat(gathered, starts, axis=0)
+                sums = np.add.reduceat(gathered, starts, axis=0)
+                if mean:  # b's bags hold 1–40 ids: no empty bag to divide by zero
+                    sums /= np.diff(batch["row_splits"])[:, None]
+                return sums
             gathered *= weights[:, None]
             sums = np.add.reduceat(gathered, starts, axis=0)
             if not mean:
@@ -655,18 +688,18 @@ class _TorchContestant:
                 values,
                 table,
                 splits,
-                mode="sum",
+                mode="mean" if mean and bag_weights is None else "sum",
                 per_sample_weights=bag_weights,
                 include_last_offset=True,
             )
-            if not mean:
+            if not mean or bag_weights is None:
                 return sums
             # mode="mean" refuses per_sample_weights: divide by the per-bag weight sums (0 → 0).
             denominators = torch.segment_reduce(bag_weights, "sum", offsets=splits)
             inverse = torch.where(denominators != 0, 1.0 / denominators, 0.0)
             return sums.mul_(inverse.unsqueeze(1))
 
-        return {"torch": Prepared(bag, inputs, lambda out: out.numpy())}
+        return {"torch": Prepared(bag, inputs, lambda out: out.numpy(), table.numpy())}
 
 
 class _EmbserveContestant:
@@ -827,11 +860,15 @@ class _EmbserveContestant:
         def ragged_lookup(batch: tuple[dict[str, Any], Any]) -> np.ndarray:
             return mid(batch[0], batch[1])["f"]
 
-        variants = {"embserve": Prepared(ragged_lookup, inputs, np.asarray)}
+        served = next(iter(mid.embedding_tables.values()))
+        variants = {"embserve": Prepared(ragged_lookup, inputs, np.asarray, served)}
         if self.huge_pages and self.source.kind == "checkpoint" and not workload.point:
             plain = self._plain_mid(workload, tables)
             variants["embserve (4 KiB pages)"] = Prepared(
-                lambda batch: plain(batch[0], batch[1])["f"], inputs, np.asarray
+                lambda batch: plain(batch[0], batch[1])["f"],
+                inputs,
+                np.asarray,
+                next(iter(plain.embedding_tables.values())),
             )
         variants.update(self._id_check(workload, tables, [[x["values"]] for x in workload.batches]))
         return variants
@@ -955,6 +992,76 @@ def _bandwidth_probes(table: np.ndarray, rows: int, reps: int) -> list[tuple[str
 
 
 # --------------------------------------------------------------------------------------------
+# Page facts: what memory each contestant's table sits on
+# --------------------------------------------------------------------------------------------
+
+
+def page_settings() -> str:
+    """This machine's transparent-huge-page settings, one line (the selected value of each).
+
+    They decide what pages a table gets: under ``enabled = madvise`` anonymous memory gets 2 MiB
+    pages only where the allocator asks (numpy does for large arrays, torch's allocator does not
+    unless ``THP_MEM_ALLOC_ENABLE=1``), tmpfs / page-cache files follow ``shmem_enabled`` and
+    embserve's ``collapse_huge_pages``.
+    """
+    parts = []
+    for name in ("enabled", "defrag", "shmem_enabled"):
+        try:
+            with open(f"/sys/kernel/mm/transparent_hugepage/{name}") as f:
+                text = f.read().split()
+        except OSError:
+            parts.append(f"THP {name} ?")
+            continue
+        chosen = [word[1:-1] for word in text if word.startswith("[")]
+        parts.append(f"THP {name} = {chosen[0] if chosen else ' '.join(text)}")
+    return ", ".join(parts)
+
+
+def _mapping_pages(array: np.ndarray) -> dict[str, Any]:
+    """The mappings that hold ``array``'s bytes, from /proc/self/smaps, summed (``madvise``
+    splits one mapping into several): file or anonymous memory, kB mapped and resident, and how
+    much is mapped by 2 MiB page-table entries (``AnonHugePages`` / ``ShmemPmdMapped`` /
+    ``FilePmdMapped``). Whole mappings are counted, so a table sharing a mapping with others
+    (a checkpoint's data file) reports the file's figures."""
+    lo_addr = int(array.ctypes.data)
+    hi_addr = lo_addr + array.nbytes
+    facts: dict[str, Any] = {}
+    fields = ("Rss", "AnonHugePages", "ShmemPmdMapped", "FilePmdMapped", "Anonymous")
+    try:
+        with open("/proc/self/smaps") as f:
+            inside = False
+            for line in f:
+                head = line.split()
+                if not head:
+                    continue
+                if not head[0].endswith(":") and "-" in head[0]:
+                    lo, hi = (int(x, 16) for x in head[0].split("-"))
+                    inside = lo < hi_addr and hi > lo_addr
+                    if inside:
+                        facts.setdefault("mapping", head[5] if len(head) > 5 else "[anonymous]")
+                        facts["size_kb"] = facts.get("size_kb", 0) + (hi - lo) // 1024
+                elif inside and head[0].rstrip(":") in fields:
+                    key = head[0].rstrip(":")
+                    facts[key] = facts.get(key, 0) + int(head[1])
+    except OSError:
+        pass
+    return facts
+
+
+def _pages_text(facts: dict[str, Any]) -> str:
+    """``file /dev/shm/…, 2 MiB-mapped 1,024 of 1,048,580 kB`` from :func:`_mapping_pages`."""
+    if not facts:
+        return "?"
+    where = facts.get("mapping", "?")
+    kind = "anonymous" if where.startswith("[") or not where else f"file {os.path.basename(where)}"
+    huge = sum(facts.get(k, 0) for k in ("AnonHugePages", "ShmemPmdMapped", "FilePmdMapped"))
+    return (
+        f"{kind}, resident {facts.get('Rss', 0):,} kB, on 2 MiB entries {huge:,} kB "
+        f"(of {facts.get('size_kb', 0):,} kB mapped)"
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # Worker process
 # --------------------------------------------------------------------------------------------
 
@@ -1009,7 +1116,13 @@ def _worker_main(conn: Connection, library: str, source: TableSource) -> None:
                 if hasattr(contestant, "after_first_calls"):
                     contestant.after_first_calls()
                 prepared[workload.key] = variants
+                pages = {
+                    name: _mapping_pages(p.table)
+                    for name, p in variants.items()
+                    if p.table is not None
+                }
                 reply: Any = {
+                    "pages": pages,
                     "outputs": outputs,
                     "prep_s": prep_s,
                     "first_call_s": first_call_s,
@@ -1208,6 +1321,8 @@ class Row:
     first_call_s: float
     prep_s: float
     diagnostic: bool = False  # timed for context, not a contestant (no ratio, not checked)
+    round_medians: list[float] = field(default_factory=list)  # one per round, for paired ratios
+    pages: dict[str, Any] = field(default_factory=dict)  # its table's mapping (_mapping_pages)
 
 
 def _check(
@@ -1248,6 +1363,7 @@ def _run_workload(
                     reply["first_call_s"][name],
                     reply["prep_s"],
                     diagnostic=outputs is None,
+                    pages=reply.get("pages", {}).get(name, {}),
                 )
             )
             contestants.append((worker, name))
@@ -1257,7 +1373,9 @@ def _run_workload(
         shift = r % len(turns)  # rotate who goes first
         for (worker, name), row in turns[shift:] + turns[:shift]:
             time.sleep(SETTLE_S)
-            row.times_ns += worker.ask("run", workload.key, name, workload.reps, r * workload.reps)
+            times = worker.ask("run", workload.key, name, workload.reps, r * workload.reps)
+            row.times_ns += times
+            row.round_medians.append(statistics.median(times))
     for worker in workers:
         worker.ask("drop", workload.key)
     return rows
@@ -1357,6 +1475,7 @@ def _machine_facts(workers: Sequence[Worker]) -> str:
         [
             f"- nproc {os.cpu_count()} ({_cpu_count()} usable), CPU {model}, "
             f"RAM {mem_kib / 2**20:.1f} GiB",
+            f"- pages: {page_settings()}",
             "- " + ", ".join(f"{k} {v}" for k, v in versions.items()),
             f"- embserve tree: git {commit}",
         ]
@@ -1430,6 +1549,72 @@ def _verdicts(rows: Sequence[Row], tf_given: bool) -> list[str]:
     return lines
 
 
+def _paired(rows: Sequence[Row], key: str, mine: str, other: str) -> list[float] | None:
+    """Per round: ``other``'s median / ``mine``'s median in that round (> 1: ``mine`` is
+    faster). Both ran in the same round, one after the other, so drifts of the shared machine
+    that last longer than a round cancel."""
+    by_name = {r.contestant: r for r in rows if r.workload.key == key}
+    a, b = by_name.get(mine), by_name.get(other)
+    if a is None or b is None or not a.round_medians:
+        return None
+    return [y / x for x, y in zip(a.round_medians, b.round_medians, strict=True)]
+
+
+def _fmt_paired(ratios: list[float] | None) -> str:
+    """``1.12× (1.03–1.20)``: median of the paired ratios and their quartiles."""
+    if not ratios:
+        return "—"
+    if len(ratios) < 2:
+        return f"{ratios[0]:.2f}×"
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    return f"{statistics.median(ratios):.2f}× ({q1:.2f}–{q3:.2f})"
+
+
+def _bags_section(rows: Sequence[Row]) -> list[str]:
+    """Issue 12 item 5: float32 bags against torch on the same memory, as paired ratios, and
+    what memory every contestant's table sits on."""
+    keys = list(dict.fromkeys(r.workload.key for r in rows if r.workload.kind == "bag"))
+    if not keys or not any(r.contestant == "torch" for r in rows):
+        return []
+    lines = [
+        "### Float32 bags against torch, paired per round (issue 12)",
+        "",
+        "| workload | embserve (4 KiB pages) | embserve | torch µs | rounds |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    worst: list[float] = []
+    for key in keys:
+        same = _paired(rows, key, "embserve (4 KiB pages)", "torch")
+        huge = _paired(rows, key, "embserve", "torch")
+        torch_row = next(r for r in rows if r.workload.key == key and r.contestant == "torch")
+        if same:
+            worst.append(statistics.median(same))
+        lines.append(
+            f"| {torch_row.workload.title} | {_fmt_paired(same)} | {_fmt_paired(huge)} | "
+            f"{_fmt_us(statistics.median(torch_row.times_ns))} | {len(torch_row.round_medians)} |"
+        )
+    lines += [
+        "",
+        "torch's speed over embserve's (> 1: embserve is faster): per round, torch's median call "
+        "over embserve's median call of the same round, then the median (and quartiles) over "
+        "the rounds. embserve (4 KiB pages) reads the np.memmap pages torch reads (the same "
+        "memory); embserve reads its own restore's mapping of the same file, collapsed onto "
+        "2 MiB pages.",
+    ]
+    if worst:
+        ok = min(worst) >= 1.0
+        lines.append(
+            f"- every float32 bag workload at least torch's speed on the same memory: worst "
+            f"{min(worst):.2f}× — {'met' if ok else '**not met**'}"
+        )
+    first = [r for r in rows if r.workload.key == keys[0] and r.pages]
+    if first:
+        lines += ["", f"Table memory ({keys[0]}'s table, after its checked calls):", ""]
+        lines += ["| contestant | table mapping |", "| --- | --- |"]
+        lines += [f"| {r.contestant} | {_pages_text(r.pages)} |" for r in first]
+    return [*lines, ""]
+
+
 def _report(
     *,
     command: str,
@@ -1483,6 +1668,7 @@ def _report(
         *torch_notes,
         *[f"- {note}" for note in notes],
         "",
+        *_bags_section(rows),
         "### Parts of a call and the machine's limit (diagnostics, not contestants)",
         "",
         _diagnostics_table(rows)
@@ -1575,14 +1761,25 @@ def _main_run(args: argparse.Namespace, command: str) -> str:
     """Workloads a-d: the issue's targets; returns the markdown section."""
     sizes, notes = _choose_sizes(args.quick)
     load_before = os.getloadavg()[0]
-    specs = _layout(sizes)
+    workloads = _make_workloads(sizes)
+    if args.only:
+        keys = [key.strip() for key in args.only.split(",") if key.strip()]
+        unknown = sorted(set(keys) - {w.key for w in workloads})
+        if unknown:
+            raise SystemExit(
+                f"--only: no workload {', '.join(unknown)} "
+                f"(there are {', '.join(w.key for w in workloads)})"
+            )
+        workloads = [w for w in workloads if w.key in keys]
+        notes.append(f"--only {','.join(keys)}: the other workloads were not run")
+    needed = {name for w in workloads for name in w.tables}
+    specs = [spec for spec in _layout(sizes) if spec.name in needed]
     total = sum(spec.nbytes for spec in specs)
     workers: list[Worker] = []
     _log(f"writing a {total / 1e9:.2f} GB checkpoint in /dev/shm")
     with _checkpoint_source(specs) as (source, write_s):
         try:
-            _log(f"checkpoint written in {write_s:.1f} s; generating inputs")
-            workloads = _make_workloads(sizes)
+            _log(f"checkpoint written in {write_s:.1f} s")
             tf_room = _room() >= total + MARGIN
             workers = _launch(source, args.tf_python, notes, tf_room=tf_room)
             _holder, tables = _open_tables(source)  # _holder keeps the mapping alive
@@ -1595,7 +1792,8 @@ def _main_run(args: argparse.Namespace, command: str) -> str:
             _log("bandwidth probes")
             time.sleep(SETTLE_S)
             # 9 repetitions: on this VM the 2-thread probes varied 3-10 GB/s (gather) between runs.
-            probes = machine.ask("bandwidth", sizes.bandwidth_rows, 9, "big")
+            probe_table = "big" if "big" in needed else specs[-1].name
+            probes = machine.ask("bandwidth", sizes.bandwidth_rows, 9, probe_table)
             notes.append(
                 "tables start 8 bytes into the checkpoint's data file (after the save counter, "
                 "as TensorFlow lays it out), so a 256-byte row spans 5 cache lines, not 4: the "
@@ -1976,6 +2174,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="seconds-long smoke run")
     parser.add_argument("--write", action="store_true", help="prepend results to RESULTS.md")
     parser.add_argument("--sweep", action="store_true", help="batch- and table-size sweeps")
+    parser.add_argument(
+        "--only",
+        help="comma-separated workload keys to run (a-zipf, a-uniform, b-sum, b-wmean, c-seq, "
+        "d-latency, b-wsum, b-mean); only their tables are written",
+    )
     parser.add_argument(
         "--tf-python", help="python of a venv with tensorflow 2.21 (adds the TF contestant)"
     )

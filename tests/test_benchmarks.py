@@ -60,8 +60,17 @@ def test_quick_run_includes_torch_when_installed(quick_output: str) -> None:
     if importlib.util.find_spec("torch") is None:
         pytest.skip("torch is not installed (it comes with the 'bench' extra: make bench)")
     rows = _rows(quick_output, "torch")
-    assert len(rows) == 6  # a-zipf, a-uniform, b-sum, b-wmean, c-seq, d-latency
+    assert len(rows) == 8  # a-zipf, a-uniform, b-sum, b-wmean, c-seq, d-latency, b-wsum, b-mean
     assert all("| 1.00× |" in row for row in rows)
+    # issue 12: float32 bags against torch on the same memory, paired per round, every bag
+    # workload, and the page settings and table mappings they ran on
+    assert "- pages: THP enabled = " in quick_output
+    section = quick_output.split("### Float32 bags against torch, paired per round")[1]
+    section = section.split("\n### ")[0]
+    for combiner in ("sum", "weighted sum", "mean", "weighted mean"):
+        assert any(f", {combiner} | " in line for line in section.splitlines()), combiner
+    assert "every float32 bag workload at least torch's speed on the same memory" in section
+    assert "| torch | file " in section
 
 
 @pytest.mark.slow
