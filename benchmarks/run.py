@@ -104,8 +104,10 @@ SETTLE_S = 0.03
 
 
 def _cpu_count() -> int:
-    """Cores this process may run on (2 here); torch gets this many threads."""
-    return len(os.sched_getaffinity(0))
+    """Threads per contestant: the cores this process may run on (2 here), or ``--threads``
+    (passed to the workers as ``EMBSERVE_BENCH_THREADS``, with ``NUMBA_NUM_THREADS``)."""
+    chosen = os.environ.get("EMBSERVE_BENCH_THREADS")
+    return int(chosen) if chosen else len(os.sched_getaffinity(0))
 
 
 def _log(message: str) -> None:
@@ -1566,7 +1568,7 @@ def _fmt_paired(ratios: list[float] | None) -> str:
         return "—"
     if len(ratios) < 2:
         return f"{ratios[0]:.2f}×"
-    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
     return f"{statistics.median(ratios):.2f}× ({q1:.2f}–{q3:.2f})"
 
 
@@ -2186,7 +2188,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--plots-dir",
         help="where --sweep saves its PNGs (default benchmarks/plots; --quick: none)",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="threads per contestant (torch and numba; default: every usable core). On a "
+        "machine whose cores other work keeps busy, 1 keeps a contestant's thread team from "
+        "waiting for a thread that is not running",
+    )
     args = parser.parse_args(argv)
+    if args.threads:
+        # Read by the spawned workers: numba sizes its pool from NUMBA_NUM_THREADS at import.
+        os.environ["EMBSERVE_BENCH_THREADS"] = str(args.threads)
+        os.environ["NUMBA_NUM_THREADS"] = str(args.threads)
     if args.sweep and not args.quick and not args.plots_dir:
         args.plots_dir = os.fspath(Path(__file__).with_name("plots"))
     command = " ".join([".venv/bin/python", "benchmarks/run.py", *sys.argv[1:]])

@@ -141,3 +141,34 @@ def test_stacked_script_runs_and_checks_its_outputs() -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "stacked / plain (paired)" in proc.stdout
     assert "Target (issue 11): stacked within 10 % of plain." in proc.stdout
+
+
+@pytest.mark.slow
+def test_quantized_script_runs_and_checks_its_outputs() -> None:
+    """``benchmarks/quantized.py --quick`` (issue 12: every storage type through embserve, torch's
+    row-wise ops on the same bytes) runs end to end. Every contestant's outputs are checked
+    against a float64 reference of the stored rows inside it, so a wrong dequantized row fails
+    this run; the report gives a row per storage type, the memory of each served table and the
+    page settings."""
+    script = RUN.with_name("quantized.py")
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "- pages: THP enabled = " in out
+    for table in ("large", "cached"):
+        for workload in ("onehot", "bags"):
+            for storage in ("float32", "float16", "bfloat16", "int8", "int4"):
+                assert f"| {table} | {workload} | embserve {storage} | " in out
+        for storage in ("float32", "float16", "bfloat16", "int8", "int4"):
+            assert f"| {table}.{storage} | " in out  # resident memory of the served table
+    if importlib.util.find_spec("torch") is not None:
+        for storage in ("float32", "int8", "int4"):
+            assert f"| large | bags | torch {storage} | " in out
+        assert "int8 / int4 at least 1.3× torch's quantized ops" in out
+    assert "resident memory of the large served tables within 5 % of the stored bytes" in out
